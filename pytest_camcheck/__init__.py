@@ -1,0 +1,16 @@
+"""pytest-camcheck: tests about where a vision model looks.
+
+Example:
+    >>> from pytest_camcheck import compute_cam, assert_attends_to, Box
+"""
+
+import pytest
+
+pytest.register_assert_rewrite("pytest_camcheck.assertions")
+
+from .engine import METHODS, CamResult, compute_cam  # noqa: E402
+from .errors import CamCheckError  # noqa: E402
+from .geometry import geometry_neutral  # noqa: E402
+
+__all__ = ["CamCheckError", "CamResult", "METHODS", "compute_cam", "geometry_neutral"]
+__version__ = "0.1.0"

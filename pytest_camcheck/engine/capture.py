@@ -1,0 +1,93 @@
+"""Capturing a layer's output, always leaving the user's model exactly as it was found.
+
+One forward hook on the target layer, added and removed inside the one call that needs it. For gradient
+methods the part of the network before the layer runs without autograd, and the layer's output becomes a
+fresh leaf that requires grad: the backward pass then runs from the score down to that layer only, computes
+no parameter gradient, and never touches ``.grad``. In-place operations after the layer (ReLU(inplace=True),
+``out += identity``) act on a copy, so they cannot break the capture.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` in eval mode and restore every module's own training flag afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+@dataclass
+class Capture:
+    """Activations of one layer (the last call of it in the forward pass)."""
+
+    activations: torch.Tensor | None = None
+    calls: int = 0
+    replacement: torch.Tensor | None = field(default=None, repr=False)
+
+
+@contextlib.contextmanager
+def capture_layer(module: nn.Module, *, track_grad: bool, replace: torch.Tensor | None = None) -> Iterator[Capture]:
+    """Hook ``module`` for the duration of the block.
+
+    ``track_grad``: the forward before the hook runs without autograd; the captured output becomes a leaf
+    requiring grad and autograd is switched on for the rest of the forward.
+    ``replace``: the layer's output is replaced by this tensor (used to run only the layers after it on a
+    batch of modified activations).
+    """
+    cap = Capture(replacement=replace)
+    grad_before = torch.is_grad_enabled()
+
+    def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        if not isinstance(output, torch.Tensor):
+            return None
+        cap.calls += 1
+        if cap.replacement is not None:
+            cap.activations = output.detach()
+            return cap.replacement
+        if track_grad:
+            leaf = output.detach().requires_grad_(True)
+            cap.activations = leaf
+            torch.set_grad_enabled(True)
+            return leaf.clone()
+        cap.activations = output.detach()
+        return None
+
+    handle = module.register_forward_hook(hook)
+    try:
+        if track_grad:
+            torch.set_grad_enabled(False)
+        yield cap
+    finally:
+        handle.remove()
+        torch.set_grad_enabled(grad_before)
+
+
+@contextlib.contextmanager
+def record_outputs(model: nn.Module, keep: Callable[[torch.Tensor], bool]) -> Iterator[list[tuple[str, tuple]]]:
+    """Record (module name, output shape) in completion order for every module whose output passes ``keep``."""
+    names = {m: n for n, m in model.named_modules()}
+    seen: list[tuple[str, tuple]] = []
+
+    def hook(module: nn.Module, _inputs: tuple, output: object) -> None:
+        if isinstance(output, torch.Tensor) and keep(output):
+            seen.append((names.get(module, ""), tuple(output.shape)))
+
+    handles = [m.register_forward_hook(hook) for m in names if m is not model]
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()

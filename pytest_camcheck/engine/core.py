@@ -1,0 +1,498 @@
+"""``compute_cam``: model + image + target -> heatmap in the original image's pixels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from ..errors import CamCheckError, InputError, LayerError, MethodError, TargetError
+from ..geometry import Geometry
+from ..zoo import model_info
+from .capture import Capture, capture_layer, evaluation_mode
+from .inputs import Batch, prepare
+from .layers import auto_layer, is_spatial, resolve_layer
+from .methods import Method, get_method
+from .targets import Scorer, Target, check_logits, class_count, label_of, logits_of, resolve_target
+
+CHUNK = 32
+EMPTY_RELATIVE = 1e-5
+
+
+@dataclass
+class CamResult:
+    """One map: ``heatmap`` (float32, original image H x W, in [0, 1]), ``raw`` (the low-resolution map before
+    ReLU and normalisation), the target explained and how the map was made.
+
+    Example:
+        >>> r = compute_cam(model, "dog.jpg", "golden retriever")  # doctest: +SKIP
+        >>> r.heatmap.shape == (r.image_size[0], r.image_size[1])  # doctest: +SKIP
+        True
+    """
+
+    heatmap: np.ndarray
+    raw: np.ndarray
+    target: int
+    label: str | None
+    score: float
+    probability: float | None
+    layer: str
+    method: str
+    empty: bool
+    image_size: tuple[int, int]
+    top: list[tuple[int, str | None, float]] = field(default_factory=list)
+    image: Image.Image | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        label = f" ({self.label})" if self.label else ""
+        return (f"CamResult(method={self.method!r}, layer={self.layer!r}, target={self.target}{label}, "
+                f"score={self.score:.4g}, size={self.image_size}, empty={self.empty})")
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def _dtype_of(model: nn.Module) -> torch.dtype:
+    for t in model.parameters():
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    if a.type != b.type:
+        return False
+    index = lambda d: d.index if d.index is not None else (torch.cuda.current_device() if d.type == "cuda" else 0)
+    return index(a) == index(b)
+
+
+def _row(output: Any, i: int) -> Any:
+    if isinstance(output, torch.Tensor):
+        return output[i]
+    if isinstance(output, dict):
+        return {k: _row(v, i) for k, v in output.items()}
+    if isinstance(output, list) and output and not isinstance(output[0], torch.Tensor):
+        return output[i]
+    if isinstance(output, (tuple, list)):
+        return type(output)(_row(v, i) for v in output)
+    if hasattr(output, "logits"):
+        return output.logits[i]
+    return output
+
+
+def _jobs(target: Any, batch: Batch) -> list[tuple[int, Target]]:
+    """(image index, target) rows: one per image for a batch, one per target for a list on one image."""
+    n = batch.x.shape[0]
+    if not batch.batched:
+        if isinstance(target, (list, tuple)):
+            if not target:
+                raise TargetError("the list of targets is empty; pass at least one target or None")
+            return [(0, t) for t in target]
+        return [(0, target)]
+    if isinstance(target, torch.Tensor) and target.dim() == 1:
+        target = target.tolist()
+    if isinstance(target, (list, tuple)):
+        if len(target) != n:
+            raise TargetError(
+                f"{len(target)} targets were given for a batch of {n} images; pass one target per image, or one "
+                "target (or None) for all"
+            )
+        return list(enumerate(target))
+    return [(i, target) for i in range(n)]
+
+
+def _forward(model: nn.Module, x: torch.Tensor) -> Any:
+    try:
+        return model(x)
+    except CamCheckError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        raise InputError(
+            f"the model failed on an input of shape {tuple(x.shape)} ({x.dtype}, {x.device}): {err}. Fix: check the "
+            "image size, channels and preprocessing the model expects"
+        ) from err
+
+
+class _Run:
+    """State of one compute_cam call."""
+
+    def __init__(self, model: nn.Module, batch: Batch, method: Method, layer_name: str, module: nn.Module,
+                 categories: Sequence[str] | None):
+        self.model, self.batch, self.method = model, batch, method
+        self.layer_name, self.module, self.categories = layer_name, module, categories
+        self.logits: torch.Tensor | None = None
+        self.output: Any = None
+
+    def checked_activations(self, cap: Capture) -> torch.Tensor:
+        if cap.activations is None:
+            raise LayerError(
+                f"layer {self.layer_name!r} did not run (or returned no tensor) during the forward pass; choose a "
+                "module the model calls in forward(), e.g. the last convolutional stage"
+            )
+        acts = cap.activations
+        if not is_spatial(acts):
+            raise LayerError(
+                f"layer {self.layer_name!r} outputs shape {tuple(acts.shape)}, which has no spatial (H, W) grid to "
+                "build a map on. Fix: choose a convolutional layer before global pooling, or layer=None for auto"
+            )
+        return acts
+
+    def scorers(self, jobs: list[tuple[int, Target]]) -> list[Scorer]:
+        out = []
+        for i, t in jobs:
+            row = self.logits[i] if self.logits is not None else None
+            if row is None and not callable(t):
+                logits_of(self.output)
+            out.append(resolve_target(t, row, self.categories) if row is not None else Scorer(-1, t))
+        return out
+
+    def set_output(self, output: Any, jobs: list[tuple[int, Target]]) -> None:
+        self.output = output
+        try:
+            logits = logits_of(output)
+        except TargetError:
+            if all(callable(t) and not isinstance(t, str) for _, t in jobs):
+                return
+            raise
+        if logits.dim() == 2:
+            check_logits(logits)
+            self.logits = logits.detach()
+        elif not all(callable(t) and not isinstance(t, str) for _, t in jobs):
+            check_logits(logits)
+
+    def scores(self, scorers: list[Scorer], jobs: list[tuple[int, Target]], output: Any) -> list[torch.Tensor]:
+        logits = None
+        try:
+            logits = logits_of(output)
+        except TargetError:
+            pass
+        return [s.score(logits[i] if logits is not None and logits.dim() == 2 else None, _row(output, i))
+                for s, (i, _) in zip(scorers, jobs)]
+
+
+def _gradient_evidence(run: _Run, jobs: list[tuple[int, Target]]) -> tuple[torch.Tensor, list[Scorer], list[float]]:
+    with torch.inference_mode(False):
+        x = run.batch.x.clone()
+        with capture_layer(run.module, track_grad=True) as cap:
+            output = _forward(run.model, x)
+        acts = run.checked_activations(cap)
+        run.set_output(output, jobs)
+        scorers = run.scorers(jobs)
+        scores = run.scores(scorers, jobs, output)
+        for s in scores:
+            if not s.requires_grad:
+                raise LayerError(
+                    f"the score does not depend on layer {run.layer_name!r} through autograd (the model may detach "
+                    "it or run under torch.no_grad()); choose a layer on the path to the output"
+                )
+        leaf = acts
+        grads = torch.zeros((len(jobs),) + tuple(leaf.shape[1:]), device=leaf.device, dtype=leaf.dtype)
+        single_pass = len({i for i, _ in jobs}) == len(jobs)
+        groups = [list(range(len(jobs)))] if single_pass else [[j] for j in range(len(jobs))]
+        for g_index, group in enumerate(groups):
+            total = torch.stack([scores[j] for j in group]).sum()
+            (grad,) = torch.autograd.grad(total, leaf, retain_graph=g_index < len(groups) - 1, allow_unused=True)
+            if grad is None:
+                raise LayerError(
+                    f"the score does not depend on layer {run.layer_name!r}; choose a layer on the path to the output"
+                )
+            for j in group:
+                grads[j] = grad[jobs[j][0]]
+    rows = acts.detach()[[i for i, _ in jobs]]
+    return (rows, grads), scorers, [float(s.detach()) for s in scores]
+
+
+def _head_rows(run: _Run, acts: torch.Tensor, scorers: list[Scorer], jobs: list[tuple[int, Target]]) -> torch.Tensor:
+    linears = [m for m in run.model.modules() if isinstance(m, nn.Linear)]
+    refuse = (
+        f"method 'cam' needs a head that is global average pooling followed by one Linear layer right after layer "
+        f"{run.layer_name!r}; {{why}}. Fix: use method='gradcam' (equal to CAM on such heads, and works on any head)"
+    )
+    if run.logits is None or any(s.fn is not None for s in scorers):
+        raise MethodError(refuse.format(why="it explains class logits only, not a callable target"))
+    if not linears:
+        raise MethodError(refuse.format(why="the model has no Linear layer"))
+    head = linears[-1]
+    if head.in_features != acts.shape[1] or head.out_features != run.logits.shape[1]:
+        raise MethodError(refuse.format(
+            why=f"the last Linear maps {head.in_features} -> {head.out_features} features, but the layer has "
+                f"{acts.shape[1]} channels and the model {run.logits.shape[1]} outputs"))
+    weight = head.weight.detach().to(acts.dtype)
+    pooled = acts.mean(dim=(2, 3)) @ weight.T
+    if head.bias is not None:
+        pooled = pooled + head.bias.detach().to(acts.dtype)
+    scale = run.logits.abs().max().clamp_min(1e-6)
+    if not torch.allclose(pooled, run.logits.to(acts.dtype), rtol=1e-3, atol=1e-3 * float(scale)):
+        raise MethodError(refuse.format(
+            why="the model's logits are not the Linear layer applied to the spatial mean of this layer's output "
+                "(something else sits between them)"))
+    rows = []
+    for s in scorers:
+        if weight.shape[0] == 1:
+            rows.append(weight[0] * (1.0 if s.index == 1 else -1.0))
+        else:
+            rows.append(weight[s.index])
+    return torch.stack(rows)
+
+
+def _inference_forward(run: _Run, jobs: list[tuple[int, Target]]) -> tuple[torch.Tensor, list[Scorer], list[float]]:
+    with torch.inference_mode(), capture_layer(run.module, track_grad=False) as cap:
+        output = _forward(run.model, run.batch.x)
+    acts = run.checked_activations(cap)
+    run.set_output(output, jobs)
+    scorers = run.scorers(jobs)
+    with torch.inference_mode():
+        scores = [float(s) for s in run.scores(scorers, jobs, output)]
+    return acts, scorers, scores
+
+
+def _masked_input_scores(run: _Run, acts: torch.Tensor, scorers: list[Scorer],
+                         jobs: list[tuple[int, Target]]) -> torch.Tensor:
+    x = run.batch.x
+    out = torch.empty((len(jobs), acts.shape[1]), device=acts.device, dtype=torch.float32)
+    with torch.inference_mode():
+        for image_index in sorted({i for i, _ in jobs}):
+            rows = [j for j, (i, _) in enumerate(jobs) if i == image_index]
+            up = F.interpolate(acts[image_index:image_index + 1].float(), size=x.shape[-2:], mode="bilinear",
+                               align_corners=False)[0]
+            lo = up.amin(dim=(1, 2), keepdim=True)
+            hi = up.amax(dim=(1, 2), keepdim=True)
+            masks = (up - lo) / (hi - lo + 1e-8)
+            live = torch.nonzero((hi - lo).flatten() > 0).flatten()
+            base_input = x[image_index:image_index + 1]
+            scores = torch.empty((len(rows), acts.shape[1]), device=acts.device, dtype=torch.float32)
+            if len(live) < acts.shape[1]:
+                blank = _forward(run.model, torch.zeros_like(base_input))
+                for r, j in enumerate(rows):
+                    scores[r, :] = float(scorers[j].score(logits_of(blank)[0] if _has_logits(blank) else None,
+                                                          _row(blank, 0)))
+            for start in range(0, len(live), CHUNK):
+                channels = live[start:start + CHUNK]
+                batch = base_input * masks[channels, None].to(x.dtype)
+                output = _forward(run.model, batch)
+                logits = logits_of(output) if _has_logits(output) else None
+                for r, j in enumerate(rows):
+                    scores[r, channels] = torch.stack([
+                        scorers[j].score(logits[b] if logits is not None else None, _row(output, b)).float()
+                        for b in range(len(channels))
+                    ])
+            out[rows] = scores
+    return out
+
+
+def _has_logits(output: Any) -> bool:
+    try:
+        logits_of(output)
+        return True
+    except TargetError:
+        return False
+
+
+def _ablated_scores(run: _Run, acts: torch.Tensor, scorers: list[Scorer], jobs: list[tuple[int, Target]],
+                    base: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    x = run.batch.x
+    k = acts.shape[1]
+    out = torch.empty((len(jobs), k), device=acts.device, dtype=torch.float32)
+    with torch.inference_mode():
+        for image_index in sorted({i for i, _ in jobs}):
+            rows = [j for j, (i, _) in enumerate(jobs) if i == image_index]
+            a = acts[image_index]
+            live = torch.nonzero(a.flatten(1).abs().amax(dim=1) > 0).flatten()
+            scores = torch.tensor([base[j] for j in rows], device=acts.device, dtype=torch.float32)[:, None].repeat(1, k)
+            for start in range(0, len(live), CHUNK):
+                channels = live[start:start + CHUNK]
+                ablated = a.unsqueeze(0).repeat(len(channels), 1, 1, 1)
+                ablated[torch.arange(len(channels)), channels] = 0
+                output = _suffix_forward(run, x[image_index:image_index + 1], ablated)
+                logits = logits_of(output) if _has_logits(output) else None
+                for r, j in enumerate(rows):
+                    scores[r, channels] = torch.stack([
+                        scorers[j].score(logits[b] if logits is not None else None, _row(output, b)).float()
+                        for b in range(len(channels))
+                    ])
+            out[rows] = scores
+    base_t = torch.tensor(base, device=acts.device, dtype=torch.float32)
+    return base_t, out
+
+
+def _suffix_forward(run: _Run, x1: torch.Tensor, activations: torch.Tensor) -> Any:
+    """Run the layers after the target layer on a batch of replacement activations (the input is one image)."""
+    try:
+        with capture_layer(run.module, track_grad=False, replace=activations) as cap:
+            output = run.model(x1)
+        if cap.calls == 1 and logits_or_len(output) == activations.shape[0]:
+            return output
+    except RuntimeError:
+        pass
+    with capture_layer(run.module, track_grad=False, replace=activations) as cap:
+        output = _forward(run.model, x1.expand(activations.shape[0], -1, -1, -1))
+    if cap.calls != 1:
+        raise MethodError(
+            f"layer {run.layer_name!r} runs {cap.calls} times in one forward pass, so 'ablationcam' cannot ablate "
+            "it; choose a layer that runs once"
+        )
+    return output
+
+
+def logits_or_len(output: Any) -> int:
+    if _has_logits(output):
+        return int(logits_of(output).shape[0])
+    return len(output) if isinstance(output, (list, tuple)) else -1
+
+
+def _normalise(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ReLU then min-max per map; a map with no positive part, or one that is constant up to float noise,
+    is empty (all zeros), never NaN and never stretched noise."""
+    if not torch.isfinite(raw).all():
+        raise CamCheckError(
+            "the map contains NaN or infinite values (activations or gradients overflowed); run the model in "
+            "float32 or check it for numerical problems"
+        )
+    pos = torch.relu(raw)
+    flat = pos.flatten(1)
+    hi, lo = flat.amax(dim=1), flat.amin(dim=1)
+    scale = raw.flatten(1).abs().amax(dim=1)
+    empty = (hi <= 0) | ((hi - lo) <= EMPTY_RELATIVE * scale)
+    spread = torch.where(empty, torch.ones_like(hi), hi - lo)
+    norm = (pos - lo[:, None, None]) / spread[:, None, None]
+    norm = torch.where(empty[:, None, None], torch.zeros_like(norm), norm)
+    return norm, empty
+
+
+def _to_image(maps: torch.Tensor, geometries: list[Geometry], jobs: list[tuple[int, Target]]) -> list[np.ndarray]:
+    out: list[np.ndarray] = []
+    cache: dict[int, list[int]] = {}
+    for j, (i, _) in enumerate(jobs):
+        cache.setdefault(i, []).append(j)
+    placed: dict[int, np.ndarray] = {}
+    for i, rows in cache.items():
+        img = geometries[i].to_image(maps[rows].float()).clamp_(0.0, 1.0).cpu().numpy().astype(np.float32)
+        for r, j in enumerate(rows):
+            placed[j] = img[r]
+    for j in range(len(jobs)):
+        out.append(placed[j])
+    return out
+
+
+def _top(logits: torch.Tensor | None, i: int, categories: Sequence[str] | None, k: int = 5
+         ) -> tuple[list[tuple[int, str | None, float]], torch.Tensor | None]:
+    if logits is None:
+        return [], None
+    row = logits[i].float()
+    if row.numel() == 1:
+        p1 = torch.sigmoid(row[0])
+        probs = torch.stack([1 - p1, p1])
+    else:
+        probs = torch.softmax(row, dim=0)
+    values, idx = probs.topk(min(k, probs.numel()))
+    return [(int(c), label_of(int(c), categories), float(v)) for v, c in zip(values, idx)], probs
+
+
+def compute_cam(
+    model: nn.Module,
+    image: Any,
+    target: Target | Sequence[Target] = None,
+    *,
+    method: str = "gradcam",
+    layer: str | nn.Module | None = None,
+    preprocess: Callable | None = None,
+    device: str | torch.device | None = None,
+    categories: Sequence[str] | None = None,
+) -> CamResult | list[CamResult]:
+    """Explain ``target`` for ``image`` with a class activation map in the image's own pixels.
+
+    ``image``: a PIL image, an HxWx3 uint8 array, a path, or a preprocessed (C, H, W) tensor; a list of them
+    or an (N, C, H, W) tensor gives a list of results from one batched pass. ``target``: class index, class
+    name, ``None`` (top-1) or a callable on one image's model output returning a scalar; one image with a list
+    of targets gives one result per target from one forward pass. ``preprocess``: torchvision transforms
+    (undone exactly for the heatmap) or ``None`` (what is known for the model, else ToTensor only).
+    ``method``: "cam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "scorecam", "eigencam",
+    "ablationcam". ``layer``: ``None`` (auto), a dotted name or a module. ``device``: must be the model's
+    device if given (the model is never moved). The model is left exactly as it was: training flags,
+    parameters, ``requires_grad``, ``.grad``, buffers and hooks.
+
+    Example:
+        >>> import torch, torchvision
+        >>> net = torchvision.models.resnet18(num_classes=10)
+        >>> r = compute_cam(net, torch.rand(3, 64, 64), target=3)
+        >>> r.heatmap.shape, r.layer, r.method
+        ((64, 64), 'layer4', 'gradcam')
+    """
+    if not isinstance(model, nn.Module):
+        raise CamCheckError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    spec = get_method(method)
+    model_device = _device_of(model)
+    if device is not None:
+        try:
+            wanted = torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise CamCheckError(f"device {device!r} is not a valid torch device: {err}") from err
+        if not _same_device(wanted, model_device):
+            raise CamCheckError(
+                f"device={str(device)!r} was asked but the model is on {model_device}; pytest-camcheck never moves "
+                f"your model. Fix: model.to({str(device)!r}) before the call, or leave device=None"
+            )
+    info = model_info(model)
+    if categories is None and info is not None:
+        categories = info.categories
+    explicit = preprocess is not None
+    if preprocess is None and info is not None:
+        preprocess = info.preprocess
+    batch = prepare(image, preprocess, explicit_preprocess=explicit, device=model_device, dtype=_dtype_of(model))
+    jobs = _jobs(target, batch)
+
+    with evaluation_mode(model):
+        if layer is None:
+            with torch.inference_mode(False):
+                layer = auto_layer(model, batch.x.clone())
+        layer_name, module = resolve_layer(model, layer)
+        run = _Run(model, batch, spec, layer_name, module, categories)
+        if spec.needs == "gradients":
+            (acts, grads), scorers, scores = _gradient_evidence(run, jobs)
+            raw = spec.build(acts.float(), grads.float())
+        else:
+            all_acts, scorers, scores = _inference_forward(run, jobs)
+            acts = all_acts[[i for i, _ in jobs]].float()
+            if spec.needs == "head":
+                evidence: Any = _head_rows(run, all_acts.float(), scorers, jobs)
+            elif spec.needs == "masked_inputs":
+                evidence = _masked_input_scores(run, all_acts, scorers, jobs)
+            elif spec.needs == "ablated_activations":
+                evidence = _ablated_scores(run, all_acts, scorers, jobs, scores)
+            else:
+                evidence = None
+            raw = spec.build(acts, evidence)
+    norm, empty = _normalise(raw.detach())
+    heatmaps = _to_image(norm, batch.geometries, jobs)
+    raw_np = raw.detach().float().cpu().numpy()
+    results = []
+    for j, (i, _) in enumerate(jobs):
+        top, probs = _top(run.logits, i, categories)
+        index = scorers[j].index
+        results.append(CamResult(
+            heatmap=heatmaps[j],
+            raw=raw_np[j],
+            target=index,
+            label=label_of(index, categories) if index >= 0 else None,
+            score=scores[j],
+            probability=float(probs[index]) if probs is not None and index >= 0 else None,
+            layer=layer_name,
+            method=spec.name,
+            empty=bool(empty[j]),
+            image_size=batch.geometries[i].image_size,
+            top=top,
+            image=batch.pictures[i],
+        ))
+    if not batch.batched and len(results) == 1 and not isinstance(target, (list, tuple)):
+        return results[0]
+    return results

@@ -1,0 +1,113 @@
+"""Turning what the user hands over (images, paths, arrays, tensors) into one input batch and its geometries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+from ..errors import InputError
+from ..geometry import Geometry, infer_geometry
+
+
+@dataclass
+class Batch:
+    """The model input, one geometry per image, the original pictures (None for tensors), and whether the
+    caller handed over several images."""
+
+    x: torch.Tensor
+    geometries: list[Geometry]
+    pictures: list[Image.Image | None]
+    batched: bool
+
+
+def _is_single(image: Any) -> bool:
+    if isinstance(image, torch.Tensor):
+        return image.dim() != 4
+    return not isinstance(image, (list, tuple))
+
+
+def _check_tensor(t: torch.Tensor, what: str) -> torch.Tensor:
+    if t.dim() != 3:
+        raise InputError(
+            f"{what} has shape {tuple(t.shape)}; expected (C, H, W) for one image or (N, C, H, W) for a batch. "
+            "Fix: add or remove a batch dimension (t.unsqueeze(0) / t[0])"
+        )
+    if not t.is_floating_point():
+        raise InputError(
+            f"{what} has dtype {t.dtype}; a preprocessed tensor must be floating point. Fix: pass the PIL image or "
+            "array with preprocess=..., or convert the tensor (e.g. t.float() / 255 and normalise as the model expects)"
+        )
+    if t.shape[-1] == 0 or t.shape[-2] == 0 or t.shape[0] == 0:
+        raise InputError(f"{what} is empty (shape {tuple(t.shape)}); pass an image with pixels")
+    if not torch.isfinite(t).all():
+        raise InputError(f"{what} contains NaN or infinite values; fix the image or the preprocessing")
+    return t
+
+
+def _one(image: Any, preprocess: Callable | None, explicit: bool, index: int) -> tuple[torch.Tensor, Geometry, Image.Image | None]:
+    what = "the image" if index < 0 else f"image {index} of the batch"
+    if isinstance(image, torch.Tensor):
+        t = _check_tensor(image.detach(), what)
+        if explicit and preprocess is not None:
+            geometry = infer_geometry(preprocess, tuple(t.shape[-2:]))
+            t = _check_tensor(_apply(preprocess, t, what), f"{what} after preprocess")
+            return t, geometry, None
+        return t, Geometry.identity(tuple(t.shape[-2:])), None
+    from ..images import load_image
+
+    picture = load_image(image)
+    geometry = infer_geometry(preprocess, (picture.height, picture.width))
+    t = TF.to_tensor(picture) if preprocess is None else _apply(preprocess, picture, what)
+    if not isinstance(t, torch.Tensor):
+        raise InputError(
+            f"preprocess returned {type(t).__name__} for {what}, not a tensor. Fix: end the preprocessing with "
+            "ToTensor() (v1) or ToImage() + ToDtype(torch.float32, scale=True) (v2)"
+        )
+    t = _check_tensor(t, f"{what} after preprocess")
+    if tuple(t.shape[-2:]) != geometry.input_size:
+        raise InputError(
+            f"preprocess produced a tensor of size {tuple(t.shape[-2:])} but its transforms describe "
+            f"{geometry.input_size}; the map could not be placed reliably. Fix: use torchvision's own Resize/CenterCrop"
+        )
+    return t, geometry, picture
+
+
+def _apply(preprocess: Callable, image: Any, what: str) -> Any:
+    try:
+        return preprocess(image)
+    except Exception as err:
+        raise InputError(f"preprocess failed on {what}: {err}. Fix the preprocessing or the image") from err
+
+
+def prepare(image: Any, preprocess: Callable | None, *, explicit_preprocess: bool, device: torch.device,
+            dtype: torch.dtype) -> Batch:
+    """Build the input batch: one image, a list of images, or a tensor of shape (C,H,W) / (N,C,H,W)."""
+    single = _is_single(image)
+    if isinstance(image, torch.Tensor) and image.dim() == 4:
+        items: Sequence[Any] = list(image)
+    elif isinstance(image, (list, tuple)):
+        items = list(image)
+    elif isinstance(image, (str, Path, Image.Image, np.ndarray, torch.Tensor)):
+        items = [image]
+    else:
+        raise InputError(
+            f"image of type {type(image).__name__} is not understood; pass a PIL image, an HxWx3 uint8 array, "
+            "a file path, a preprocessed (C, H, W) tensor, or a list / (N, C, H, W) tensor of them"
+        )
+    if not items:
+        raise InputError("the batch of images is empty; pass at least one image")
+    parts = [_one(item, preprocess, explicit_preprocess, -1 if single else i) for i, item in enumerate(items)]
+    shapes = {tuple(t.shape) for t, _, _ in parts}
+    if len(shapes) > 1:
+        raise InputError(
+            f"the images of the batch have different shapes after preprocessing ({sorted(shapes)}); a batch needs "
+            "one shape. Fix: add Resize((h, w)) or CenterCrop to preprocess, or explain the images one at a time"
+        )
+    x = torch.stack([t for t, _, _ in parts]).to(device=device, dtype=dtype)
+    return Batch(x, [g for _, g, _ in parts], [p for _, _, p in parts], not single)

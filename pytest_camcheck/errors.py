@@ -1,0 +1,39 @@
+"""Errors a user can fix. Every message names the problem and the fix."""
+
+from __future__ import annotations
+
+
+class CamCheckError(ValueError):
+    """Bad input to pytest-camcheck: the message says what is wrong and how to fix it.
+
+    Example:
+        >>> try:
+        ...     raise CamCheckError("layer 'layer9' not found; use one of: layer4")
+        ... except CamCheckError as err:
+        ...     print(err)
+        layer 'layer9' not found; use one of: layer4
+    """
+
+
+class InputError(CamCheckError):
+    """The image or tensor handed over cannot be used."""
+
+
+class TargetError(CamCheckError):
+    """The target class (index, name or callable) cannot be resolved."""
+
+
+class LayerError(CamCheckError):
+    """The target layer cannot be found or does not produce a usable map."""
+
+
+class MethodError(CamCheckError):
+    """The CAM method is unknown or does not apply to this model."""
+
+
+class GeometryError(CamCheckError):
+    """The preprocessing's geometry cannot be known, so the map could not be placed in image pixels."""
+
+
+class RegionError(CamCheckError):
+    """A region (box or mask) is empty, inverted, or outside the image."""

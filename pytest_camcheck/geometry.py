@@ -1,0 +1,223 @@
+"""Preprocessing geometry: where each pixel of the model's input tensor came from in the original image.
+
+A preprocessing pipeline is read transform by transform. Photometric steps (ToTensor, Normalize, ...)
+leave the geometry alone; Resize and CenterCrop change it in a way that can be undone exactly; anything
+else (random crops, flips, unknown callables) is refused, because a map placed with a guessed geometry
+would be silently wrong.
+
+Coordinates are continuous and edge-based: pixel ``i`` covers ``[i, i + 1)``, its centre is ``i + 0.5``.
+Along each axis the input coordinate ``u`` and the original coordinate ``x`` satisfy ``x = scale * u + shift``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .errors import GeometryError
+
+__all__ = ["Geometry", "geometry_neutral", "infer_geometry"]
+
+
+@dataclass(frozen=True)
+class _Axis:
+    scale: float
+    shift: float
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Map between the model input (``input_size``) and the original image (``image_size``), both (H, W).
+
+    Example:
+        >>> g = Geometry.identity((4, 6)).resized((8, 12))
+        >>> g.input_size
+        (8, 12)
+        >>> g.to_image(torch.ones(1, 2, 3)).shape
+        torch.Size([1, 4, 6])
+    """
+
+    image_size: tuple[int, int]
+    input_size: tuple[int, int]
+    y: _Axis
+    x: _Axis
+
+    @classmethod
+    def identity(cls, size: tuple[int, int]) -> "Geometry":
+        """Geometry of an image fed as it is. Example: ``Geometry.identity((224, 224))``."""
+        size = (int(size[0]), int(size[1]))
+        return cls(size, size, _Axis(1.0, 0.0), _Axis(1.0, 0.0))
+
+    def resized(self, new_size: tuple[int, int]) -> "Geometry":
+        """The geometry after resizing the current input to ``new_size`` (H, W)."""
+        (h, w), (nh, nw) = self.input_size, new_size
+        return Geometry(
+            self.image_size,
+            (int(nh), int(nw)),
+            _Axis(self.y.scale * h / nh, self.y.shift),
+            _Axis(self.x.scale * w / nw, self.x.shift),
+        )
+
+    def cropped(self, top: int, left: int, size: tuple[int, int]) -> "Geometry":
+        """The geometry after cropping ``size`` at (top, left); negative offsets mean zero padding."""
+        return Geometry(
+            self.image_size,
+            (int(size[0]), int(size[1])),
+            _Axis(self.y.scale, self.y.shift + self.y.scale * top),
+            _Axis(self.x.scale, self.x.shift + self.x.scale * left),
+        )
+
+    def to_image(self, maps: torch.Tensor) -> torch.Tensor:
+        """Resample maps covering the model input, shape (N, h, w) at any resolution, into original pixels.
+
+        Bilinear interpolation at each original pixel's centre; pixels the model never saw get 0.
+        The result stays on the maps' device, shape (N, H, W).
+        """
+        n = maps.shape[0]
+        height, width = self.image_size
+        in_h, in_w = self.input_size
+        dev, dtype = maps.device, maps.dtype if maps.is_floating_point() else torch.float32
+        ys = (torch.arange(height, device=dev, dtype=torch.float64) + 0.5 - self.y.shift) / self.y.scale
+        xs = (torch.arange(width, device=dev, dtype=torch.float64) + 0.5 - self.x.shift) / self.x.scale
+        inside = ((ys >= 0) & (ys <= in_h))[:, None] & ((xs >= 0) & (xs <= in_w))[None, :]
+        gy = (2 * ys / in_h - 1).to(dtype)
+        gx = (2 * xs / in_w - 1).to(dtype)
+        grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)
+        out = F.grid_sample(
+            maps[:, None].to(dtype),
+            grid.expand(n, -1, -1, -1),
+            mode="bilinear",
+            padding_mode="border",
+            align_corners=False,
+        )[:, 0]
+        return out * inside.to(dtype)
+
+
+class _Neutral:
+    """A callable the user declared as geometry-neutral (it changes colours or dtype only)."""
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, image: Any) -> Any:
+        return self.fn(image)
+
+    def __repr__(self) -> str:
+        return f"geometry_neutral({self.fn!r})"
+
+
+def geometry_neutral(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Declare that ``fn`` moves no pixel (no resize, crop, pad or flip), so its geometry is the identity.
+
+    Example:
+        >>> import torchvision.transforms.functional as TF
+        >>> prep = geometry_neutral(lambda im: TF.to_tensor(im) * 2 - 1)
+    """
+    return _Neutral(fn)
+
+
+_NEUTRAL_NAMES = {
+    "ToTensor",
+    "PILToTensor",
+    "ConvertImageDtype",
+    "Normalize",
+    "ToImage",
+    "ToDtype",
+    "ToPureTensor",
+    "Grayscale",
+    "RGB",
+    "Identity",
+    "ToPILImage",
+}
+_RANDOM_HINT = (
+    "it is random or moves pixels in a way that cannot be undone; use your evaluation transforms "
+    "(e.g. Resize + CenterCrop + ToTensor + Normalize)"
+)
+
+
+def _resize_output_size(size_hw: tuple[int, int], size: Any, max_size: int | None) -> tuple[int, int]:
+    """torchvision's rule for the output size of Resize."""
+    h, w = size_hw
+    if size is None:
+        if max_size is None:
+            raise GeometryError("Resize(size=None) needs max_size; fix the transform")
+        ratio = max_size / max(h, w)
+        return (int(h * ratio), int(w * ratio))
+    if isinstance(size, int) or (isinstance(size, Sequence) and len(size) == 1):
+        requested = size if isinstance(size, int) else size[0]
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = requested, int(requested * long / short)
+        if max_size is not None and new_long > max_size:
+            new_short, new_long = int(max_size * new_short / new_long), max_size
+        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+        return (new_h, new_w)
+    return (int(size[0]), int(size[1]))
+
+
+def _pair(size: Any) -> tuple[int, int]:
+    if isinstance(size, int):
+        return (size, size)
+    if len(size) == 1:
+        return (int(size[0]), int(size[0]))
+    return (int(size[0]), int(size[1]))
+
+
+def _center_crop(geom: Geometry, size: Any) -> Geometry:
+    ch, cw = _pair(size)
+    h, w = geom.input_size
+    top = -((ch - h) // 2) if ch > h else int(round((h - ch) / 2.0))
+    left = -((cw - w) // 2) if cw > w else int(round((w - cw) / 2.0))
+    return geom.cropped(top, left, (ch, cw))
+
+
+def _steps(preprocess: Any) -> list[Any]:
+    if hasattr(preprocess, "transforms") and isinstance(preprocess.transforms, (list, tuple)):
+        return [s for t in preprocess.transforms for s in _steps(t)]
+    if isinstance(preprocess, torch.nn.Sequential):
+        return [s for t in preprocess for s in _steps(t)]
+    return [preprocess]
+
+
+def infer_geometry(preprocess: Any, image_size: tuple[int, int]) -> Geometry:
+    """Read the geometry of ``preprocess`` applied to an image of ``image_size`` (H, W).
+
+    Understands torchvision v1 and v2 ``Compose``, ``Resize`` (int or (h, w), ``max_size``),
+    ``CenterCrop``, photometric steps, and the weights presets (``ResNet18_Weights.DEFAULT.transforms()``).
+
+    Example:
+        >>> from torchvision import transforms as T
+        >>> g = infer_geometry(T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor()]), (300, 400))
+        >>> g.input_size
+        (224, 224)
+    """
+    geom = Geometry.identity(image_size)
+    if preprocess is None:
+        return geom
+    for step in _steps(preprocess):
+        name = type(step).__name__
+        if isinstance(step, _Neutral) or name in _NEUTRAL_NAMES:
+            continue
+        if name == "ImageClassification" and hasattr(step, "crop_size") and hasattr(step, "resize_size"):
+            resize = step.resize_size
+            if resize is not None:
+                geom = geom.resized(_resize_output_size(geom.input_size, resize, None))
+            geom = _center_crop(geom, step.crop_size)
+        elif name == "Resize":
+            geom = geom.resized(_resize_output_size(geom.input_size, step.size, getattr(step, "max_size", None)))
+        elif name == "CenterCrop":
+            geom = _center_crop(geom, step.size)
+        elif name.startswith("Random") or name in {"ColorJitter", "GaussianBlur", "AutoAugment", "RandAugment",
+                                                  "TrivialAugmentWide", "AugMix", "ElasticTransform"}:
+            raise GeometryError(f"preprocess step {name} cannot be used to explain a model: {_RANDOM_HINT}")
+        else:
+            raise GeometryError(
+                f"cannot tell where preprocess step {step!r} moves pixels, so the heatmap could not be placed "
+                "in the original image. Fix: build preprocess from torchvision Resize / CenterCrop / ToTensor / "
+                "Normalize (v1 or v2, or a weights preset); or wrap a step that only changes colours or dtype "
+                "with pytest_camcheck.geometry_neutral(fn); or preprocess the image yourself and pass the tensor "
+                "(the heatmap then comes back at tensor size)"
+            )
+    return geom
