@@ -11,10 +11,25 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
+
+from ..errors import CamCheckError, InputError
+
+
+def run_model(model: nn.Module, x: torch.Tensor) -> Any:
+    """``model(x)``, with the model's own failure on this input reported as an InputError naming the input."""
+    try:
+        return model(x)
+    except CamCheckError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        raise InputError(
+            f"the model failed on an input of shape {tuple(x.shape)} ({x.dtype}, {x.device}): {err}. Fix: check the "
+            "image size, channels and preprocessing the model expects"
+        ) from err
 
 
 @contextlib.contextmanager

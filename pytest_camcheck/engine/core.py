@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..errors import CamCheckError, InputError, LayerError, MethodError, TargetError
+from ..errors import CamCheckError, LayerError, MethodError, TargetError
 from ..geometry import Geometry
 from ..zoo import model_info
-from .capture import Capture, capture_layer, evaluation_mode
+from .capture import Capture, capture_layer, evaluation_mode, run_model as _forward
 from .inputs import Batch, prepare
 from .layers import auto_layer, is_spatial, resolve_layer
 from .methods import Method, get_method
@@ -111,18 +111,6 @@ def _jobs(target: Any, batch: Batch) -> list[tuple[int, Target]]:
     return [(i, target) for i in range(n)]
 
 
-def _forward(model: nn.Module, x: torch.Tensor) -> Any:
-    try:
-        return model(x)
-    except CamCheckError:
-        raise
-    except (RuntimeError, ValueError, TypeError, IndexError) as err:
-        raise InputError(
-            f"the model failed on an input of shape {tuple(x.shape)} ({x.dtype}, {x.device}): {err}. Fix: check the "
-            "image size, channels and preprocessing the model expects"
-        ) from err
-
-
 class _Run:
     """State of one compute_cam call."""
 
@@ -148,13 +136,9 @@ class _Run:
         return acts
 
     def scorers(self, jobs: list[tuple[int, Target]]) -> list[Scorer]:
-        out = []
-        for i, t in jobs:
-            row = self.logits[i] if self.logits is not None else None
-            if row is None and not callable(t):
-                logits_of(self.output)
-            out.append(resolve_target(t, row, self.categories) if row is not None else Scorer(-1, t))
-        return out
+        if self.logits is None:
+            return [Scorer(-1, t) for _, t in jobs]
+        return [resolve_target(t, self.logits[i], self.categories) for i, t in jobs]
 
     def set_output(self, output: Any, jobs: list[tuple[int, Target]]) -> None:
         self.output = output
@@ -171,13 +155,23 @@ class _Run:
             check_logits(logits)
 
     def scores(self, scorers: list[Scorer], jobs: list[tuple[int, Target]], output: Any) -> list[torch.Tensor]:
-        logits = None
-        try:
-            logits = logits_of(output)
-        except TargetError:
-            pass
-        return [s.score(logits[i] if logits is not None and logits.dim() == 2 else None, _row(output, i))
-                for s, (i, _) in zip(scorers, jobs)]
+        return [scorer.score(*_seen_by_target(output, i)) for scorer, (i, _) in zip(scorers, jobs)]
+
+
+def _seen_by_target(output: Any, i: int) -> tuple[torch.Tensor | None, Any]:
+    """(logits row or None, what a callable target gets) for image ``i``: the logits row when the output has
+    logits, else image ``i``'s part of the raw output."""
+    try:
+        logits = logits_of(output)
+    except TargetError:
+        return None, _row(output, i)
+    return (logits[i] if logits.dim() == 2 else None), logits[i]
+
+
+def _score_matrix(scorers: list[Scorer], output: Any, n: int) -> torch.Tensor:
+    """Scores (len(scorers), n) of every scorer on each of the ``n`` images of ``output``."""
+    seen = [_seen_by_target(output, b) for b in range(n)]
+    return torch.stack([torch.stack([s.score(*v).float() for v in seen]) for s in scorers])
 
 
 def _gradient_evidence(run: _Run, jobs: list[tuple[int, Target]]) -> tuple[torch.Tensor, list[Scorer], list[float]]:
@@ -273,29 +267,13 @@ def _masked_input_scores(run: _Run, acts: torch.Tensor, scorers: list[Scorer],
             scores = torch.empty((len(rows), acts.shape[1]), device=acts.device, dtype=torch.float32)
             if len(live) < acts.shape[1]:
                 blank = _forward(run.model, torch.zeros_like(base_input))
-                for r, j in enumerate(rows):
-                    scores[r, :] = float(scorers[j].score(logits_of(blank)[0] if _has_logits(blank) else None,
-                                                          _row(blank, 0)))
+                scores[:] = _score_matrix([scorers[j] for j in rows], blank, 1)
             for start in range(0, len(live), CHUNK):
                 channels = live[start:start + CHUNK]
-                batch = base_input * masks[channels, None].to(x.dtype)
-                output = _forward(run.model, batch)
-                logits = logits_of(output) if _has_logits(output) else None
-                for r, j in enumerate(rows):
-                    scores[r, channels] = torch.stack([
-                        scorers[j].score(logits[b] if logits is not None else None, _row(output, b)).float()
-                        for b in range(len(channels))
-                    ])
+                output = _forward(run.model, base_input * masks[channels, None].to(x.dtype))
+                scores[:, channels] = _score_matrix([scorers[j] for j in rows], output, len(channels))
             out[rows] = scores
     return out
-
-
-def _has_logits(output: Any) -> bool:
-    try:
-        logits_of(output)
-        return True
-    except TargetError:
-        return False
 
 
 def _ablated_scores(run: _Run, acts: torch.Tensor, scorers: list[Scorer], jobs: list[tuple[int, Target]],
@@ -314,12 +292,7 @@ def _ablated_scores(run: _Run, acts: torch.Tensor, scorers: list[Scorer], jobs: 
                 ablated = a.unsqueeze(0).repeat(len(channels), 1, 1, 1)
                 ablated[torch.arange(len(channels)), channels] = 0
                 output = _suffix_forward(run, x[image_index:image_index + 1], ablated)
-                logits = logits_of(output) if _has_logits(output) else None
-                for r, j in enumerate(rows):
-                    scores[r, channels] = torch.stack([
-                        scorers[j].score(logits[b] if logits is not None else None, _row(output, b)).float()
-                        for b in range(len(channels))
-                    ])
+                scores[:, channels] = _score_matrix([scorers[j] for j in rows], output, len(channels))
             out[rows] = scores
     base_t = torch.tensor(base, device=acts.device, dtype=torch.float32)
     return base_t, out
@@ -330,7 +303,7 @@ def _suffix_forward(run: _Run, x1: torch.Tensor, activations: torch.Tensor) -> A
     try:
         with capture_layer(run.module, track_grad=False, replace=activations) as cap:
             output = run.model(x1)
-        if cap.calls == 1 and logits_or_len(output) == activations.shape[0]:
+        if cap.calls == 1 and _batch_size(output) == activations.shape[0]:
             return output
     except RuntimeError:
         pass
@@ -344,10 +317,11 @@ def _suffix_forward(run: _Run, x1: torch.Tensor, activations: torch.Tensor) -> A
     return output
 
 
-def logits_or_len(output: Any) -> int:
-    if _has_logits(output):
+def _batch_size(output: Any) -> int:
+    try:
         return int(logits_of(output).shape[0])
-    return len(output) if isinstance(output, (list, tuple)) else -1
+    except TargetError:
+        return len(output) if isinstance(output, (list, tuple)) else -1
 
 
 def _normalise(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import LayerError
-from .capture import evaluation_mode, record_outputs
+from .capture import evaluation_mode, record_outputs, run_model
 
 _POOLS_TO_FIXED_SIZE = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _AUTO: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, str]]" = weakref.WeakKeyDictionary()
@@ -23,7 +23,7 @@ def is_spatial(t: torch.Tensor) -> bool:
 def spatial_layers(model: nn.Module, x: torch.Tensor) -> list[tuple[str, tuple]]:
     """Modules with a spatial output, in the order they finish, from one probing pass (eval, no grad)."""
     with evaluation_mode(model), torch.no_grad(), record_outputs(model, is_spatial) as seen:
-        model(x)
+        run_model(model, x)
     return list(seen)
 
 

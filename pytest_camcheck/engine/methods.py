@@ -82,8 +82,15 @@ def eigencam(acts: torch.Tensor, _evidence: None = None) -> torch.Tensor:
 
 
 def scorecam(acts: torch.Tensor, channel_scores: torch.Tensor) -> torch.Tensor:
-    """Score-CAM: w = softmax_k(score of the input masked by channel k); map = sum_k w_k A_k."""
-    return _weighted(torch.softmax(channel_scores.to(acts.dtype), dim=1), acts)
+    """Score-CAM: w = softmax_k(score of the input masked by channel k); map = sum_k w_k A_k.
+
+    When every channel gives the same score the map says nothing about the target: it is left empty.
+    """
+    scores = channel_scores.to(acts.dtype)
+    spread = scores.amax(dim=1) - scores.amin(dim=1)
+    flat = spread <= 1e-6 * scores.abs().amax(dim=1).clamp_min(1e-12)
+    weights = torch.where(flat[:, None], torch.zeros_like(scores), torch.softmax(scores, dim=1))
+    return _weighted(weights, acts)
 
 
 def ablationcam(acts: torch.Tensor, scores: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

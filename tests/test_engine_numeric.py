@@ -1,0 +1,249 @@
+"""Maps equal hand-computed values on tiny models whose activations and gradients are known exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pytest_camcheck import compute_cam
+from pytest_camcheck.engine.methods import METHODS
+
+from .models import Binary, ConstantScore, GapLinear, KnownGradient
+
+
+def _image(seed: int = 0, size: tuple[int, int] = (5, 7)) -> torch.Tensor:
+    return torch.rand((3,) + size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_cam_is_the_class_weights_over_the_feature_map() -> None:
+    model = GapLinear()
+    x = _image()
+    result = compute_cam(model, x, target=2, method="cam")
+    with torch.no_grad():
+        feats = model.features(x[None])[0]
+    expected = np.einsum("k,khw->hw", model.fc.weight[2].detach().numpy(), feats.numpy())
+    np.testing.assert_allclose(result.raw, expected, rtol=1e-5, atol=1e-6)
+    pos = np.maximum(expected, 0)
+    np.testing.assert_allclose(result.heatmap, (pos - pos.min()) / (pos.max() - pos.min()), atol=1e-5)
+
+
+@pytest.mark.parametrize("target", [0, 1, 2, 3])
+def test_cam_plus_bias_averages_to_the_logit(target: int) -> None:
+    """Seed 004's identity: mean over positions of (CAM + bias) is exactly the class logit."""
+    model = GapLinear(channels=6, seed=target)
+    result = compute_cam(model, _image(target, (9, 4)), target=target, method="cam")
+    assert result.raw.mean() + model.fc.bias[target].item() == pytest.approx(result.score, abs=1e-5)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"])
+def test_gradient_methods_on_known_gradients(method: str) -> None:
+    g = torch.Generator().manual_seed(3)
+    m = torch.randn(2, 3, 5, 7, generator=g)
+    q = torch.randn(2, 3, 5, 7, generator=g)
+    x = _image(1)
+    result = compute_cam(KnownGradient(m, q), x, target=1, method=method, layer="features")
+    a = x.numpy().astype(np.float64)
+    grad = (m[1] + q[1] * x).numpy().astype(np.float64)
+    if method == "gradcam":
+        expected = np.einsum("k,khw->hw", grad.mean(axis=(1, 2)), a)
+    elif method == "gradcam++":
+        g2, g3 = grad ** 2, grad ** 3
+        alpha = g2 / (2 * g2 + a.sum(axis=(1, 2))[:, None, None] * g3 + 1e-6)
+        alpha = np.where(grad != 0, alpha, 0)
+        expected = np.einsum("k,khw->hw", (np.maximum(grad, 0) * alpha).sum(axis=(1, 2)), a)
+    elif method == "xgradcam":
+        w = (grad * a).sum(axis=(1, 2)) / (a.sum(axis=(1, 2)) + 1e-7)
+        expected = np.einsum("k,khw->hw", w, a)
+    elif method == "hirescam":
+        expected = (grad * a).sum(axis=0)
+    else:
+        expected = (np.maximum(grad, 0) * a).sum(axis=0)
+    np.testing.assert_allclose(result.raw, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_gradcam_equals_cam_on_a_gap_linear_head() -> None:
+    model = GapLinear(channels=8, classes=5, seed=4)
+    x = _image(4, (12, 9))
+    for target in range(5):
+        cam = compute_cam(model, x, target=target, method="cam")
+        grad = compute_cam(model, x, target=target, method="gradcam")
+        np.testing.assert_allclose(grad.raw * 12 * 9, cam.raw, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(grad.heatmap, cam.heatmap, atol=1e-5)
+        assert grad.empty == cam.empty
+
+
+def test_eigencam_is_the_first_principal_component_with_a_fixed_sign() -> None:
+    model = GapLinear(channels=6, seed=5)
+    x = _image(5, (8, 8))
+    result = compute_cam(model, x, method="eigencam")
+    with torch.no_grad():
+        feats = model.features(x[None])[0].double().numpy()
+    flat = feats.reshape(6, -1).T
+    flat = flat - flat.mean(axis=0)
+    _, _, vt = np.linalg.svd(flat, full_matrices=False)
+    proj = flat @ vt[0]
+    mean_map = feats.mean(axis=0).ravel()
+    assert np.corrcoef(result.raw.ravel(), mean_map)[0, 1] > 0
+    np.testing.assert_allclose(np.abs(result.raw.ravel()), np.abs(proj), rtol=1e-4, atol=1e-6)
+
+
+def test_scorecam_weights_are_the_softmax_of_masked_input_scores() -> None:
+    model = GapLinear(channels=3, seed=6)
+    x = _image(6, (6, 6))
+    result = compute_cam(model, x, target=0, method="scorecam")
+    with torch.no_grad():
+        acts = model.features(x[None])
+        up = F.interpolate(acts, size=(6, 6), mode="bilinear", align_corners=False)[0]
+        scores = []
+        for k in range(3):
+            mk = (up[k] - up[k].min()) / (up[k].max() - up[k].min() + 1e-8)
+            scores.append(model(x[None] * mk)[0, 0])
+        w = torch.softmax(torch.stack(scores), 0)
+        expected = torch.einsum("k,khw->hw", w, acts[0]).numpy()
+    np.testing.assert_allclose(result.raw, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_ablationcam_weights_are_the_relative_drop_when_a_channel_is_zeroed() -> None:
+    model = GapLinear(channels=4, seed=7)
+    x = _image(7, (6, 5))
+    result = compute_cam(model, x, target=1, method="ablationcam")
+    with torch.no_grad():
+        acts = model.features(x[None])
+        base = model.fc(acts.mean(dim=(2, 3)))[0, 1]
+        drops = []
+        for k in range(4):
+            ablated = acts.clone()
+            ablated[:, k] = 0
+            drops.append((base - model.fc(ablated.mean(dim=(2, 3)))[0, 1]) / base)
+        expected = torch.einsum("k,khw->hw", torch.stack(drops), acts[0]).numpy()
+    np.testing.assert_allclose(result.raw, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_binary_head_negative_class_gets_the_negated_map() -> None:
+    torch.manual_seed(0)
+    model = Binary()
+    x = _image(8, (10, 10))
+    for method in ("cam", "gradcam"):
+        pos = compute_cam(model, x, target=1, method=method)
+        neg = compute_cam(model, x, target=0, method=method)
+        np.testing.assert_allclose(neg.raw, -pos.raw, rtol=1e-5, atol=1e-7)
+        assert neg.score == pytest.approx(-pos.score)
+        assert pos.probability + neg.probability == pytest.approx(1.0)
+    top = compute_cam(model, x)
+    assert top.target == int(top.score > 0) or top.score > 0
+
+
+@pytest.mark.parametrize("method", sorted(set(METHODS) - {"cam"}))
+def test_a_constant_score_gives_an_empty_map_not_nan(method: str) -> None:
+    torch.manual_seed(1)
+    result = compute_cam(ConstantScore(), _image(9, (8, 8)), target=0, method=method)
+    assert not np.isnan(result.heatmap).any()
+    if method != "eigencam":
+        assert result.empty
+        assert result.heatmap.max() == 0.0
+
+
+def test_an_all_negative_map_is_empty() -> None:
+    model = GapLinear(channels=1, classes=2)
+    with torch.no_grad():
+        model.features.weight.fill_(1.0)
+        model.fc.weight.copy_(torch.tensor([[-1.0], [1.0]]))
+    x = _image(10)
+    neg = compute_cam(model, x, target=0, method="cam")
+    assert neg.empty and neg.heatmap.max() == 0.0 and (neg.raw < 0).all()
+    assert not compute_cam(model, x, target=1, method="cam").empty
+
+
+def test_a_map_constant_up_to_float_noise_is_empty_not_stretched() -> None:
+    model = GapLinear(channels=1, classes=1)
+    with torch.no_grad():
+        model.features.weight.fill_(1.0)
+        model.fc.weight.fill_(1.0)
+    x = torch.full((3, 6, 6), 0.5) + 1e-9 * torch.rand(3, 6, 6)
+    assert compute_cam(model, x, target=1, method="cam").empty
+
+
+def test_a_batch_gives_the_same_maps_as_single_calls() -> None:
+    model = GapLinear(channels=5, classes=3, seed=11)
+    xs = torch.stack([_image(i, (7, 7)) for i in range(4)])
+    batch = compute_cam(model, xs, target=[0, 1, 2, 0])
+    assert len(batch) == 4
+    for i, r in enumerate(batch):
+        single = compute_cam(model, xs[i], target=[0, 1, 2, 0][i])
+        np.testing.assert_allclose(r.raw, single.raw, rtol=1e-5, atol=1e-6)
+        assert r.target == single.target
+
+
+@pytest.mark.parametrize("method", ["gradcam", "scorecam", "ablationcam", "cam"])
+def test_several_targets_for_one_image_equal_separate_calls(method: str) -> None:
+    model = GapLinear(channels=5, classes=4, seed=12)
+    x = _image(12, (6, 6))
+    many = compute_cam(model, x, target=[3, 0, 2], method=method)
+    assert [r.target for r in many] == [3, 0, 2]
+    for r in many:
+        np.testing.assert_allclose(r.raw, compute_cam(model, x, target=r.target, method=method).raw, rtol=1e-4,
+                                   atol=1e-6)
+
+
+def test_class_names_resolve_through_categories() -> None:
+    model = GapLinear(classes=3)
+    r = compute_cam(model, _image(), target="Tiger Cat", categories=["dog", "tiger cat", "fish"])
+    assert (r.target, r.label) == (1, "tiger cat")
+    assert [t[0] for t in r.top] == sorted(range(3), key=lambda c: -r.top[[t[0] for t in r.top].index(c)][2])
+
+
+def test_top1_target_and_probability() -> None:
+    model = GapLinear(classes=4, seed=13)
+    x = _image(13)
+    r = compute_cam(model, x)
+    with torch.no_grad():
+        logits = model(x[None])[0]
+    assert r.target == int(logits.argmax())
+    assert r.probability == pytest.approx(float(torch.softmax(logits, 0).max()), rel=1e-5)
+    assert r.score == pytest.approx(float(logits.max()), rel=1e-5)
+
+
+def test_callable_target_and_dict_outputs() -> None:
+    class Seg(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = torch.nn.Conv2d(3, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"out": self.features(x)}
+
+    torch.manual_seed(2)
+    model = Seg()
+    x = _image(14, (6, 8))
+    r = compute_cam(model, x, target=lambda out: out[1].sum(), layer="features", method="hirescam")
+    with torch.no_grad():
+        acts = model.features(x[None])[0]
+    np.testing.assert_allclose(r.raw, acts[1].numpy(), rtol=1e-5)  # dScore/dA is 1 on channel 1, 0 on channel 0
+    assert r.label is None and r.probability is None
+
+
+def test_models_returning_tuples_or_logits_objects() -> None:
+    base = GapLinear(seed=15)
+
+    class Tuple(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = base
+
+        def forward(self, x: torch.Tensor) -> tuple:
+            return self.net(x), torch.zeros(1)
+
+    class Obj(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = base
+
+        def forward(self, x: torch.Tensor) -> object:
+            return type("Out", (), {"logits": self.net(x)})()
+
+    x = _image(15)
+    ref = compute_cam(base, x, target=2).raw
+    np.testing.assert_allclose(compute_cam(Tuple(), x, target=2).raw, ref, rtol=1e-6)
+    np.testing.assert_allclose(compute_cam(Obj(), x, target=2).raw, ref, rtol=1e-6)

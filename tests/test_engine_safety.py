@@ -1,0 +1,174 @@
+"""The user's model is sacred: after any call, success or error, it is exactly as it was."""
+
+from __future__ import annotations
+
+import gc
+import os
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from pytest_camcheck import CamCheckError, compute_cam
+from pytest_camcheck.engine.methods import METHODS
+
+from .models import SmallCNN
+
+
+def snapshot(model: nn.Module) -> dict:
+    return {
+        "training": [(n, m.training) for n, m in model.named_modules()],
+        "requires_grad": [(n, p.requires_grad) for n, p in model.named_parameters()],
+        "grad": [(n, None if p.grad is None else (id(p.grad), p.grad.clone())) for n, p in model.named_parameters()],
+        "params": [(n, p.detach().clone()) for n, p in model.named_parameters()],
+        "buffers": [(n, b.clone()) for n, b in model.named_buffers()],
+        "hooks": [(n, tuple(m._forward_hooks), tuple(m._forward_pre_hooks), tuple(m._backward_hooks),
+                   tuple(getattr(m, "_backward_pre_hooks", {}))) for n, m in model.named_modules()],
+        "global": (len(nn.modules.module._global_forward_hooks), len(nn.modules.module._global_backward_hooks)),
+        "grad_mode": torch.is_grad_enabled(),
+    }
+
+
+def assert_same(before: dict, after: dict) -> None:
+    for key in ("training", "requires_grad", "hooks", "global", "grad_mode"):
+        assert before[key] == after[key], key
+    for (n, a), (_, b) in zip(before["grad"], after["grad"]):
+        assert (a is None) == (b is None), f".grad of {n}"
+        if a is not None:
+            assert a[0] == b[0] and torch.equal(a[1], b[1]), f".grad of {n}"
+    for key in ("params", "buffers"):
+        for (n, a), (_, b) in zip(before[key], after[key]):
+            assert torch.equal(a, b), f"{key} {n}"
+
+
+def user_state(model: nn.Module) -> nn.Module:
+    """What a user might hand over: train mode with a mixed submodule, frozen params, existing .grad, a hook."""
+    model.train()
+    modules = [m for m in model.modules() if isinstance(m, (nn.BatchNorm2d, nn.Dropout))]
+    if modules:
+        modules[0].eval()
+    params = list(model.parameters())
+    params[0].requires_grad_(False)
+    for p in params[-2:]:
+        p.grad = torch.randn_like(p)
+    model.register_forward_hook(lambda *_: None)
+    return model
+
+
+ARCHS = {
+    "smallcnn": (lambda: SmallCNN(), 32, set(METHODS)),
+    "resnet18": (lambda: torchvision.models.resnet18(num_classes=5), 64, set(METHODS)),
+    "mobilenet_v3_small": (lambda: torchvision.models.mobilenet_v3_small(num_classes=5), 64,
+                           set(METHODS) - {"scorecam", "ablationcam"}),
+    "densenet121": (lambda: torchvision.models.densenet121(num_classes=5), 64,
+                    {"gradcam", "gradcam++", "layercam", "eigencam", "cam"}),
+}
+CASES = [(a, m) for a, (_, _, methods) in ARCHS.items() for m in sorted(methods)]
+
+
+@pytest.fixture(scope="module")
+def models() -> dict:
+    torch.manual_seed(0)
+    return {name: user_state(make()) for name, (make, _, _) in ARCHS.items()}
+
+
+@pytest.mark.parametrize("arch,method", CASES)
+def test_a_successful_call_leaves_the_model_untouched(models: dict, arch: str, method: str) -> None:
+    model, size = models[arch], ARCHS[arch][1]
+    before = snapshot(model)
+    try:
+        result = compute_cam(model, torch.rand(2, 3, size, size), target=[1, 3], method=method)
+        assert len(result) == 2
+    except CamCheckError as err:
+        assert method == "cam" and arch in {"densenet121", "mobilenet_v3_small"}, err  # heads that are not GAP->Linear
+    assert_same(before, snapshot(model))
+
+
+FAILURES = {
+    "layer": dict(layer="no.such.layer"),
+    "target": dict(target=99),
+    "name": dict(target="zebra", categories=list("abcde")),
+    "callable": dict(target=lambda out: out),
+    "raising": dict(target=lambda out: 1 / 0),
+}
+
+
+@pytest.mark.parametrize("failure", sorted(FAILURES))
+@pytest.mark.parametrize("arch", ["smallcnn", "resnet18"])
+@pytest.mark.parametrize("method", ["gradcam", "scorecam", "cam", "ablationcam"])
+def test_a_failing_call_leaves_the_model_untouched(models: dict, arch: str, failure: str, method: str) -> None:
+    model, size = models[arch], ARCHS[arch][1]
+    before = snapshot(model)
+    with pytest.raises((CamCheckError, ZeroDivisionError)):
+        compute_cam(model, torch.rand(3, size, size), method=method, **FAILURES[failure])
+    assert_same(before, snapshot(model))
+
+
+@pytest.mark.parametrize("layer", [None, "layer4"])
+@pytest.mark.parametrize("method", ["gradcam", "cam"])
+def test_a_model_failing_mid_forward_leaves_it_untouched(models: dict, layer: str | None, method: str) -> None:
+    model = models["resnet18"]
+    before = snapshot(model)
+    with pytest.raises(CamCheckError, match=r"model failed on an input of shape \(1, 1, 32, 32\)"):
+        compute_cam(model, torch.rand(1, 32, 32), layer=layer, method=method)
+    assert_same(before, snapshot(model))
+
+
+def test_train_mode_batchnorm_statistics_do_not_move() -> None:
+    torch.manual_seed(1)
+    model = SmallCNN().train()
+    stats = [b.clone() for b in model.buffers()]
+    compute_cam(model, torch.rand(4, 3, 32, 32) * 5, target=[0, 1, 2, 3])
+    assert all(torch.equal(a, b) for a, b in zip(stats, model.buffers()))
+    assert model.training and all(m.training for m in model.modules())
+
+
+def test_no_parameter_gradient_is_computed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Backward runs from the score to the layer only: parameters before the layer never get a grad, and
+    AccumulateGrad never runs (a hook on each parameter would fire)."""
+    torch.manual_seed(2)
+    model = torchvision.models.resnet18(num_classes=4).eval()
+    fired: list[str] = []
+    handles = [p.register_hook(lambda g, n=n: fired.append(n)) for n, p in model.named_parameters()]
+    try:
+        compute_cam(model, torch.rand(3, 64, 64), target=1)
+    finally:
+        for h in handles:
+            h.remove()
+    assert fired == []
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_grad_mode_of_the_caller_is_kept() -> None:
+    model = SmallCNN().eval()
+    with torch.no_grad():
+        r = compute_cam(model, torch.rand(3, 32, 32))
+        assert not torch.is_grad_enabled()
+    with torch.inference_mode():
+        compute_cam(model, torch.rand(3, 32, 32), method="gradcam++")
+        assert torch.is_inference_mode_enabled()
+    assert torch.is_grad_enabled() and not r.empty
+
+
+def _rss_mb() -> float:
+    with open(f"/proc/{os.getpid()}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc to read memory use")
+def test_500_calls_leave_memory_and_hooks_flat() -> None:
+    torch.manual_seed(3)
+    model = torchvision.models.resnet18(num_classes=4).eval()
+    x = torch.rand(3, 48, 48)
+    for _ in range(50):
+        compute_cam(model, x, target=1)
+    gc.collect()
+    rss, tensors = _rss_mb(), sum(isinstance(o, torch.Tensor) for o in gc.get_objects())
+    hooks = sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())
+    for i in range(500):
+        compute_cam(model, x, target=i % 4, method=("gradcam", "cam", "layercam")[i % 3])
+    gc.collect()
+    assert sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules()) == hooks == 0
+    assert sum(isinstance(o, torch.Tensor) for o in gc.get_objects()) <= tensors + 5
+    assert _rss_mb() - rss < 30
