@@ -34,14 +34,15 @@ def run_model(model: nn.Module, x: torch.Tensor) -> Any:
 
 @contextlib.contextmanager
 def evaluation_mode(model: nn.Module) -> Iterator[None]:
-    """Run ``model`` in eval mode and restore every module's own training flag afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
+    """Run ``model`` in eval mode and give each module that was training its flag back afterwards."""
+    training = [m for m in model.modules() if m.training]
     try:
-        model.eval()
+        for module in training:
+            module.training = False
         yield
     finally:
-        for module, flag in flags:
-            module.training = flag
+        for module in training:
+            module.training = True
 
 
 @dataclass
