@@ -1,0 +1,106 @@
+"""Where checks leave their pictures and who hears about them.
+
+Plain module state, set by the pytest plugin (or by hand outside pytest): the artifacts folder, and
+listeners that receive one :class:`CheckRecord` per assertion (the plugin turns them into JUnit properties,
+HTML report extras and the terminal summary).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = ["CheckRecord", "add_listener", "artifact_path", "artifacts_dir", "record", "remove_listener",
+           "set_artifacts_dir"]
+
+
+@dataclass
+class CheckRecord:
+    """What one attention check measured and decided.
+
+    Example:
+        >>> CheckRecord("attends_to", True, "gradcam", "layer4", 3, "cat", 0.9, {"lift": 2.0}, {"min_lift": 1.5}).passed
+        True
+    """
+
+    check: str
+    passed: bool
+    method: str
+    layer: str
+    target: int
+    label: str | None
+    probability: float | None
+    metrics: dict[str, Any]
+    thresholds: dict[str, Any]
+    overlay: Path | None = None
+    message: str = ""
+    test_id: str = field(default_factory=lambda: current_test_id())
+
+
+_state: dict[str, Any] = {"artifacts_dir": None}
+_listeners: list[Callable[[CheckRecord], None]] = []
+_counter = itertools.count()
+
+
+def current_test_id() -> str:
+    """The running pytest test's id, or '' outside a test."""
+    return os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+
+
+def set_artifacts_dir(path: str | os.PathLike | None) -> None:
+    """Folder for overlay pictures; ``None`` goes back to the default (a folder in the system temp dir).
+
+    Example:
+        >>> set_artifacts_dir(None)
+    """
+    _state["artifacts_dir"] = Path(path) if path is not None else None
+
+
+def artifacts_dir() -> Path:
+    """The folder overlay pictures are written to.
+
+    Example:
+        >>> artifacts_dir().name != ""
+        True
+    """
+    path = _state["artifacts_dir"]
+    return path if path is not None else Path(tempfile.gettempdir()) / "camcheck-artifacts"
+
+
+def artifact_path(check: str, suffix: str = ".png") -> Path:
+    """A file name for one check's picture that never collides: test id, xdist worker, process, counter.
+
+    Example:
+        >>> artifact_path("attends_to").suffix
+        '.png'
+    """
+    test = re.sub(r"[^A-Za-z0-9_.-]+", "_", current_test_id().split("/")[-1]).strip("_") or "check"
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    return artifacts_dir() / f"{test[:120]}-{check}-{worker}-{os.getpid()}-{next(_counter)}{suffix}"
+
+
+def add_listener(fn: Callable[[CheckRecord], None]) -> None:
+    """Call ``fn`` with every :class:`CheckRecord` from now on.
+
+    Example:
+        >>> seen = []
+        >>> add_listener(seen.append); remove_listener(seen.append)
+    """
+    _listeners.append(fn)
+
+
+def remove_listener(fn: Callable[[CheckRecord], None]) -> None:
+    """Stop calling ``fn``; a listener not registered is ignored."""
+    if fn in _listeners:
+        _listeners.remove(fn)
+
+
+def record(rec: CheckRecord) -> None:
+    """Hand ``rec`` to every listener."""
+    for fn in list(_listeners):
+        fn(rec)
