@@ -1,0 +1,260 @@
+"""pytest hooks of pytest-camcheck: options and ini values, the ``camcheck_cuda`` marker, the report header and
+the fixtures. The logic lives in :mod:`pytest_camcheck.devices` and :mod:`pytest_camcheck.zoo`.
+
+Every setting is read from the command line, else its environment variable (where it has one), else the ini
+file, else its default:
+
+- ``--camcheck-device`` / ``CAMCHECK_DEVICE`` / ini ``camcheck_device``: auto (cuda, else mps, else cpu), cpu,
+  cuda, cuda:N or mps. A device named but not present stops the run with a usage error.
+- ``--camcheck-weights-dir`` / ``CAMCHECK_WEIGHTS_DIR`` / ini ``camcheck_weights_dir``: folder searched for
+  weights files before the torch hub cache.
+- ``--camcheck-offline`` / ``CAMCHECK_OFFLINE=1`` / ini ``camcheck_offline``: never download weights.
+- ``--camcheck-images-dir`` (repeatable, adds to) ini ``camcheck_images_dir`` (one per line): folders of
+  annotated images; ``<rootdir>/fixtures`` is searched too when it exists.
+- ``--camcheck-artifacts`` / ``CAMCHECK_ARTIFACTS`` / ini ``camcheck_artifacts``: folder for overlay pictures,
+  default ``<basetemp>/camcheck``.
+
+Paths on the command line or in the environment are relative to the invocation directory, ini paths to the
+rootdir.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from . import context
+from .devices import DEVICE_CHOICES, Accelerators, cuda_skip_reason, header_lines, parse_device, select_device
+from .errors import CamCheckError
+from .images import SampleImage, sample_image
+from .zoo import WEIGHTS_DIR_ENV, ModelCache, WeightsUnavailable
+
+__all__ = ["CONFIG_KEY", "CamcheckConfig"]
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+@dataclass(frozen=True)
+class CamcheckConfig:
+    """The session's camcheck settings, resolved and checked when pytest starts.
+
+    ``device_asked`` is the device setting as written (``auto``, ``cuda``...) and ``device_asked_by`` the
+    setting it came from (``--camcheck-device``, ``CAMCHECK_DEVICE`` or ``ini camcheck_device``).
+    ``artifacts_dir`` is ``None`` in ``config.stash[CONFIG_KEY]`` when left at its default; the
+    ``camcheck_config`` fixture fills in ``<basetemp>/camcheck``. Pytest-xdist workers each have their own
+    basetemp, and artifact file names carry the test id, worker id and process id
+    (:func:`pytest_camcheck.context.artifact_path`), so files never collide.
+
+    Example:
+        >>> CamcheckConfig(torch.device("cpu"), "auto", "ini camcheck_device", False, None, (), None).device
+        device(type='cpu')
+    """
+
+    device: torch.device
+    device_asked: str
+    device_asked_by: str
+    offline: bool
+    weights_dir: Path | None
+    images_dirs: tuple[Path, ...]
+    artifacts_dir: Path | None
+
+
+CONFIG_KEY = pytest.StashKey[CamcheckConfig]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("camcheck", "camcheck: tests about where a vision model looks")
+    group.addoption(
+        "--camcheck-device", dest="camcheck_device", metavar="DEVICE",
+        help=f"torch device for models and maps: {DEVICE_CHOICES}; a device named but not present stops the run "
+        "(env CAMCHECK_DEVICE, ini camcheck_device, default auto: cuda, else mps, else cpu)",
+    )
+    group.addoption(
+        "--camcheck-weights-dir", dest="camcheck_weights_dir", metavar="DIR",
+        help=f"folder searched first for weights files, before the torch hub cache (env {WEIGHTS_DIR_ENV}, "
+        "ini camcheck_weights_dir)",
+    )
+    group.addoption(
+        "--camcheck-offline", dest="camcheck_offline", action="store_true", default=None,
+        help="never download weights: tests whose weights are missing are skipped, saying which file to provide "
+        "(env CAMCHECK_OFFLINE=1, ini camcheck_offline)",
+    )
+    group.addoption(
+        "--camcheck-images-dir", dest="camcheck_images_dir", metavar="DIR", action="append", default=[],
+        help="folder of annotated images (<name>.json) for camcheck_image; may be repeated "
+        "(ini camcheck_images_dir, one per line; <rootdir>/fixtures is always searched when it exists)",
+    )
+    group.addoption(
+        "--camcheck-artifacts", dest="camcheck_artifacts", metavar="DIR",
+        help="folder for overlay pictures of checks (env CAMCHECK_ARTIFACTS, ini camcheck_artifacts, "
+        "default <basetemp>/camcheck)",
+    )
+    parser.addini("camcheck_device", f"torch device: {DEVICE_CHOICES}", default="auto")
+    parser.addini("camcheck_weights_dir", "folder searched first for weights files (relative to rootdir)", default="")
+    parser.addini("camcheck_offline", "never download weights; skip tests whose weights are missing", type="bool",
+                  default=False)
+    parser.addini("camcheck_images_dir", "folders of annotated images, one per line (relative to rootdir)",
+                  type="linelist", default=[])
+    parser.addini("camcheck_artifacts", "folder for overlay pictures (relative to rootdir)", default="")
+
+
+def _setting(config: pytest.Config, name: str, env: str) -> tuple[str, str, Path]:
+    """(value, the setting it came from, the folder relative paths start from), empty value when unset."""
+    given = config.getoption(name)
+    if given is not None:
+        return str(given), "--" + name.replace("_", "-"), config.invocation_params.dir
+    if os.environ.get(env):
+        return os.environ[env], env, config.invocation_params.dir
+    return str(config.getini(name)), f"ini {name}", config.rootpath
+
+
+def _folder(value: str, asked_by: str, base: Path) -> Path:
+    folder = base / Path(value).expanduser()
+    if not folder.is_dir():
+        raise CamCheckError(f"{asked_by}={value}: folder {folder.resolve()} does not exist; create it or fix the path")
+    return folder.resolve()
+
+
+def _offline(config: pytest.Config) -> bool:
+    if config.getoption("camcheck_offline"):
+        return True
+    if "CAMCHECK_OFFLINE" in os.environ:
+        value = os.environ["CAMCHECK_OFFLINE"].strip().lower()
+        if value not in _TRUE + _FALSE:
+            raise CamCheckError(f"CAMCHECK_OFFLINE={value} is not a yes/no value; use 1 or 0 (true/false, yes/no)")
+        return value in _TRUE
+    return bool(config.getini("camcheck_offline"))
+
+
+def _resolve(config: pytest.Config) -> CamcheckConfig:
+    asked, asked_by, _ = _setting(config, "camcheck_device", "CAMCHECK_DEVICE")
+    device = select_device(asked, Accelerators.probe(), worker=os.environ.get("PYTEST_XDIST_WORKER"),
+                           asked_by=asked_by)
+    weights, weights_by, weights_base = _setting(config, "camcheck_weights_dir", WEIGHTS_DIR_ENV)
+    artifacts, _, artifacts_base = _setting(config, "camcheck_artifacts", "CAMCHECK_ARTIFACTS")
+    images = [_folder(d, "--camcheck-images-dir", config.invocation_params.dir)
+              for d in config.getoption("camcheck_images_dir")]
+    images += [_folder(d, "ini camcheck_images_dir", config.rootpath) for d in config.getini("camcheck_images_dir")]
+    if (config.rootpath / "fixtures").is_dir():
+        images.append((config.rootpath / "fixtures").resolve())
+    return CamcheckConfig(
+        device=device,
+        device_asked=parse_device(asked),
+        device_asked_by=asked_by,
+        offline=_offline(config),
+        weights_dir=_folder(weights, weights_by, weights_base) if weights else None,
+        images_dirs=tuple(dict.fromkeys(images)),
+        artifacts_dir=(artifacts_base / Path(artifacts).expanduser()).resolve() if artifacts else None,
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "camcheck_cuda: test needs a CUDA device; skipped without one (or when --camcheck-device names another)",
+    )
+    if config.option.help:
+        return
+    try:
+        config.stash[CONFIG_KEY] = _resolve(config)
+    except CamCheckError as err:
+        raise pytest.UsageError(str(err)) from None
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    settings = config.stash[CONFIG_KEY]
+    accelerators = Accelerators.probe()
+    return header_lines(
+        settings.device,
+        settings.device_asked,
+        accelerators,
+        torch_version=torch.__version__,
+        torchvision_version=torchvision.__version__,
+        gpu_names=tuple(torch.cuda.get_device_name(i) for i in range(accelerators.device_count)),
+        cudnn_version=torch.backends.cudnn.version() if accelerators.cuda_available else None,
+        xdist=getattr(config.option, "dist", "no") != "no",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    settings = config.stash[CONFIG_KEY]
+    reason = cuda_skip_reason(settings.device, Accelerators.probe(), asked_by=settings.device_asked_by)
+    if reason is None:
+        return
+    for item in items:
+        if item.get_closest_marker("camcheck_cuda") is not None:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def camcheck_config(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> CamcheckConfig:
+    """The session's camcheck settings (:class:`pytest_camcheck.plugin.CamcheckConfig`): device, offline,
+    weights_dir, images_dirs, and artifacts_dir (default ``<basetemp>/camcheck``, per xdist worker)."""
+    settings = request.config.stash[CONFIG_KEY]
+    if settings.artifacts_dir is None:
+        settings = replace(settings, artifacts_dir=tmp_path_factory.getbasetemp() / "camcheck")
+    return settings
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _camcheck_artifacts(camcheck_config: CamcheckConfig) -> Iterator[None]:
+    before = context.artifacts_dir()
+    context.set_artifacts_dir(camcheck_config.artifacts_dir)
+    yield
+    context.set_artifacts_dir(before)
+
+
+@pytest.fixture(scope="session")
+def camcheck_device(camcheck_config: CamcheckConfig) -> torch.device:
+    """The ``torch.device`` in force (``--camcheck-device``, default auto: cuda, else mps, else cpu; one GPU per
+    xdist worker when several are visible)."""
+    return camcheck_config.device
+
+
+@pytest.fixture(scope="session")
+def camcheck_model(camcheck_config: CamcheckConfig) -> Callable[..., nn.Module]:
+    """Factory ``camcheck_model(name, *, weights="DEFAULT") -> nn.Module``: a model in eval mode on the session's
+    device, with its categories and preprocessing attached, built once per session (per xdist worker) and shared:
+    deep-copy it before changing it.
+
+    ``name``: a torchvision classification model ("resnet18"), a bundled model ("camcheck-shapes") or one
+    registered with ``pytest_camcheck.zoo.register_model``. ``weights`` (torchvision only): "DEFAULT", a name
+    such as "IMAGENET1K_V1", or None for a random initialisation with a fixed seed. Missing weights that cannot
+    be downloaded (``--camcheck-offline``, no network) skip the test, naming the file and where to put it.
+
+    Example: ``compute_cam(camcheck_model("resnet18"), image, target="golden retriever")``
+    """
+    cache = ModelCache(device=camcheck_config.device, weights_dir=camcheck_config.weights_dir,
+                       offline=camcheck_config.offline)
+
+    def model(name: str, *, weights: Any = "DEFAULT") -> nn.Module:
+        __tracebackhide__ = True
+        try:
+            return cache.get(name, weights=weights)
+        except WeightsUnavailable as err:
+            pytest.skip(str(err))
+
+    return model
+
+
+@pytest.fixture(scope="session")
+def camcheck_image(camcheck_config: CamcheckConfig) -> Callable[[str], SampleImage]:
+    """Factory ``camcheck_image(name) -> SampleImage``: a sample image (``.image``, a PIL image) with named regions
+    (``.regions["helmet"]``, a ``Box`` in its pixels), from the built-in catalogue or ``<name>.json`` in
+    ``--camcheck-images-dir`` folders and ``<rootdir>/fixtures``.
+
+    Example: ``camcheck_image("astronaut").regions["helmet"]``
+    """
+
+    def image(name: str) -> SampleImage:
+        return sample_image(name, search_dirs=camcheck_config.images_dirs)
+
+    return image
