@@ -24,7 +24,7 @@ from .metrics import RegionMetrics, measure
 from .regions import Region, describe, to_mask
 from .render import overlay, save_png
 
-__all__ = ["DEFAULT_RULE", "Rule", "assert_attends_more_to", "assert_attends_to", "assert_not_attends_to"]
+__all__ = ["DEFAULT_RULE", "CamCheck", "Rule", "assert_attends_more_to", "assert_attends_to", "assert_not_attends_to"]
 
 
 @dataclass(frozen=True)
@@ -271,3 +271,48 @@ def assert_attends_more_to(
         return ok_peak and ok_ratio, lines, {"min_ratio": min_ratio}
 
     return _run("attends_more_to", model, image, target, [region, other_region], decide, 0.0, cam_kwargs)
+
+
+class CamCheck:
+    """The assertions bound to a device, a default method and default thresholds (the ``camcheck`` fixture).
+
+    Keywords given to a call win over the bound defaults. With a device bound, a model that is not on it is an
+    error, so a suite run with ``--camcheck-device=cuda`` really explains on the GPU.
+
+    Example:
+        >>> check = CamCheck(device="cpu", method="gradcam", rule=Rule(min_lift=2.0))
+        >>> check.rule.min_lift
+        2.0
+    """
+
+    def __init__(self, *, device: str | torch.device | None = None, method: str = "gradcam",
+                 rule: Rule = DEFAULT_RULE) -> None:
+        self.device, self.method, self.rule = device, method, rule
+
+    def _kw(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {"device": self.device, "method": self.method} | kwargs
+
+    def compute(self, model: torch.nn.Module, image: Any, target: Any = None, **kwargs: Any
+                ) -> CamResult | list[CamResult]:
+        """:func:`compute_cam` with the bound defaults."""
+        return compute_cam(model, image, target, **self._kw(kwargs))
+
+    def attends_to(self, model: torch.nn.Module, image: Any, target: Any, region: Region, **kwargs: Any) -> CamResult:
+        """:func:`assert_attends_to` with the bound defaults."""
+        __tracebackhide__ = True
+        kwargs = {"min_lift": self.rule.min_lift, "tolerance": self.rule.tolerance} | kwargs
+        return assert_attends_to(model, image, target, region, **self._kw(kwargs))
+
+    def not_attends_to(self, model: torch.nn.Module, image: Any, target: Any, region: Region,
+                       **kwargs: Any) -> CamResult:
+        """:func:`assert_not_attends_to` with the bound defaults."""
+        __tracebackhide__ = True
+        kwargs = {"max_lift": self.rule.max_lift} | kwargs
+        return assert_not_attends_to(model, image, target, region, **self._kw(kwargs))
+
+    def attends_more_to(self, model: torch.nn.Module, image: Any, target: Any, region: Region,
+                        other_region: Region, **kwargs: Any) -> CamResult:
+        """:func:`assert_attends_more_to` with the bound defaults."""
+        __tracebackhide__ = True
+        kwargs = {"min_ratio": self.rule.min_ratio} | kwargs
+        return assert_attends_more_to(model, image, target, region, other_region, **self._kw(kwargs))

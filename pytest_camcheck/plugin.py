@@ -13,6 +13,12 @@ file, else its default:
   annotated images; ``<rootdir>/fixtures`` is searched too when it exists.
 - ``--camcheck-artifacts`` / ``CAMCHECK_ARTIFACTS`` / ini ``camcheck_artifacts``: folder for overlay pictures,
   default ``<basetemp>/camcheck``.
+- ``--camcheck-method`` / ini ``camcheck_method``, ``--camcheck-min-lift`` / ini ``camcheck_min_lift``,
+  ``--camcheck-tolerance`` / ini ``camcheck_tolerance``: defaults of the ``camcheck`` fixture's assertions.
+
+Every camcheck assertion made during a test is recorded in ``item.user_properties`` (JUnit XML) as
+``camcheck.<check>`` with its metrics and verdict; with pytest-html, a failing check's overlay is embedded in the
+report.
 
 Paths on the command line or in the environment are relative to the invocation directory, ini paths to the
 rootdir.
@@ -20,6 +26,8 @@ rootdir.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,10 +41,12 @@ from torch import nn
 from . import context
 from .devices import DEVICE_CHOICES, Accelerators, cuda_skip_reason, header_lines, parse_device, select_device
 from .errors import CamCheckError
+from .assertions import DEFAULT_RULE, CamCheck, Rule
+from .engine.methods import METHODS, get_method
 from .images import SampleImage, sample_image
 from .zoo import WEIGHTS_DIR_ENV, ModelCache, WeightsUnavailable
 
-__all__ = ["CONFIG_KEY", "CamcheckConfig"]
+__all__ = ["CONFIG_KEY", "RECORDS_KEY", "CamcheckConfig"]
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
@@ -65,9 +75,12 @@ class CamcheckConfig:
     weights_dir: Path | None
     images_dirs: tuple[Path, ...]
     artifacts_dir: Path | None
+    method: str = "gradcam"
+    rule: Rule = DEFAULT_RULE
 
 
 CONFIG_KEY = pytest.StashKey[CamcheckConfig]()
+RECORDS_KEY = pytest.StashKey[list]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -97,7 +110,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="folder for overlay pictures of checks (env CAMCHECK_ARTIFACTS, ini camcheck_artifacts, "
         "default <basetemp>/camcheck)",
     )
+    group.addoption(
+        "--camcheck-method", dest="camcheck_method", metavar="METHOD",
+        help=f"CAM method of the camcheck fixture's checks: {', '.join(METHODS)} (ini camcheck_method, "
+        "default gradcam)",
+    )
+    group.addoption(
+        "--camcheck-min-lift", dest="camcheck_min_lift", metavar="X",
+        help=f"default min_lift of camcheck.attends_to (ini camcheck_min_lift, default {DEFAULT_RULE.min_lift})",
+    )
+    group.addoption(
+        "--camcheck-tolerance", dest="camcheck_tolerance", metavar="PX",
+        help=f"default pointing-game tolerance in px (ini camcheck_tolerance, default {DEFAULT_RULE.tolerance:g})",
+    )
     parser.addini("camcheck_device", f"torch device: {DEVICE_CHOICES}", default="auto")
+    parser.addini("camcheck_method", "CAM method of the camcheck fixture's checks", default="gradcam")
+    parser.addini("camcheck_min_lift", "default min_lift of camcheck.attends_to", default=str(DEFAULT_RULE.min_lift))
+    parser.addini("camcheck_tolerance", "default pointing-game tolerance in px", default=str(DEFAULT_RULE.tolerance))
     parser.addini("camcheck_weights_dir", "folder searched first for weights files (relative to rootdir)", default="")
     parser.addini("camcheck_offline", "never download weights; skip tests whose weights are missing", type="bool",
                   default=False)
@@ -153,7 +182,28 @@ def _resolve(config: pytest.Config) -> CamcheckConfig:
         weights_dir=_folder(weights, weights_by, weights_base) if weights else None,
         images_dirs=tuple(dict.fromkeys(images)),
         artifacts_dir=(artifacts_base / Path(artifacts).expanduser()).resolve() if artifacts else None,
+        method=_method(config),
+        rule=Rule(min_lift=_number(config, "camcheck_min_lift"), tolerance=_number(config, "camcheck_tolerance")),
     )
+
+
+def _method(config: pytest.Config) -> str:
+    value, asked_by, _ = _setting(config, "camcheck_method", "CAMCHECK_METHOD")
+    try:
+        return get_method(value).name
+    except CamCheckError as err:
+        raise CamCheckError(f"{asked_by}={value}: {err}") from None
+
+
+def _number(config: pytest.Config, name: str) -> float:
+    value, asked_by, _ = _setting(config, name, name.upper())
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not number >= 0 or number == float("inf"):
+        raise CamCheckError(f"{asked_by}={value} is not a number >= 0; fix the setting")
+    return number
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -258,3 +308,53 @@ def camcheck_image(camcheck_config: CamcheckConfig) -> Callable[[str], SampleIma
         return sample_image(name, search_dirs=camcheck_config.images_dirs)
 
     return image
+
+
+@pytest.fixture(scope="session")
+def camcheck(camcheck_config: CamcheckConfig) -> CamCheck:
+    """The attention assertions bound to the session: ``camcheck.attends_to(model, image, target, region)``,
+    ``camcheck.not_attends_to(...)``, ``camcheck.attends_more_to(..., region, other_region)`` and
+    ``camcheck.compute(...)``, with the device of ``--camcheck-device`` and the method and thresholds of
+    ``--camcheck-method``, ``--camcheck-min-lift`` and ``--camcheck-tolerance``.
+
+    Example: ``camcheck.attends_to(camcheck_model("camcheck-shapes"), scene.image, "circle", scene.box)``
+    """
+    return CamCheck(device=camcheck_config.device, method=camcheck_config.method, rule=camcheck_config.rule)
+
+
+def _property(rec: context.CheckRecord) -> tuple[str, str]:
+    data = {"passed": rec.passed, "method": rec.method, "layer": rec.layer, "target": rec.target,
+            "label": rec.label, **rec.metrics, **{f"threshold.{k}": v for k, v in rec.thresholds.items()}}
+    if rec.overlay is not None:
+        data["overlay"] = str(rec.overlay)
+    return f"camcheck.{rec.check}", json.dumps(data, default=str)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    records = item.stash.setdefault(RECORDS_KEY, [])
+
+    def listen(rec: context.CheckRecord) -> None:
+        records.append(rec)
+        item.user_properties.append(_property(rec))
+
+    context.add_listener(listen)
+    try:
+        return (yield)
+    finally:
+        context.remove_listener(listen)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[pytest.TestReport]:
+    report = yield
+    if call.when == "call" and item.config.pluginmanager.hasplugin("html"):
+        import pytest_html
+
+        pictures = [r.overlay for r in item.stash.get(RECORDS_KEY, []) if r.overlay is not None]
+        extras = getattr(report, "extras", [])
+        for path in pictures:
+            if Path(path).is_file():
+                extras.append(pytest_html.extras.png(base64.b64encode(Path(path).read_bytes()).decode(), name=path.name))
+        report.extras = extras
+    return report

@@ -1,0 +1,92 @@
+"""The camcheck fixture and what checks leave behind in real pytest sessions: JUnit properties, pytest-html
+pictures, settings from options and ini."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+TEST_FILE = """
+import torch
+from tests_models import KnownGradient
+
+H, W = 40, 60
+
+def model():
+    m = torch.zeros(2, 3, H, W)
+    m[0, 0] = 1.0
+    return KnownGradient(m, torch.zeros(2, 3, H, W))
+
+def scene():
+    x = torch.zeros(3, H, W)
+    x[0, 5:15, 40:55] = 1.0
+    return x
+
+KW = dict(layer="features", method="hirescam")
+
+def test_pass(camcheck):
+    r = camcheck.attends_to(model(), scene(), 0, (38, 3, 57, 17), **KW)
+    assert r.method == "hirescam"
+
+def test_fail(camcheck):
+    camcheck.attends_to(model(), scene(), 0, (0, 20, 20, 40), **KW)
+
+def test_bound_defaults(camcheck):
+    assert camcheck.method == "{method}" and camcheck.rule.min_lift == {min_lift}
+    assert str(camcheck.device) == "cpu"
+"""
+
+
+@pytest.fixture
+def session(pytester: pytest.Pytester, request: pytest.FixtureRequest) -> pytest.Pytester:
+    import shutil
+    from pathlib import Path
+
+    shutil.copy(Path(request.config.rootpath) / "tests" / "models.py", pytester.path / "tests_models.py")
+    return pytester
+
+
+def test_records_go_to_junit_xml_and_failures_explain(session: pytest.Pytester) -> None:
+    session.makepyfile(test_checks=TEST_FILE.format(method="gradcam", min_lift=1.5))
+    result = session.runpytest("--junitxml=out.xml", "-p", "no:cacheprovider", "--camcheck-device=cpu")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*camcheck attends_to failed*", "*pointing game: MISS*", "*overlay: *.png*"])
+    root = ET.parse(session.path / "out.xml").getroot()
+    props = {case.get("name"): {p.get("name"): json.loads(p.get("value")) for p in case.iter("property")}
+             for case in root.iter("testcase")}
+    assert props["test_pass"]["camcheck.attends_to"]["passed"] is True
+    failed = props["test_fail"]["camcheck.attends_to"]
+    assert failed["passed"] is False and failed["region.hit"] is False and failed["threshold.min_lift"] == 1.5
+    assert failed["overlay"].endswith(".png")
+
+
+def test_settings_come_from_options_and_ini(session: pytest.Pytester) -> None:
+    session.makepyfile(test_checks=TEST_FILE.format(method="layercam", min_lift=2.5))
+    session.makeini("[pytest]\ncamcheck_method = layercam\ncamcheck_min_lift = 0.5\n")
+    result = session.runpytest("-k", "bound", "--camcheck-min-lift=2.5", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--camcheck-method=gradcam+++"], "--camcheck-method=gradcam+++: unknown method"),
+    (["--camcheck-min-lift=-1"], "--camcheck-min-lift=-1 is not a number >= 0"),
+    (["--camcheck-tolerance=wide"], "--camcheck-tolerance=wide is not a number >= 0"),
+])
+def test_bad_settings_are_usage_errors(session: pytest.Pytester, args: list, message: str) -> None:
+    session.makepyfile(test_checks="def test_x():\n    pass\n")
+    result = session.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{message}*"])
+
+
+def test_pytest_html_embeds_the_overlay_of_a_failing_check(session: pytest.Pytester) -> None:
+    pytest.importorskip("pytest_html")
+    session.makepyfile(test_checks=TEST_FILE.format(method="gradcam", min_lift=1.5))
+    result = session.runpytest("-k", "fail", "--html=report.html", "--self-contained-html", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    html = (session.path / "report.html").read_text()
+    assert "data:image/png;base64," in html
