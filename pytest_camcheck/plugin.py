@@ -42,6 +42,7 @@ from . import context
 from .devices import DEVICE_CHOICES, Accelerators, cuda_skip_reason, header_lines, parse_device, select_device
 from .errors import CamCheckError
 from .assertions import DEFAULT_RULE, CamCheck, Rule
+from .benchmarking import CamBenchmark
 from .engine.methods import METHODS, get_method
 from .images import SampleImage, sample_image
 from .zoo import WEIGHTS_DIR_ENV, ModelCache, WeightsUnavailable
@@ -358,3 +359,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
                 extras.append(pytest_html.extras.png(base64.b64encode(Path(path).read_bytes()).decode(), name=path.name))
         report.extras = extras
     return report
+
+
+@pytest.fixture
+def cam_benchmark(request: pytest.FixtureRequest) -> CamBenchmark:
+    """Time ``compute_cam`` with pytest-benchmark: ``cam_benchmark(model, image, target, method=..., rounds=10)``
+    returns the map(s) and records method, layer, batch, device, dtype, the median of a bare no-grad forward of
+    the same model measured in the same test, and ``ratio_to_forward`` in ``extra_info`` (``--benchmark-json``).
+    Under pytest-xdist, where pytest-benchmark turns itself off, it computes the map once and warns.
+
+    Example: ``cam_benchmark(camcheck_model("camcheck-shapes"), scene.image, "circle", method="gradcam")``
+    """
+    xdist = request.config.pluginmanager.hasplugin("xdist") and getattr(request.config.option, "dist", "no") != "no"
+    return CamBenchmark(request.getfixturevalue("benchmark"), xdist=xdist or bool(os.environ.get("PYTEST_XDIST_WORKER")))

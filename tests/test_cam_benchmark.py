@@ -1,0 +1,57 @@
+"""The cam_benchmark fixture in real pytest sessions: JSON output with extra_info, and xdist degrading loudly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pytest_camcheck.benchmarking import time_forward
+
+pytest_plugins = ["pytester"]
+
+USER_TEST = """
+import torch, torchvision
+
+def test_map_cost(cam_benchmark):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=3).eval()
+    result = cam_benchmark(model, torch.rand(2, 3, 64, 64), target=[0, 1], method="gradcam", rounds=3)
+    assert len(result) == 2 and result[0].layer == "layer4"
+"""
+
+
+def test_json_output_holds_the_extra_info(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_cost=USER_TEST)
+    result = pytester.runpytest("--benchmark-json=out.json", "-p", "no:cacheprovider", "-p", "no:xdist")
+    result.assert_outcomes(passed=1)
+    bench = json.loads((pytester.path / "out.json").read_text())["benchmarks"][0]
+    info = bench["extra_info"]
+    assert (info["method"], info["layer"], info["batch"], info["device"], info["dtype"]) == (
+        "gradcam", "layer4", 2, "cpu", "float32")
+    assert info["forward_median_s"] > 0
+    assert info["ratio_to_forward"] == pytest.approx(bench["stats"]["median"] / info["forward_median_s"])
+    assert bench["stats"]["rounds"] == 3
+
+
+def test_under_xdist_it_warns_and_still_computes(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_cost=USER_TEST)
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "xdist", "-p", "no:cacheprovider", "-W",
+                                           "always::pytest.PytestWarning")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*cam_benchmark: no timing was taken*-p no:xdist*"])
+
+
+def test_bad_rounds_are_refused(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_cost=USER_TEST.replace("rounds=3", "rounds=0"))
+    result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:xdist")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*rounds=0*pass rounds >= 1*"])
+
+
+def test_time_forward_restores_training_flags() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.Dropout()).train()
+    model[1].eval()
+    assert time_forward(model, torch.rand(1, 3, 8, 8), rounds=2) > 0
+    assert model.training and model[0].training and not model[1].training
