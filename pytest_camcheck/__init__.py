@@ -13,6 +13,7 @@ from .engine import METHODS, CamResult, compute_cam  # noqa: E402
 from .errors import CamCheckError  # noqa: E402
 from .geometry import geometry_neutral  # noqa: E402
 from .regions import Box  # noqa: E402
+from .zoo import load_model, register_model  # noqa: E402
 
 __all__ = [
     "Box",
@@ -25,5 +26,7 @@ __all__ = [
     "assert_not_attends_to",
     "compute_cam",
     "geometry_neutral",
+    "load_model",
+    "register_model",
 ]
 __version__ = "0.1.0"

@@ -277,7 +277,7 @@ def camcheck_model(camcheck_config: CamcheckConfig) -> Callable[..., nn.Module]:
     deep-copy it before changing it.
 
     ``name``: a torchvision classification model ("resnet18"), a bundled model ("camcheck-shapes") or one
-    registered with ``pytest_camcheck.zoo.register_model``. ``weights`` (torchvision only): "DEFAULT", a name
+    registered with ``pytest_camcheck.register_model``. ``weights`` (torchvision only): "DEFAULT", a name
     such as "IMAGENET1K_V1", or None for a random initialisation with a fixed seed. Missing weights that cannot
     be downloaded (``--camcheck-offline``, no network) skip the test, naming the file and where to put it.
 
