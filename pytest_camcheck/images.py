@@ -14,6 +14,8 @@ the right, y down, x1/y1 exclusive); "source" is optional.
 
 from __future__ import annotations
 
+import re
+
 import functools
 import json
 import os
@@ -321,6 +323,32 @@ def available_images(search_dirs: SearchDirs = ()) -> list[str]:
     return sorted(set(_catalogue()) | set(_annotation_files(search_dirs)))
 
 
+_SCENE_NAME = re.compile(r"shapes-(?P<kind>single|pair|shortcut)-(?P<seed>\d+)")
+
+
+def scene_image(seed: int, kind: str = "single") -> SampleImage:
+    """A synthetic scene of the bundled models' world as a sample image, named ``shapes-<kind>-<seed>``.
+
+    Regions: each object's tight box under its class name, ``object`` for the scene's labelled object, and
+    ``watermark`` on shortcut scenes. Seeds from ``pytest_camcheck.scenes.HELD_OUT`` up were never trained on.
+
+    Example:
+        >>> s = scene_image(1_000_000, "pair")
+        >>> sorted(s.regions)[:1], s.name
+        (['circle'], 'shapes-pair-1000000')
+    """
+    from .scenes import make_scene
+
+    made = make_scene(seed, kind)
+    boxes = {obj.name: Box(*obj.box) for obj in made.objects}
+    boxes["object"] = Box(*made.objects[0].box)
+    if made.watermark_box is not None:
+        boxes["watermark"] = Box(*made.watermark_box)
+    name = f"shapes-{kind}-{seed}"
+    return SampleImage(name=name, image=Image.fromarray(made.image), regions=Regions(boxes, owner=name),
+                       source=f"pytest_camcheck.scenes.make_scene({seed}, {kind!r})")
+
+
 def sample_image(name: str, search_dirs: SearchDirs = ()) -> SampleImage:
     """A sample image by name: the built-in catalogue first, then `<dir>/<name>.json` in each search dir.
 
@@ -330,6 +358,9 @@ def sample_image(name: str, search_dirs: SearchDirs = ()) -> SampleImage:
     """
     if name in _catalogue():
         return _builtin(name)
+    scene = _SCENE_NAME.fullmatch(name)
+    if scene:
+        return scene_image(int(scene["seed"]), scene["kind"])
     dirs = _dirs(search_dirs)
     for folder in dirs:
         candidate = folder / f"{name}.json"
@@ -337,6 +368,7 @@ def sample_image(name: str, search_dirs: SearchDirs = ()) -> SampleImage:
             return load_annotated(candidate)
     searched = ", ".join(str(d.resolve()) + ("" if d.is_dir() else " (missing)") for d in dirs) or "none given"
     raise CamCheckError(
-        f"no sample image named {name!r}; available: {', '.join(available_images(dirs))}. Fix: use one of these, "
+        f"no sample image named {name!r}; available: {', '.join(available_images(dirs))}, and synthetic scenes "
+        "'shapes-<single|pair|shortcut>-<seed>'. Fix: use one of these, "
         f"or add {name}.json next to your image in a searched folder ({searched}) containing {_FORMAT}"
     )

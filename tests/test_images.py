@@ -1,3 +1,4 @@
+import re
 import json
 from pathlib import Path
 
@@ -323,3 +324,19 @@ def test_missing_annotation_file(tmp_path):
 def test_annotation_source_defaults_to_the_image_path(tmp_path):
     s = load_annotated(write(tmp_path, {"image": "pic.png", "regions": {"a": [0, 0, 5, 5]}}))
     assert s.source == str(tmp_path / "pic.png") and s.regions["a"] == Box(0, 0, 5, 5)
+
+
+def test_synthetic_scenes_are_served_with_their_exact_boxes() -> None:
+    from pytest_camcheck.images import sample_image
+    from pytest_camcheck.scenes import make_scene
+
+    served = sample_image("shapes-pair-1000003")
+    made = make_scene(1000003, "pair")
+    assert np.array_equal(np.asarray(served.image), made.image)
+    for obj in made.objects:
+        assert tuple(served.regions[obj.name].__dict__.values()) == obj.box
+    assert served.regions["object"] == served.regions[made.objects[0].name]
+    shortcut = sample_image("shapes-shortcut-1000003")
+    assert "watermark" in shortcut.regions
+    with pytest.raises(CamCheckError, match=re.escape("shapes-<single|pair|shortcut>-<seed>")):
+        sample_image("shapes-triple-1")
