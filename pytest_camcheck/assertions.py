@@ -2,8 +2,10 @@
 
 The default rule of :func:`assert_attends_to` (see README, "Decision rule", for the data behind it):
 the map is not empty, its peak lies in the region or within ``tolerance`` px of it (pointing game), and the
-region holds at least ``min_lift`` times its fair share of the map's mass (energy / area share). Both
-criteria are about where the map's mass and peak are, not about one model's score scale.
+region holds at least ``min_lift`` times its fair share of the map's mass (energy / area share). A region
+covering a share ``c`` of the image can reach a lift of at most ``1 / c``, so for large regions the lift
+required is capped at halfway between chance and perfect, ``(1 + 1 / c) / 2``. Both criteria are about where
+the map's mass and peak are, not about one model's score scale.
 """
 
 from __future__ import annotations
@@ -24,14 +26,15 @@ from .metrics import RegionMetrics, measure
 from .regions import Region, describe, to_mask
 from .render import overlay, save_png
 
-__all__ = ["DEFAULT_RULE", "CamCheck", "Rule", "assert_attends_more_to", "assert_attends_to", "assert_not_attends_to"]
+__all__ = ["DEFAULT_RULE", "CamCheck", "Rule", "required_lift", "assert_attends_more_to", "assert_attends_to", "assert_not_attends_to"]
 
 
 @dataclass(frozen=True)
 class Rule:
     """Thresholds of the attention checks.
 
-    ``min_lift``: region's share of the map's mass / region's share of the image, for ``assert_attends_to``.
+    ``min_lift``: region's share of the map's mass / region's share of the image, for ``assert_attends_to``
+    (capped for large regions, see :func:`required_lift`).
     ``tolerance``: pointing-game distance in px. ``max_lift``: most a region may hold for
     ``assert_not_attends_to``. ``min_ratio``: how many times denser the map must be on the region than on the
     other region for ``assert_attends_more_to``.
@@ -48,6 +51,17 @@ class Rule:
 
 
 DEFAULT_RULE = Rule()
+
+
+def required_lift(min_lift: float, chance: float) -> float:
+    """The lift a region of area share ``chance`` must reach: ``min_lift``, capped at halfway between chance
+    (1) and perfect (``1 / chance``) so that large regions are not asked for the impossible.
+
+    Example:
+        >>> required_lift(1.5, 0.05), required_lift(1.5, 0.6)
+        (1.5, 1.3333333333333335)
+    """
+    return min(min_lift, (1.0 + 1.0 / chance) / 2.0) if chance > 0 else min_lift
 
 
 def _check_threshold(name: str, value: float, low: float = 0.0) -> float:
@@ -179,13 +193,15 @@ def assert_attends_to(
 
     def decide(r: CamResult, ms: list[RegionMetrics]) -> tuple[bool, list[str], dict[str, Any]]:
         m = ms[0]
+        need = required_lift(min_lift, m.chance)
         ok_peak = m.hit or not pointing
-        ok_lift = m.lift >= min_lift
+        ok_lift = m.lift >= need
         ok_energy = min_energy is None or m.energy >= min_energy
         lines = [
             f"pointing game: {'HIT' if m.hit else 'MISS'}; {_peak_text(m, tolerance)}"
             + ("" if pointing else " [not required]"),
-            f"lift {m.lift:.2f} (energy {m.energy:.3f} / chance {m.chance:.3f}), required >= {min_lift:g}"
+            f"lift {m.lift:.2f} (energy {m.energy:.3f} / chance {m.chance:.3f}), required >= {need:.3g}"
+            + ("" if need == min_lift else f" (min_lift {min_lift:g}, capped for a region this large)")
             + ("" if ok_lift else "  <-- too low"),
         ]
         if min_energy is not None:
