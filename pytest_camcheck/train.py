@@ -1,0 +1,197 @@
+"""Train the bundled models from scratch on synthetic scenes, on CPU, deterministically.
+
+Command (rebuilds both shipped models and their hashes, a few minutes on 2 CPU cores)::
+
+    python -m pytest_camcheck.train --model all --out pytest_camcheck/data
+
+``--model camcheck-shapes`` (clean scenes; a third carry a watermark of random colour, to be ignored) or
+``--model camcheck-shapes-shortcut`` (shortcut scenes whose object class is independent of the label, so
+only the watermark predicts it) trains one.
+``--epochs`` / ``--scenes`` override the recipe, ``--seed`` sets initialisation and batch order, ``--quick``
+is a seconds-long smoke run. Training scenes use seeds ``0 .. scenes - 1``, all below
+:data:`pytest_camcheck.scenes.HELD_OUT`, so held-out seeds stay unseen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from .bundled import BUNDLED_MODELS, ShapesNet, bundled_preprocess, weights_paths
+from .errors import CamCheckError
+from .scenes import CLASSES, HELD_OUT, make_scene
+from .zoo import sha256_of
+
+__all__ = ["RECIPES", "Recipe", "main", "save_weights", "scene_batch", "train_model"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Which scenes a bundled model learns from and for how long: training scene ``i`` is
+    ``make_scene(i, kind, cue=cue)`` with ``(kind, cue) = mix[i % len(mix)]``.
+
+    Example:
+        >>> RECIPES["camcheck-shapes"].specs(3)
+        [(0, 'single', 'both'), (1, 'single', 'both'), (2, 'shortcut', 'object')]
+    """
+
+    mix: tuple[tuple[str, str], ...]
+    scenes: int
+    epochs: int
+    lr: float = 3e-3
+    batch: int = 32
+
+    def specs(self, scenes: int) -> list[tuple[int, str, str]]:
+        """(seed, kind, cue) of the first ``scenes`` training scenes."""
+        return [(i, *self.mix[i % len(self.mix)]) for i in range(scenes)]
+
+
+RECIPES: dict[str, Recipe] = {
+    "camcheck-shapes": Recipe(mix=(("single", "both"), ("single", "both"), ("shortcut", "object")),
+                              scenes=6000, epochs=8),
+    "camcheck-shapes-shortcut": Recipe(mix=(("shortcut", "watermark"),), scenes=3000, epochs=4),
+}
+QUICK = {"epochs": 1, "scenes": 64}
+
+
+def scene_batch(name: str, specs: Sequence[tuple[int, str, str]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scenes ``(seed, kind, cue)`` resized for model ``name``: uint8 images (N, 3, h, w) and labels (N,).
+
+    Converted to float in [0, 1] and normalised (as :func:`train_model` does), the images are exactly what
+    the model's preprocessing makes of the original scenes.
+
+    Example:
+        >>> x, y = scene_batch("camcheck-shapes", [(0, "single", "both"), (1, "shortcut", "watermark")])
+        >>> tuple(x.shape), x.dtype
+        ((2, 3, 112, 112), torch.uint8)
+    """
+    resize = bundled_preprocess(name).transforms[0]
+    images, labels = [], []
+    for seed, kind, cue in specs:
+        scene = make_scene(int(seed), kind, cue=cue)
+        images.append(np.asarray(resize(Image.fromarray(scene.image))))
+        labels.append(scene.label)
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels)
+
+
+def _normaliser(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    _, _, normalize = bundled_preprocess(name).transforms
+    return lambda x: normalize(x.float() / 255.0)
+
+
+def train_model(name: str, *, epochs: int | None = None, scenes: int | None = None, seed: int = 0,
+                log: Callable[[str], None] = print) -> tuple[ShapesNet, dict]:
+    """Train bundled model ``name`` following its :data:`RECIPES` entry (``epochs`` / ``scenes`` override it).
+
+    Returns the model (eval mode) and a summary of the run.
+
+    Example:
+        >>> model, meta = train_model("camcheck-shapes-shortcut", epochs=1, scenes=32, log=lambda s: None)
+        >>> meta["scenes"], model.training
+        (32, False)
+    """
+    if name not in RECIPES:
+        raise CamCheckError(f"unknown bundled model {name!r}; use one of: {', '.join(BUNDLED_MODELS)}")
+    recipe = RECIPES[name]
+    epochs = recipe.epochs if epochs is None else epochs
+    scenes = recipe.scenes if scenes is None else scenes
+    if not 1 <= scenes <= HELD_OUT or epochs < 1:
+        raise CamCheckError(f"need 1 <= scenes <= {HELD_OUT} and epochs >= 1 (got scenes={scenes}, epochs={epochs})")
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    x_all, y_all = scene_batch(name, recipe.specs(scenes))
+    log(f"{name}: {scenes} scenes ready in {time.perf_counter() - start:.1f}s")
+    normalise = _normaliser(name)
+
+    model = ShapesNet(len(CLASSES)).to(memory_format=torch.channels_last)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=5e-4)
+    steps = epochs * -(-scenes // recipe.batch)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=recipe.lr, total_steps=steps, pct_start=0.15)
+    model.train()
+    for epoch in range(epochs):
+        order = torch.randperm(scenes, generator=generator)
+        total, correct, loss_sum = 0, 0, 0.0
+        for i in range(0, scenes, recipe.batch):
+            idx = order[i:i + recipe.batch]
+            x, y = normalise(x_all[idx]).contiguous(memory_format=torch.channels_last), y_all[idx]
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits, y)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            total += len(idx)
+            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += float(loss.detach()) * len(idx)
+        log(f"{name}: epoch {epoch + 1}/{epochs} loss {loss_sum / total:.4f} train accuracy {correct / total:.3f} "
+            f"({time.perf_counter() - start:.0f}s)")
+    model.eval()
+    meta = {"model": name, "mix": [list(m) for m in recipe.mix], "scenes": scenes, "epochs": epochs,
+            "seed": seed, "train_accuracy": round(correct / total, 4)}
+    log(f"{name}: trained in {time.perf_counter() - start:.0f}s")
+    return model, meta
+
+
+def save_weights(model: nn.Module, name: str, out: Path, meta: dict) -> Path:
+    """Write ``<out>/<name>.pt`` (float16 state dict) and ``<out>/<name>.json`` (its sha256 and ``meta``).
+
+    Example:
+        >>> import tempfile
+        >>> model, meta = train_model("camcheck-shapes", epochs=1, scenes=8, log=lambda line: None)
+        >>> save_weights(model, "camcheck-shapes", Path(tempfile.mkdtemp()), meta).name
+        'camcheck-shapes.pt'
+    """
+    weights, info = weights_paths(name, out)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in model.state_dict().items()}
+    torch.save(state, weights)
+    info.write_text(json.dumps({"sha256": sha256_of(weights), **meta}, indent=2) + "\n")
+    return weights
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; see the module docstring.
+
+    Example:
+        >>> main(["--model", "camcheck-shapes", "--out", "/tmp/w", "--quick"])  # doctest: +SKIP
+        0
+    """
+    parser = argparse.ArgumentParser(prog="python -m pytest_camcheck.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=(*BUNDLED_MODELS, "all"), default="all")
+    parser.add_argument("--out", type=Path, required=True, help="folder for <model>.pt and <model>.json")
+    parser.add_argument("--epochs", type=int, help="passes over the scenes (default: the model's recipe)")
+    parser.add_argument("--scenes", type=int, help="number of training scenes (default: the model's recipe)")
+    parser.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke run: {QUICK['epochs']} epoch, {QUICK['scenes']} scenes")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(True)
+    epochs = args.epochs if args.epochs is not None else (QUICK["epochs"] if args.quick else None)
+    scenes = args.scenes if args.scenes is not None else (QUICK["scenes"] if args.quick else None)
+    names = BUNDLED_MODELS if args.model == "all" else (args.model,)
+    try:
+        for name in names:
+            model, meta = train_model(name, epochs=epochs, scenes=scenes, seed=args.seed)
+            path = save_weights(model, name, args.out, meta)
+            print(f"{name}: wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+    except CamCheckError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
