@@ -79,12 +79,6 @@ MODELS_TEST = """
 """
 
 
-def bundled_weights_built() -> bool:
-    from pytest_camcheck.bundled import weights_paths
-
-    return all(p.is_file() for p in weights_paths("camcheck-shapes"))
-
-
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in list(os.environ):
@@ -305,11 +299,7 @@ def test_offline_from_ini_and_a_weights_dir_with_a_damaged_file(pytester: pytest
 
 def test_registered_and_bundled_models_are_served(models_project: pytest.Pytester) -> None:
     result = run(models_project, "--camcheck-offline", "-rs")
-    if bundled_weights_built():
-        result.assert_outcomes(passed=2, skipped=1)
-    else:
-        result.assert_outcomes(passed=1, failed=1, skipped=1)
-        result.stdout.fnmatch_lines(["*the weights of bundled model 'camcheck-shapes' are missing*"])
+    result.assert_outcomes(passed=2, skipped=1)
     result.stdout.fnmatch_lines(
         ["SKIPPED [[]1[]] test_models.py:25: weights file resnet18-f37072fd.pth not found in *"])
 
@@ -327,10 +317,7 @@ def test_same_results_under_xdist(models_project: pytest.Pytester) -> None:
             assert camcheck_config.artifacts_dir.parent.name == "popen-" + os.environ["PYTEST_XDIST_WORKER"]
     """)
     result = run_subprocess(models_project, "-n", "2", "-p", "xdist", "--camcheck-offline", "-rs")
-    if bundled_weights_built():
-        result.assert_outcomes(passed=3, skipped=1)
-    else:
-        result.assert_outcomes(passed=2, failed=1, skipped=1)
+    result.assert_outcomes(passed=3, skipped=1)
     result.stdout.fnmatch_lines([
         "created: 2/2 workers",
         "SKIPPED [[]1[]] test_models.py:25: weights file resnet18-f37072fd.pth not found in *",

@@ -364,11 +364,6 @@ def test_model_cache_builds_once_and_remembers_missing_weights(monkeypatch: pyte
 
 
 def test_bundled_model_is_served() -> None:
-    try:
-        model = load_model("camcheck-shapes")
-    except CamCheckError as err:
-        if "are missing" not in str(err):
-            raise
-        pytest.skip(f"bundled weights not built yet: {err}")
+    model = load_model("camcheck-shapes")
     assert not model.training
     assert model_info(model).categories[:3] == ("circle", "square", "triangle")
