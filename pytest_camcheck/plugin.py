@@ -43,11 +43,13 @@ from .devices import DEVICE_CHOICES, Accelerators, cuda_skip_reason, header_line
 from .errors import CamCheckError
 from .assertions import DEFAULT_RULE, CamCheck, Rule
 from .benchmarking import CamBenchmark
+from .regression import DEFAULT_SPEARMAN_MIN, DEFAULT_SSIM_MIN, CamRegression, baseline_location, check_threshold
+from .report import CheckReport, receive_from_worker, send_to_controller
 from .engine.methods import METHODS, get_method
 from .images import SampleImage, sample_image
 from .zoo import WEIGHTS_DIR_ENV, ModelCache, WeightsUnavailable
 
-__all__ = ["CONFIG_KEY", "RECORDS_KEY", "CamcheckConfig"]
+__all__ = ["CONFIG_KEY", "RECORDS_KEY", "REPORT_KEY", "CamcheckConfig"]
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
@@ -82,6 +84,7 @@ class CamcheckConfig:
 
 CONFIG_KEY = pytest.StashKey[CamcheckConfig]()
 RECORDS_KEY = pytest.StashKey[list]()
+REPORT_KEY = pytest.StashKey[CheckReport]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -124,6 +127,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--camcheck-tolerance", dest="camcheck_tolerance", metavar="PX",
         help=f"default pointing-game tolerance in px (ini camcheck_tolerance, default {DEFAULT_RULE.tolerance:g})",
     )
+    group.addoption(
+        "--camcheck-update", dest="camcheck_update", action="store_true", default=None,
+        help="write the current maps as the new cam_regression baselines and pass, listing every file written "
+        "(ini camcheck_update)",
+    )
+    group.addoption("--camcheck-ssim-min", dest="camcheck_ssim_min", metavar="X",
+                    help=f"cam_regression: least SSIM with the baseline (ini camcheck_ssim_min, default "
+                    f"{DEFAULT_SSIM_MIN})")
+    group.addoption("--camcheck-spearman-min", dest="camcheck_spearman_min", metavar="X",
+                    help=f"cam_regression: least rank correlation with the baseline (ini camcheck_spearman_min, "
+                    f"default {DEFAULT_SPEARMAN_MIN})")
+    group.addoption("--camcheck-report", dest="camcheck_report", metavar="PATH.html",
+                    help="write one self-contained HTML page with every camcheck check of the run (ini camcheck_report)")
+    group.addoption("--camcheck-report-json", dest="camcheck_report_json", metavar="PATH",
+                    help="write every camcheck check of the run as JSON (ini camcheck_report_json)")
+    parser.addini("camcheck_update", "write current maps as the new cam_regression baselines", type="bool",
+                  default=False)
+    parser.addini("camcheck_ssim_min", "cam_regression: least SSIM with the baseline", default=str(DEFAULT_SSIM_MIN))
+    parser.addini("camcheck_spearman_min", "cam_regression: least rank correlation with the baseline",
+                  default=str(DEFAULT_SPEARMAN_MIN))
+    parser.addini("camcheck_report", "HTML report of every camcheck check (relative to rootdir)", default="")
+    parser.addini("camcheck_report_json", "JSON report of every camcheck check (relative to rootdir)", default="")
     parser.addini("camcheck_device", f"torch device: {DEVICE_CHOICES}", default="auto")
     parser.addini("camcheck_method", "CAM method of the camcheck fixture's checks", default="gradcam")
     parser.addini("camcheck_min_lift", "default min_lift of camcheck.attends_to", default=str(DEFAULT_RULE.min_lift))
@@ -216,8 +241,11 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     try:
         config.stash[CONFIG_KEY] = _resolve(config)
+        for name in ("camcheck_ssim_min", "camcheck_spearman_min"):
+            check_threshold(name, _option_or_ini(config, name))
     except CamCheckError as err:
         raise pytest.UsageError(str(err)) from None
+    config.stash[REPORT_KEY] = CheckReport()
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -338,6 +366,7 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     def listen(rec: context.CheckRecord) -> None:
         records.append(rec)
         item.user_properties.append(_property(rec))
+        item.config.stash[REPORT_KEY].add_record(rec)
 
     context.add_listener(listen)
     try:
@@ -349,6 +378,8 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[pytest.TestReport]:
     report = yield
+    item.config.stash[REPORT_KEY].add_test_report(report, camcheck=bool(item.stash.get(RECORDS_KEY, [])) or
+                                                  "cam_regression" in getattr(item, "fixturenames", ()))
     if call.when == "call" and item.config.pluginmanager.hasplugin("html"):
         import pytest_html
 
@@ -372,3 +403,62 @@ def cam_benchmark(request: pytest.FixtureRequest) -> CamBenchmark:
     """
     xdist = request.config.pluginmanager.hasplugin("xdist") and getattr(request.config.option, "dist", "no") != "no"
     return CamBenchmark(request.getfixturevalue("benchmark"), xdist=xdist or bool(os.environ.get("PYTEST_XDIST_WORKER")))
+
+
+def _option_or_ini(config: pytest.Config, name: str) -> Any:
+    value = config.getoption(name)
+    return value if value is not None else config.getini(name)
+
+
+@pytest.fixture
+def cam_regression(request: pytest.FixtureRequest, camcheck_config: CamcheckConfig) -> Iterator[CamRegression]:
+    """Map regression checks against baselines next to the test module (pytest-regressions style):
+    ``cam_regression.check(model, image, target, **compute_cam keywords, ssim_min=..., spearman_min=...)``.
+
+    The first run writes ``<module dir>/<module name>/<test>-<method>-<layer>-<target>.npz`` (+ a PNG preview) and
+    fails so that you review and commit it; later runs compare with SSIM and rank correlation;
+    ``--camcheck-update`` rewrites baselines and passes. Nothing existing is changed otherwise.
+
+    Example: ``cam_regression.check(camcheck_model("camcheck-shapes"), scene.image, "circle")``
+    """
+    config = request.config
+    folder, name = baseline_location(request.path, request.node.name)
+    reg = CamRegression(folder, name, update=bool(_option_or_ini(config, "camcheck_update")),
+                        ssim_min=check_threshold("camcheck_ssim_min", _option_or_ini(config, "camcheck_ssim_min")),
+                        spearman_min=check_threshold("camcheck_spearman_min",
+                                                     _option_or_ini(config, "camcheck_spearman_min")),
+                        device=camcheck_config.device, method=camcheck_config.method,
+                        pass_pictures=bool(_option_or_ini(config, "camcheck_report")))
+    yield reg
+    config.stash[REPORT_KEY].add_written(reg.written)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    if REPORT_KEY not in config.stash:
+        return
+    report = config.stash[REPORT_KEY]
+    if hasattr(config, "workeroutput"):
+        send_to_controller(report, config.workeroutput)
+        return
+    for name, write in (("camcheck_report", report.write_html), ("camcheck_report_json", report.write_json)):
+        given = config.getoption(name)
+        if given:
+            write(config.invocation_params.dir / given)
+        elif config.getini(name):
+            write(config.rootpath / config.getini(name))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    receive_from_worker(node.config.stash[REPORT_KEY], getattr(node, "workeroutput", {}))
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if REPORT_KEY not in config.stash:
+        return
+    written = config.stash[REPORT_KEY].written
+    if written:
+        terminalreporter.write_sep("-", f"camcheck: {len(written)} baseline files written")
+        for path in written:
+            terminalreporter.write_line(str(path))

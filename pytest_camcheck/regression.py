@@ -1,0 +1,470 @@
+"""Map regression checks: compare a model's map with a baseline committed next to the tests.
+
+The convention of pytest-regressions: baselines live in ``<test module dir>/<module stem>/``, one ``.npz`` per
+test and check (read with ``allow_pickle=False``) plus a ``.png`` preview to review in a pull request. The first
+run writes the baseline and fails ("created, review and commit it"); ``--camcheck-update`` writes what is
+missing, unreadable or failing and passes; without it no existing file is ever changed.
+
+A baseline file is keyed by test name, ``basename`` (when given), method, layer and target, plus a counter for
+repeated identical checks in one test; the device is NOT part of the key, so a baseline recorded on CPU is
+checked on CUDA. It holds the map (float32, original image pixels) and, as metadata arrays, the device, torch
+and pytest-camcheck versions, method, layer, target, label, image size and format version.
+
+A check passes when both the SSIM (scikit-image, data range 1) and the Spearman rank correlation of the
+current map with the baseline reach their thresholds. An empty current map against a non-empty baseline fails
+(and the other way round); two empty maps pass.
+
+Default thresholds, measured on the bundled ``camcheck-shapes`` with 16 held-out scenes of
+:mod:`pytest_camcheck.scenes`: SSIM and Spearman of each changed map against the original one, the lowest over
+the images and over gradcam, gradcam++ and layercam, and in brackets the lowest of the three methods' medians:
+
+================================================  ==================  ==================
+change                                            SSIM                Spearman
+================================================  ==================  ==================
+*numeric noise: must pass*
+same model, run again                             1.0000              1.0000
+torch threads 1 vs 2 (other summation order)      1.0000              1.0000
+float64 vs float32 model                          1.0000              1.0000
+TF32 / fp16 emulation (weights and every conv     1.0000              1.0000
+and linear input rounded to 10 mantissa bits)
+tensor resize (as on a GPU) vs PIL resize         0.9991 (0.9999)     0.991 (0.9998)
+input +-1 grey level (another JPEG decoder)       0.9974 (0.9998)     0.970 (0.9992)
+input +-2 grey levels                             0.9948 (0.9995)     0.971 (0.998)
+*retrain-like drift: must fail*
+weights x (1 + 0.2 N(0, 1))                       0.36 (0.75)         0.52 (0.82)
+fine-tuned 5 SGD steps on shifted labels          0.05 (0.40)         -0.29 (0.32)
+fine-tuned 20 SGD steps on shifted labels         0.01 (0.33)         -0.50 (0.37)
+last convolutional stage re-initialised           0.02 (0.24)         -0.50 (0.12)
+*in between*
+weights x (1 + 0.05 N(0, 1))                      0.84 (0.99)         0.76 (0.98)
+input re-encoded as JPEG quality 95               0.69 (0.99)         0.66 (0.96)
+================================================  ==================  ==================
+
+Spearman's floor under noise (0.97) is lower than SSIM's (0.995): near-zero background pixels swap ranks.
+:data:`DEFAULT_SSIM_MIN` = 0.95 and :data:`DEFAULT_SPEARMAN_MIN` = 0.9 leave a margin of 0.045 and 0.07 above
+the noise, while every fine-tuned or re-initialised model fails on every image (its best SSIM is 0.85) and a
+20% weight perturbation on most. EigenCAM ignores the classifier head and moves less: re-initialising the last
+stage gives 0.56 (0.84) and 0.59 (0.89), still failing SSIM on every image (best 0.93).
+
+Example:
+    >>> reg = CamRegression(Path("tests/test_model"), "test_looks_at_circle")  # doctest: +SKIP
+    >>> reg.check(model, scene.image, "circle")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import uuid
+import zipfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from . import __version__, context
+from .engine import CamResult, compute_cam
+from .errors import CamCheckError
+from .metrics import check_heatmap, map_similarity
+from .render import overlay, save_png, side_by_side
+
+__all__ = ["DEFAULT_SPEARMAN_MIN", "DEFAULT_SSIM_MIN", "FORMAT_VERSION", "UPDATE_HINT", "Baseline", "CamRegression",
+           "baseline_location", "check_threshold", "read_baseline", "write_baseline"]
+
+DEFAULT_SSIM_MIN = 0.95
+DEFAULT_SPEARMAN_MIN = 0.9
+FORMAT_VERSION = 1
+UPDATE_HINT = "rerun with --camcheck-update (ini camcheck_update = true)"
+PREVIEW_SIDE = 256
+_MAX_STEM = 120
+_KEYS = ("heatmap", "format_version", "method", "layer", "target", "label", "image_size", "device",
+         "torch_version", "camcheck_version")
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.") or "x"
+
+
+def baseline_location(module_path: str | os.PathLike[str], test_name: str) -> tuple[Path, str]:
+    """(baseline folder, file-safe test name) of a test: ``<module dir>/<module stem>/`` and the test's name with
+    its parameters, characters other than letters, digits, ``_ . -`` replaced by ``_``.
+
+    Example:
+        >>> baseline_location("tests/test_model.py", "test_map[resnet18-cpu]")
+        (PosixPath('tests/test_model'), 'test_map_resnet18-cpu')
+    """
+    module = Path(module_path)
+    return module.parent / module.stem, _safe(test_name)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A baseline map and its metadata (``method``, ``layer``, ``target``, ``label``, ``image_size``, ``device``,
+    ``torch_version``, ``camcheck_version``, ``format_version``), as :func:`read_baseline` returns it.
+
+    Example:
+        >>> Baseline(np.zeros((4, 4), np.float32), {"device": "cpu"}).empty
+        True
+    """
+
+    heatmap: np.ndarray
+    meta: dict[str, Any]
+
+    @property
+    def empty(self) -> bool:
+        """Whether the baseline map is all zero."""
+        return not self.heatmap.any()
+
+
+def _broken(path: Path, problem: str) -> CamCheckError:
+    return CamCheckError(
+        f"baseline {path} {problem}. Fix: delete the file, or {UPDATE_HINT} to write it again from the current map"
+    )
+
+
+def read_baseline(path: str | os.PathLike[str]) -> Baseline:
+    """Read and validate a baseline ``.npz`` (``allow_pickle=False``); a corrupt or foreign file raises
+    CamCheckError naming the file and the fix.
+
+    Example:
+        >>> read_baseline("tests/test_model/test_map-gradcam-layer4-t3.npz").meta["layer"]  # doctest: +SKIP
+        'layer4'
+    """
+    path = Path(path)
+    try:
+        data = np.load(path, allow_pickle=False)
+        if isinstance(data, np.lib.npyio.NpzFile):
+            with data:
+                arrays = {key: data[key] for key in data.files}
+    except Exception as err:  # noqa: BLE001 - any failure to parse the file means it is not a valid baseline
+        raise _broken(path, f"cannot be read ({type(err).__name__}: {err})") from err
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise _broken(path, "is not a camcheck baseline (a single array, not an .npz archive)")
+    missing = [key for key in _KEYS if key not in arrays]
+    if missing:
+        raise _broken(path, f"is not a camcheck baseline: it lacks {', '.join(missing)} (it has "
+                            f"{', '.join(sorted(arrays)) or 'no arrays'})")
+    version = arrays["format_version"]
+    if version.shape != () or not np.issubdtype(version.dtype, np.integer) or not 1 <= int(version) <= FORMAT_VERSION:
+        raise _broken(path, f"has format version {version.tolist()!r}; this pytest-camcheck reads versions 1 to "
+                            f"{FORMAT_VERSION} (upgrade pytest-camcheck if it was written by a newer one)")
+    try:
+        heatmap = check_heatmap(arrays["heatmap"], f"the map in {path}").astype(np.float32)
+        meta = {key: arrays[key].item() if arrays[key].ndim == 0 else arrays[key].tolist()
+                for key in _KEYS if key != "heatmap"}
+    except CamCheckError as err:
+        raise _broken(path, f"holds an invalid map ({err})") from err
+    if list(meta["image_size"]) != list(heatmap.shape):
+        raise _broken(path, f"is inconsistent: image_size {meta['image_size']} but a map of shape {heatmap.shape}")
+    return Baseline(heatmap, meta)
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An ``.npz`` archive (as ``np.savez_compressed`` writes it) with fixed timestamps, so equal maps give
+    equal bytes."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, array in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
+            archive.writestr(zipfile.ZipInfo(f"{name}.npy", _ZIP_TIME), member.getvalue(), zipfile.ZIP_DEFLATED)
+    return buffer.getvalue()
+
+
+def write_baseline(path: str | os.PathLike[str], result: CamResult, device: str, *, replace: bool) -> bool:
+    """Write ``result``'s map and metadata to ``path`` atomically (temporary file in the same folder, then a
+    rename); returns False, writing nothing, when ``replace`` is False and the file exists, even if another
+    process creates it at the same moment (the file is published with a hard link, which never replaces).
+
+    Example:
+        >>> write_baseline("tests/test_model/test_map.npz", result, "cpu", replace=False)  # doctest: +SKIP
+        True
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    data = _npz_bytes({
+        "heatmap": result.heatmap.astype(np.float32),
+        "format_version": np.int64(FORMAT_VERSION),
+        "method": np.str_(result.method),
+        "layer": np.str_(result.layer),
+        "target": np.int64(result.target),
+        "label": np.str_(result.label or ""),
+        "image_size": np.array(result.heatmap.shape, dtype=np.int64),
+        "device": np.str_(device),
+        "torch_version": np.str_(torch.__version__),
+        "camcheck_version": np.str_(__version__),
+    })
+    temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(temp, "xb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        if replace:
+            os.replace(temp, target)
+            return True
+        try:
+            os.link(temp, target)
+        except FileExistsError:
+            return False
+        except OSError:  # file systems without hard links: a rename is still atomic, never a torn file
+            if target.exists():
+                return False
+            os.replace(temp, target)
+        return True
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def check_threshold(name: str, value: Any) -> float:
+    """Validate a similarity threshold (``ssim_min``, ``spearman_min``): a number, or its text, in [-1, 1].
+
+    Example:
+        >>> check_threshold("ssim_min", "0.8")
+        0.8
+    """
+    try:
+        number = float(value) if isinstance(value, str) else value
+    except ValueError:
+        number = None
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not -1 <= number <= 1:
+        default = DEFAULT_SSIM_MIN if name.startswith("ssim") else DEFAULT_SPEARMAN_MIN
+        raise CamCheckError(f"{name}={value!r} is not a valid threshold; pass a number between -1 and 1 "
+                            f"(default {default})")
+    return float(number)
+
+
+def _model_device(model: nn.Module) -> str:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return str(tensor.device)
+    return "cpu"
+
+
+def _tile(result: CamResult, heatmap: np.ndarray, **kwargs: Any) -> Image.Image:
+    if result.image is not None:
+        return overlay(result.image, heatmap, **kwargs)
+    return overlay(np.zeros((*heatmap.shape, 3), np.uint8), heatmap, **(kwargs | {"alpha": 1.0}))
+
+
+def _target_text(result: CamResult) -> str:
+    if result.target < 0:
+        return "callable target"
+    label = f" {result.label!r}" if result.label else ""
+    prob = f", p={result.probability:.3f}" if result.probability is not None else ""
+    return f"class {result.target}{label} (score {result.score:.4g}{prob})"
+
+
+def _mark(value: float, minimum: float) -> str:
+    return "" if value >= minimum else "  <-- too low"
+
+
+class CamRegression:
+    """Compare maps with baselines in ``baseline_dir`` (the ``cam_regression`` fixture; see the module doc).
+
+    ``test_name`` names the files (see :func:`baseline_location`); ``update`` writes missing, unreadable and
+    failing baselines and passes; ``ssim_min`` / ``spearman_min`` are the default thresholds of :meth:`check`;
+    ``device`` and ``method`` are the defaults of ``compute_cam`` (as in the ``camcheck`` fixture);
+    ``pass_pictures`` also writes the baseline | current | difference picture for passing checks (for the HTML
+    report). ``written`` lists every baseline and preview file written.
+
+    Example:
+        >>> reg = CamRegression(Path("tests/test_model"), "test_map", update=False, ssim_min=0.8)
+        >>> reg.ssim_min, reg.written
+        (0.8, [])
+    """
+
+    def __init__(self, baseline_dir: str | os.PathLike[str], test_name: str, *, update: bool = False,
+                 ssim_min: float = DEFAULT_SSIM_MIN, spearman_min: float = DEFAULT_SPEARMAN_MIN,
+                 device: str | torch.device | None = None, method: str = "gradcam",
+                 pass_pictures: bool = False) -> None:
+        self.baseline_dir = Path(baseline_dir)
+        self.test_name = _safe(test_name)
+        self.update = update
+        self.ssim_min = check_threshold("ssim_min", ssim_min)
+        self.spearman_min = check_threshold("spearman_min", spearman_min)
+        self.device, self.method, self.pass_pictures = device, method, pass_pictures
+        self.written: list[Path] = []
+        self._seen: Counter[str] = Counter()
+
+    def _path(self, result: CamResult, basename: str | None) -> Path:
+        """``<test>[-<basename>]-<method>-<layer>-t<target>[-<n>].npz``, n counting repeated identical checks in
+        one test (2, 3...); over-long names are cut and given a hash."""
+        target = "tcallable" if result.target < 0 else f"t{result.target}"
+        parts = [self.test_name, *([_safe(basename)] if basename else []), _safe(result.method), _safe(result.layer),
+                 target]
+        stem = "-".join(parts)
+        self._seen[stem] += 1
+        if self._seen[stem] > 1:
+            stem += f"-{self._seen[stem]}"
+        if len(stem) > _MAX_STEM:
+            stem = f"{stem[:_MAX_STEM - 9]}-{hashlib.sha1(stem.encode()).hexdigest()[:8]}"
+        return self.baseline_dir / f"{stem}.npz"
+
+    def check(self, model: nn.Module, image: Any, target: Any = None, *, basename: str | None = None,
+              ssim_min: float | None = None, spearman_min: float | None = None, **cam_kwargs: Any) -> CamResult:
+        """Compute the map of ``target`` for ``image`` and compare it with its baseline; return the CamResult.
+
+        Other keywords go to ``compute_cam`` (``method``, ``layer``, ``preprocess``...). Raises AssertionError
+        when the baseline was missing (it is written) or the map moved (SSIM or Spearman below its threshold),
+        CamCheckError when the baseline file is unreadable or of another image size.
+
+        Example:
+            >>> cam_regression.check(model, scene.image, "circle", layer="features", ssim_min=0.8)  # doctest: +SKIP
+        """
+        __tracebackhide__ = True
+        thresholds = {
+            "ssim_min": check_threshold("ssim_min", self.ssim_min if ssim_min is None else ssim_min),
+            "spearman_min": check_threshold("spearman_min",
+                                             self.spearman_min if spearman_min is None else spearman_min),
+        }
+        kwargs = {"method": self.method} | ({"device": self.device} if self.device is not None else {}) | cam_kwargs
+        result = compute_cam(model, image, target, **kwargs)
+        if isinstance(result, list):
+            raise CamCheckError("cam_regression.check compares one image and one target at a time; call it once per "
+                                "image/target (with basename=... to tell the files apart)")
+        path = self._path(result, basename)
+        device = _model_device(model)
+        baseline = self._load(path, result)
+        if baseline is None:
+            return self._create(path, result, device, thresholds)
+        scores = self._compare(baseline, result)
+        passed = scores["ssim"] >= thresholds["ssim_min"] and scores["spearman"] >= thresholds["spearman_min"]
+        if passed:
+            picture = self._pass_picture(result, baseline)
+            self._record(result, True, scores, thresholds, picture, "")
+            return result
+        if self.update:
+            self._write(path, result, device, replace=True)
+            picture = self._pass_picture(result, baseline)
+            self._record(result, True, scores, thresholds, picture, f"camcheck regression: baseline updated: {path}")
+            return result
+        pictures = self._pictures(result, baseline.heatmap, full=True)
+        message = self._explain(path, baseline, result, scores, thresholds, pictures)
+        self._record(result, False, scores, thresholds, pictures["side by side"], message)
+        raise AssertionError(message)
+
+    def _load(self, path: Path, result: CamResult) -> Baseline | None:
+        """The baseline to compare with, or None when it is to be (re)written."""
+        if not path.exists():
+            return None
+        try:
+            baseline = read_baseline(path)
+            shape = tuple(result.heatmap.shape)
+            if tuple(baseline.heatmap.shape) != shape:
+                raise CamCheckError(
+                    f"baseline {path} holds a map of {baseline.heatmap.shape[1]}x{baseline.heatmap.shape[0]} px "
+                    f"but the image is now {shape[1]}x{shape[0]} px (width x height). Fix: check the same image as "
+                    f"before, or, if the image changed on purpose, {UPDATE_HINT}"
+                )
+            recorded = (baseline.meta["method"], baseline.meta["layer"], baseline.meta["target"])
+            if recorded != (result.method, result.layer, result.target):
+                raise _broken(path, f"holds the map of method {recorded[0]}, layer {recorded[1]}, target "
+                                    f"{recorded[2]}, not of this check (method {result.method}, layer {result.layer}, "
+                                    f"target {result.target}); was it copied or renamed?")
+        except CamCheckError:
+            if self.update:
+                return None
+            raise
+        return baseline
+
+    def _write(self, path: Path, result: CamResult, device: str, *, replace: bool) -> bool:
+        if not write_baseline(path, result, device, replace=replace):
+            return False
+        preview = _tile(result, result.heatmap)
+        preview.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+        preview = preview.quantize(256, method=Image.Quantize.FASTOCTREE)
+        self.written += [path, save_png(preview, path.with_suffix(".png"))]
+        return True
+
+    def _create(self, path: Path, result: CamResult, device: str, thresholds: dict[str, float]) -> CamResult:
+        __tracebackhide__ = True
+        existed = path.exists()
+        created = self._write(path, result, device, replace=existed)
+        preview = path.with_suffix(".png")
+        if not created:
+            message = (f"camcheck regression: baseline {path} was just created by another test running at the same "
+                       f"time (same file name); review and commit it, and give the checks different basename=... if "
+                       f"they should not share it")
+        elif self.update:
+            what = "replaced" if existed else "created"
+            message = f"camcheck regression: baseline {what}: {path} (preview {preview})"
+        else:
+            message = (f"camcheck regression: baseline not found, created: {path}\n  preview: {preview}\n"
+                       f"  review and commit it; the check passes from the next run on (--camcheck-update creates "
+                       f"every missing baseline in one run)")
+        passed = created and self.update
+        self._record(result, passed, {"ssim": None, "spearman": None}, thresholds,
+                     preview if preview.exists() else None, message)
+        if not passed:
+            raise AssertionError(message)
+        return result
+
+    @staticmethod
+    def _compare(baseline: Baseline, result: CamResult) -> dict[str, float]:
+        if result.empty and baseline.empty:
+            return {"ssim": 1.0, "spearman": 1.0}
+        if result.empty or baseline.empty:
+            return {"ssim": 0.0, "spearman": 0.0}
+        return map_similarity(baseline.heatmap, result.heatmap)
+
+    def _pass_picture(self, result: CamResult, baseline: Baseline) -> Path | None:
+        return self._pictures(result, baseline.heatmap, full=False)["side by side"] if self.pass_pictures else None
+
+    def _pictures(self, result: CamResult, base: np.ndarray, *, full: bool) -> dict[str, Path | None]:
+        """baseline / current / difference tiles side by side (and, when ``full``, each alone); a folder that cannot
+        be written is reported in the message, not raised."""
+        tiles = {
+            "baseline": _tile(result, base),
+            "current": _tile(result, result.heatmap),
+            "difference": _tile(result, (result.heatmap - base + 1) / 2, cmap="coolwarm", alpha=1.0),
+        }
+        labels = ["baseline", "current", "current - baseline (red: more, blue: less)"]
+        out: dict[str, Path | None] = {}
+        try:
+            out["side by side"] = save_png(side_by_side(list(tiles.values()), labels),
+                                           context.artifact_path("regression"))
+            if full:
+                for name, tile in tiles.items():
+                    out[name] = save_png(tile, context.artifact_path(f"regression-{name}"))
+        except OSError:
+            return dict.fromkeys(["side by side", *(tiles if full else [])], None)
+        return out
+
+    def _explain(self, path: Path, baseline: Baseline, result: CamResult, scores: dict[str, float],
+                 thresholds: dict[str, float], pictures: dict[str, Path | None]) -> str:
+        h, w = result.image_size
+        recorded = f"recorded on {baseline.meta['device']} with torch {baseline.meta['torch_version']}"
+        lines = [
+            "camcheck regression failed: the map moved away from its baseline",
+            f"  method {result.method}, layer {result.layer}, {_target_text(result)}, image {w}x{h} px",
+            f"  SSIM {scores['ssim']:.4f}, required >= {thresholds['ssim_min']:g}"
+            + _mark(scores["ssim"], thresholds["ssim_min"]),
+            f"  Spearman {scores['spearman']:.4f}, required >= {thresholds['spearman_min']:g}"
+            + _mark(scores["spearman"], thresholds["spearman_min"]),
+        ]
+        if result.empty != baseline.empty:
+            which = "current map" if result.empty else "baseline map"
+            lines.append(f"  the {which} is EMPTY (all zero): no positive evidence for the target at this layer")
+        lines += [
+            f"  baseline file: {path} ({recorded})",
+            *[f"  {name} picture: {p if p is not None else 'not written (artifacts folder not writable)'}"
+              for name, p in pictures.items()],
+            f"  if the change is intended, {UPDATE_HINT} and commit the new baseline",
+        ]
+        return "\n".join(lines)
+
+    def _record(self, result: CamResult, passed: bool, scores: dict[str, float | None], thresholds: dict[str, float],
+                picture: Path | None, message: str) -> None:
+        context.record(context.CheckRecord(
+            check="regression", passed=passed, method=result.method, layer=result.layer, target=result.target,
+            label=result.label, probability=result.probability, metrics=scores, thresholds=thresholds,
+            overlay=picture, message=message,
+        ))

@@ -1,0 +1,455 @@
+"""The run's camcheck report: every attention assertion and regression check with its test's outcome, as JSON
+(``--camcheck-report-json``) and as one self-contained HTML page (``--camcheck-report``).
+
+:class:`CheckReport` is plain data: the plugin feeds it :class:`~pytest_camcheck.context.CheckRecord` objects
+and test reports. Under pytest-xdist each worker sends its report to the controller as JSON
+(:func:`send_to_controller` in the worker's ``pytest_sessionfinish``, :func:`receive_from_worker` in the
+controller's ``pytest_testnodedown``), the way pytest-mpl merges its summaries. Pictures are referenced by
+path in JSON and inlined (downscaled PNG data URIs) in HTML, so the page needs no other file.
+
+Example:
+    >>> report = CheckReport()
+    >>> report.add_outcome("tests/test_model.py::test_map", "passed")
+    >>> CheckReport.from_json(report.to_json()).tests["tests/test_model.py::test_map"]["outcome"]
+    'passed'
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+import re
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterable
+
+from PIL import Image
+
+from .context import CheckRecord
+from .errors import CamCheckError
+
+__all__ = ["OUTCOMES", "THUMBNAIL_SIZE", "WORKER_OUTPUT_KEY", "CheckReport", "receive_from_worker",
+           "send_to_controller"]
+
+OUTCOMES = ("failed", "error", "xpassed", "passed", "xfailed", "skipped", "unknown")
+THUMBNAIL_SIZE = (720, 300)
+WORKER_OUTPUT_KEY = "camcheck_report"
+_FORMAT = "pytest-camcheck-report"
+_VERSION = 1
+_BAD = ("failed", "error", "xpassed")
+
+
+def _plain(value: Any) -> Any:
+    """A JSON value: non-finite floats become None, paths and other objects strings."""
+    if value is None or isinstance(value, (bool, str, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return _plain(value.item())
+    return str(value)
+
+
+def _short_message(report: Any) -> str:
+    longrepr = getattr(report, "longrepr", None)
+    crash = getattr(longrepr, "reprcrash", None)
+    if crash is not None:
+        return str(crash.message)
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2])
+    return str(getattr(report, "wasxfail", "") or getattr(report, "longreprtext", ""))[-2000:]
+
+
+class CheckReport:
+    """Checks (one dict per :class:`CheckRecord`), test outcomes and baseline files written during a run.
+
+    ``tests`` maps a test id to ``{"outcome", "message", "camcheck"}``; ``camcheck`` marks tests that used a
+    camcheck fixture, which are shown even when they recorded no check (e.g. a test stopped by an unreadable
+    baseline). ``written`` lists the baseline files written (``--camcheck-update`` or first runs).
+
+    Example:
+        >>> report = CheckReport()
+        >>> report.add_record(CheckRecord("regression", False, "gradcam", "layer4", 3, "cat", 0.9,
+        ...                               {"ssim": 0.5}, {"ssim_min": 0.9}, test_id="t.py::test_a"))
+        >>> report.checks[0]["passed"], report.checks[0]["test_id"]
+        (False, 't.py::test_a')
+    """
+
+    def __init__(self) -> None:
+        self.checks: list[dict[str, Any]] = []
+        self.tests: dict[str, dict[str, Any]] = {}
+        self.written: list[str] = []
+
+    def add_record(self, rec: CheckRecord) -> None:
+        """Add one check as it was recorded (its picture by path).
+
+        Example:
+            >>> CheckReport().add_record(rec)  # doctest: +SKIP
+        """
+        self.checks.append(_plain(asdict(rec)))
+
+    def add_outcome(self, test_id: str, outcome: str, message: str = "", *, camcheck: bool = False) -> None:
+        """Set a test's outcome (one of :data:`OUTCOMES`); a test already known keeps the worse outcome.
+
+        Example:
+            >>> r = CheckReport(); r.add_outcome("t.py::a", "failed"); r.add_outcome("t.py::a", "error")
+            >>> r.tests["t.py::a"]["outcome"]
+            'failed'
+        """
+        if outcome not in OUTCOMES:
+            raise CamCheckError(f"unknown test outcome {outcome!r}; use one of: {', '.join(OUTCOMES)}")
+        known = self.tests.get(test_id)
+        if known is None:
+            self.tests[test_id] = {"outcome": outcome, "message": message, "camcheck": camcheck}
+            return
+        known["camcheck"] = known["camcheck"] or camcheck
+        if OUTCOMES.index(outcome) < OUTCOMES.index(known["outcome"]):
+            known.update(outcome=outcome, message=message)
+
+    def add_test_report(self, report: Any, *, camcheck: bool = False) -> None:
+        """Fold one phase of a pytest ``TestReport`` (setup, call, teardown) into its test's outcome.
+
+        A failing setup or teardown is an ``error``; xfail reports become ``xfailed`` / ``xpassed``. Pass
+        ``camcheck=True`` for tests that used a camcheck fixture.
+
+        Example:
+            >>> from types import SimpleNamespace as R
+            >>> r = CheckReport()
+            >>> r.add_test_report(R(nodeid="t.py::a", when="call", outcome="passed", longrepr=None))
+            >>> r.tests["t.py::a"]["outcome"]
+            'passed'
+        """
+        xfail = hasattr(report, "wasxfail")
+        if report.when == "call":
+            outcome = {"passed": "xpassed" if xfail else "passed", "failed": "failed",
+                       "skipped": "xfailed" if xfail else "skipped"}[report.outcome]
+        elif report.outcome == "failed":
+            outcome = "error"
+        elif report.outcome == "skipped":
+            outcome = "xfailed" if xfail else "skipped"
+        else:
+            return
+        self.add_outcome(report.nodeid, outcome, "" if outcome == "passed" else _short_message(report),
+                         camcheck=camcheck)
+
+    def add_written(self, paths: Iterable[str | os.PathLike[str]]) -> None:
+        """Note baseline files written by the run (listed once each, in order).
+
+        Example:
+            >>> r = CheckReport(); r.add_written(["a.npz", "a.npz"]); r.written
+            ['a.npz']
+        """
+        for path in map(str, paths):
+            if path not in self.written:
+                self.written.append(path)
+
+    def merge(self, other: CheckReport) -> None:
+        """Add another report's checks, outcomes and written files (a pytest-xdist worker's).
+
+        Example:
+            >>> a, b = CheckReport(), CheckReport()
+            >>> b.add_outcome("t.py::x", "skipped"); a.merge(b); list(a.tests)
+            ['t.py::x']
+        """
+        self.checks.extend(other.checks)
+        for test_id, info in other.tests.items():
+            self.add_outcome(test_id, info["outcome"], info["message"], camcheck=info["camcheck"])
+        self.add_written(other.written)
+
+    def summary(self) -> dict[str, Any]:
+        """Counts of tests by outcome and of checks passed and failed.
+
+        Example:
+            >>> CheckReport().summary()
+            {'tests': {}, 'checks': {'passed': 0, 'failed': 0}}
+        """
+        tests: dict[str, int] = {}
+        for info in self.tests.values():
+            tests[info["outcome"]] = tests.get(info["outcome"], 0) + 1
+        failed = sum(not c["passed"] for c in self.checks)
+        return {"tests": tests, "checks": {"passed": len(self.checks) - failed, "failed": failed}}
+
+    def to_json(self) -> str:
+        """The report as a JSON document (no NaN or Infinity: such values are null; pictures by path).
+
+        Example:
+            >>> json.loads(CheckReport().to_json())["format"]
+            'pytest-camcheck-report'
+        """
+        data = {"format": _FORMAT, "version": _VERSION, "summary": self.summary(), "tests": self.tests,
+                "checks": self.checks, "written": self.written}
+        return json.dumps(_plain(data), indent=1, allow_nan=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> CheckReport:
+        """Read what :meth:`to_json` wrote; anything else raises CamCheckError.
+
+        Example:
+            >>> CheckReport.from_json(CheckReport().to_json()).checks
+            []
+        """
+        try:
+            data = json.loads(text)
+            if data.get("format") != _FORMAT or data.get("version") != _VERSION:
+                raise ValueError(f"format {data.get('format')!r} version {data.get('version')!r}")
+            report = cls()
+            report.checks = [dict(c) for c in data["checks"]]
+            for test_id, info in data["tests"].items():
+                report.add_outcome(str(test_id), info["outcome"], info["message"], camcheck=bool(info["camcheck"]))
+            report.add_written(data["written"])
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise CamCheckError(
+                f"not a camcheck report ({type(err).__name__}: {err}); pass JSON written by CheckReport.to_json of "
+                f"this pytest-camcheck version ({_FORMAT} version {_VERSION})"
+            ) from err
+        return report
+
+    def write_json(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`to_json` to ``path`` atomically; returns the absolute path.
+
+        Example:
+            >>> CheckReport().write_json("camcheck.json")  # doctest: +SKIP
+        """
+        return _write_text(path, self.to_json())
+
+    def rows(self) -> list[dict[str, Any]]:
+        """What the HTML page shows, in order: one row per check (with ``outcome``, its test's outcome) and one
+        per camcheck test that recorded no check; failed checks and failed or erroring tests first.
+
+        Example:
+            >>> CheckReport().rows()
+            []
+        """
+        rows = []
+        for check in self.checks:
+            info = self.tests.get(check.get("test_id", ""), {"outcome": "unknown", "message": ""})
+            rows.append(check | {"outcome": info["outcome"]})
+        checked = {c.get("test_id") for c in self.checks}
+        for test_id, info in self.tests.items():
+            if info["camcheck"] and test_id not in checked:
+                rows.append({"test_id": test_id, "outcome": info["outcome"], "check": None, "passed": None,
+                             "message": info["message"]})
+
+        def order(item: tuple[int, dict[str, Any]]) -> tuple[bool, int, int]:
+            index, row = item
+            bad = row["passed"] is False or row["outcome"] in _BAD
+            return not bad, OUTCOMES.index(row["outcome"]), index
+
+        return [row for _, row in sorted(enumerate(rows), key=order)]
+
+    def write_html(self, path: str | os.PathLike[str], *, title: str = "camcheck report") -> Path:
+        """Write one self-contained HTML page (pictures inlined as downscaled PNG data URIs, a filter by outcome in
+        plain JavaScript); returns the absolute path.
+
+        Example:
+            >>> CheckReport().write_html("camcheck.html")  # doctest: +SKIP
+        """
+        rows = self.rows()
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row["outcome"]] = counts.get(row["outcome"], 0) + 1
+        summary = self.summary()
+        tests_text = ", ".join(f"{n} {o}" for o, n in sorted(summary["tests"].items(),
+                                                              key=lambda on: OUTCOMES.index(on[0])))
+        filters = "".join(
+            f'<label class="o-{o}"><input type="checkbox" value="{o}" checked> {o} ({counts[o]})</label>'
+            for o in OUTCOMES if o in counts
+        )
+        body = "\n".join(_row_html(row) for row in rows) or '<p class="none">No camcheck checks in this run.</p>'
+        written = "".join(f"<li>{_e(p)}</li>" for p in self.written)
+        page = _PAGE.format(
+            title=_e(title),
+            summary=_e(f"{len(self.checks)} checks: {summary['checks']['failed']} failed, "
+                       f"{summary['checks']['passed']} passed. Tests: {tests_text or 'none recorded'}."),
+            filters=filters,
+            rows=body,
+            written=f"<details><summary>Baseline files written ({len(self.written)})</summary><ul>{written}</ul>"
+                    "</details>" if self.written else "",
+        )
+        return _write_text(path, page)
+
+
+def send_to_controller(report: CheckReport, workeroutput: dict[str, Any]) -> None:
+    """On a pytest-xdist worker, in ``pytest_sessionfinish``: hand the report to the controller through
+    ``config.workeroutput``.
+
+    Example:
+        >>> out = {}; send_to_controller(CheckReport(), out); WORKER_OUTPUT_KEY in out
+        True
+    """
+    workeroutput[WORKER_OUTPUT_KEY] = report.to_json()
+
+
+def receive_from_worker(report: CheckReport, workeroutput: dict[str, Any]) -> bool:
+    """On the pytest-xdist controller, in ``pytest_testnodedown``: merge a worker's report (``node.workeroutput``)
+    into ``report``; False when the worker sent none (it crashed before the end of its session).
+
+    Example:
+        >>> main = CheckReport(); receive_from_worker(main, {})
+        False
+    """
+    text = workeroutput.get(WORKER_OUTPUT_KEY)
+    if text is None:
+        return False
+    report.merge(CheckReport.from_json(text))
+    return True
+
+
+def _write_text(path: str | os.PathLike[str], text: str) -> Path:
+    target = Path(path).expanduser().resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        temp.write_text(text, encoding="utf-8")
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+    return target
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _bound(name: str) -> tuple[str, str] | None:
+    """(metric name, "min" or "max") of a threshold named min_x, x_min, max_x or x_max."""
+    match = re.fullmatch(r"(min|max)_(.+)|(.+)_(min|max)", name)
+    if match is None:
+        return None
+    return (match[2], match[1]) if match[1] else (match[3], match[4])
+
+
+def _metrics_html(metrics: dict[str, Any], thresholds: dict[str, Any]) -> str:
+    """Metrics, each next to its threshold (min_x / x_min / max_x / x_max goes with metric x or region.x), and the
+    other thresholds."""
+    paired, rest = {}, []
+    for name, limit in thresholds.items():
+        bound = _bound(name)
+        key = next((k for k in (bound[0], f"region.{bound[0]}") if k in metrics), None) if bound else None
+        if key is not None and limit is not None:
+            paired[key] = (bound[1], limit)
+        elif limit is not None:
+            rest.append(f"{_e(name)} {_e(_number(limit))}")
+    cells = []
+    for name, value in metrics.items():
+        if name in paired:
+            kind, limit = paired[name]
+            ok = value is not None and (value >= limit if kind == "min" else value <= limit)
+            sign = "&ge;" if kind == "min" else "&le;"
+            cells.append(f'<span class="{"ok" if ok else "bad"}">{_e(name)} <b>{_e(_number(value))}</b> '
+                         f"(need {sign} {_e(_number(limit))})</span>")
+        elif value is not None:
+            cells.append(f"<span>{_e(name)} {_e(_number(value))}</span>")
+    if rest:
+        cells.append(f'<span class="thr">thresholds: {", ".join(rest)}</span>')
+    return " ".join(cells)
+
+
+def _thumbnail(path: str | None) -> str:
+    if not path:
+        return '<span class="none">no picture</span>'
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+        img.thumbnail(THUMBNAIL_SIZE)
+        buffer = io.BytesIO()
+        img.quantize(256, method=Image.Quantize.FASTOCTREE).save(buffer, format="PNG")
+    except (OSError, ValueError) as err:
+        return f'<span class="none">picture not readable: {_e(path)} ({_e(err)})</span>'
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return (f'<img src="data:image/png;base64,{data}" width="{img.width}" height="{img.height}" '
+            f'alt="{_e(Path(path).name)}" title="{_e(path)}">')
+
+
+def _target_html(row: dict[str, Any]) -> str:
+    if row.get("target") is None:
+        return ""
+    target = "callable" if row["target"] < 0 else str(row["target"])
+    label = f" {row['label']}" if row.get("label") else ""
+    prob = f", p={row['probability']:.3f}" if row.get("probability") is not None else ""
+    return _e(f"{target}{label}{prob}")
+
+
+def _row_html(row: dict[str, Any]) -> str:
+    outcome = row["outcome"]
+    verdict = {True: "check passed", False: "check FAILED", None: "no check recorded"}[row["passed"]]
+    message = (f"<details{' open' if row['passed'] is not True else ''}><summary>message</summary>"
+               f"<pre>{_e(row['message'])}</pre></details>") if row.get("message") else ""
+    return f"""<section class="row" data-outcome="{_e(outcome)}">
+<div class="head"><span class="badge o-{_e(outcome)}">{_e(outcome)}</span>
+<span class="verdict{' bad' if row['passed'] is False else ''}">{_e(verdict)}</span>
+<code class="test">{_e(row['test_id'] or '(outside a test)')}</code></div>
+{_check_html(row) if row["passed"] is not None else ""}
+{message}
+</section>"""
+
+
+def _check_html(row: dict[str, Any]) -> str:
+    return f"""<table><tr><th>check</th><td>{_e(row['check'])}</td><th>method</th><td>{_e(row['method'])}</td>
+<th>layer</th><td>{_e(row['layer'])}</td><th>target</th><td>{_target_html(row)}</td></tr></table>
+<div class="metrics">{_metrics_html(row.get("metrics") or {}, row.get("thresholds") or {})}</div>
+{_thumbnail(row.get('overlay'))}"""
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font: 14px/1.4 system-ui, sans-serif; margin: 16px; color: #222; background: #fafafa; }}
+h1 {{ font-size: 20px; margin: 0 0 4px; }}
+#filter label {{ margin-right: 12px; }}
+.row {{ background: #fff; border: 1px solid #ccc; border-radius: 4px; margin: 10px 0; padding: 8px 10px; }}
+.head {{ display: flex; gap: 10px; align-items: baseline; flex-wrap: wrap; }}
+.badge {{ padding: 1px 6px; border-radius: 3px; font-weight: bold; background: #ddd; }}
+.o-failed, .o-error, .o-xpassed {{ color: #a00; }}
+.o-passed, .o-xfailed {{ color: #060; }}
+.o-skipped, .o-unknown {{ color: #555; }}
+.verdict.bad, .bad {{ color: #a00; }}
+.ok {{ color: #060; }}
+.test {{ word-break: break-all; }}
+table {{ border-collapse: collapse; margin: 6px 0; }}
+th {{ text-align: left; font-weight: normal; color: #666; padding-right: 4px; }}
+td {{ padding-right: 16px; }}
+.metrics span {{ display: inline-block; margin-right: 14px; }}
+.thr, .none {{ color: #666; }}
+img {{ display: block; margin-top: 6px; border: 1px solid #ddd; }}
+pre {{ white-space: pre-wrap; background: #f3f3f3; padding: 6px; }}
+</style></head>
+<body>
+<h1>{title}</h1>
+<p id="summary">{summary}</p>
+<p id="filter">Show: {filters}</p>
+<div id="rows">
+{rows}
+</div>
+{written}
+<script>
+document.querySelectorAll('#filter input').forEach(function (box) {{
+  box.addEventListener('change', function () {{
+    var shown = {{}};
+    document.querySelectorAll('#filter input').forEach(function (b) {{ shown[b.value] = b.checked; }});
+    document.querySelectorAll('#rows .row').forEach(function (row) {{
+      row.style.display = shown[row.dataset.outcome] ? '' : 'none';
+    }});
+  }});
+}});
+</script>
+</body></html>
+"""
