@@ -19,7 +19,7 @@ import torch
 
 from .engine import CamResult, compute_cam
 from .engine.capture import evaluation_mode
-from .engine.core import _device_of, _dtype_of
+from .engine.core import device_of, dtype_of
 from .engine.inputs import prepare
 from .errors import CamCheckError
 from .zoo import model_info
@@ -84,11 +84,11 @@ class CamBenchmark:
         __tracebackhide__ = True
         if not isinstance(rounds, int) or rounds < 1 or not isinstance(warmup, int) or warmup < 0:
             raise CamCheckError(f"rounds={rounds!r}, warmup={warmup!r}: pass rounds >= 1 and warmup >= 0 (ints)")
-        device = _device_of(model)
+        device = device_of(model)
         info = model_info(model)
         prep = preprocess if preprocess is not None else (info.preprocess if info is not None else None)
         x = prepare(image, prep, explicit_preprocess=preprocess is not None, device=device,
-                    dtype=_dtype_of(model)).x
+                    dtype=dtype_of(model)).x
 
         def run() -> CamResult | list[CamResult]:
             with _autocast(device, autocast):
@@ -101,7 +101,7 @@ class CamBenchmark:
         first = result[0] if isinstance(result, list) else result
         extra = self.benchmark.extra_info
         extra.update(method=first.method, layer=first.layer, batch=int(x.shape[0]), device=str(device),
-                     dtype=str(autocast or _dtype_of(model)).replace("torch.", ""))
+                     dtype=str(autocast or dtype_of(model)).replace("torch.", ""))
         if self.xdist or getattr(self.benchmark, "disabled", False):
             warnings.warn(pytest.PytestWarning(
                 "cam_benchmark: no timing was taken because pytest-benchmark is disabled (it turns itself off under "

@@ -71,6 +71,7 @@ from torch import nn
 
 from . import __version__, context
 from .engine import CamResult, compute_cam
+from .engine.core import device_of
 from .errors import CamCheckError
 from .metrics import check_heatmap, map_similarity
 from .render import overlay, save_png, side_by_side
@@ -242,12 +243,6 @@ def check_threshold(name: str, value: Any) -> float:
     return float(number)
 
 
-def _model_device(model: nn.Module) -> str:
-    for tensor in (*model.parameters(), *model.buffers()):
-        return str(tensor.device)
-    return "cpu"
-
-
 def _tile(result: CamResult, heatmap: np.ndarray, **kwargs: Any) -> Image.Image:
     if result.image is not None:
         return overlay(result.image, heatmap, **kwargs)
@@ -331,7 +326,7 @@ class CamRegression:
             raise CamCheckError("cam_regression.check compares one image and one target at a time; call it once per "
                                 "image/target (with basename=... to tell the files apart)")
         path = self._path(result, basename)
-        device = _model_device(model)
+        device = str(device_of(model))
         baseline = self._load(path, result)
         if baseline is None:
             return self._create(path, result, device, thresholds)

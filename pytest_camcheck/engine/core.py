@@ -54,7 +54,8 @@ class CamResult:
                 f"score={self.score:.4g}, size={self.image_size}, empty={self.empty})")
 
 
-def _device_of(model: nn.Module) -> torch.device:
+def device_of(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (or buffer); CPU for a model with neither."""
     for t in model.parameters():
         return t.device
     for t in model.buffers():
@@ -62,7 +63,8 @@ def _device_of(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _dtype_of(model: nn.Module) -> torch.dtype:
+def dtype_of(model: nn.Module) -> torch.dtype:
+    """The dtype inputs are cast to: the model's first floating-point parameter's, else float32."""
     for t in model.parameters():
         if t.is_floating_point():
             return t.dtype
@@ -405,7 +407,7 @@ def compute_cam(
     if not isinstance(model, nn.Module):
         raise CamCheckError(f"model must be a torch.nn.Module, not {type(model).__name__}")
     spec = get_method(method)
-    model_device = _device_of(model)
+    model_device = device_of(model)
     if device is not None:
         try:
             wanted = torch.device(device)
@@ -422,7 +424,7 @@ def compute_cam(
     explicit = preprocess is not None
     if preprocess is None and info is not None:
         preprocess = info.preprocess
-    batch = prepare(image, preprocess, explicit_preprocess=explicit, device=model_device, dtype=_dtype_of(model))
+    batch = prepare(image, preprocess, explicit_preprocess=explicit, device=model_device, dtype=dtype_of(model))
     jobs = _jobs(target, batch)
 
     with evaluation_mode(model):
