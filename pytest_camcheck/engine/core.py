@@ -17,8 +17,8 @@ from ..zoo import model_info
 from .capture import Capture, capture_layer, evaluation_mode, run_model as _forward
 from .inputs import Batch, prepare
 from .layers import auto_layer, is_spatial, resolve_layer
-from .methods import Method, get_method
-from .targets import Scorer, Target, check_logits, class_count, label_of, logits_of, resolve_target
+from .methods import get_method
+from .targets import Scorer, Target, check_logits, label_of, logits_of, resolve_target
 
 CHUNK = 32
 EMPTY_RELATIVE = 1e-5
@@ -116,12 +116,11 @@ def _jobs(target: Any, batch: Batch) -> list[tuple[int, Target]]:
 class _Run:
     """State of one compute_cam call."""
 
-    def __init__(self, model: nn.Module, batch: Batch, method: Method, layer_name: str, module: nn.Module,
+    def __init__(self, model: nn.Module, batch: Batch, layer_name: str, module: nn.Module,
                  categories: Sequence[str] | None):
-        self.model, self.batch, self.method = model, batch, method
+        self.model, self.batch = model, batch
         self.layer_name, self.module, self.categories = layer_name, module, categories
         self.logits: torch.Tensor | None = None
-        self.output: Any = None
 
     def checked_activations(self, cap: Capture) -> torch.Tensor:
         if cap.activations is None:
@@ -143,7 +142,6 @@ class _Run:
         return [resolve_target(t, self.logits[i], self.categories) for i, t in jobs]
 
     def set_output(self, output: Any, jobs: list[tuple[int, Target]]) -> None:
-        self.output = output
         try:
             logits = logits_of(output)
         except TargetError:
@@ -191,13 +189,12 @@ def _gradient_evidence(run: _Run, jobs: list[tuple[int, Target]]) -> tuple[torch
                     f"the score does not depend on layer {run.layer_name!r} through autograd (the model may detach "
                     "it or run under torch.no_grad()); choose a layer on the path to the output"
                 )
-        leaf = acts
-        grads = torch.zeros((len(jobs),) + tuple(leaf.shape[1:]), device=leaf.device, dtype=leaf.dtype)
+        grads = torch.zeros((len(jobs),) + tuple(acts.shape[1:]), device=acts.device, dtype=acts.dtype)
         single_pass = len({i for i, _ in jobs}) == len(jobs)
         groups = [list(range(len(jobs)))] if single_pass else [[j] for j in range(len(jobs))]
         for g_index, group in enumerate(groups):
             total = torch.stack([scores[j] for j in group]).sum()
-            (grad,) = torch.autograd.grad(total, leaf, retain_graph=g_index < len(groups) - 1, allow_unused=True)
+            (grad,) = torch.autograd.grad(total, acts, retain_graph=g_index < len(groups) - 1, allow_unused=True)
             if grad is None:
                 raise LayerError(
                     f"the score does not depend on layer {run.layer_name!r}; choose a layer on the path to the output"
@@ -432,7 +429,7 @@ def compute_cam(
             with torch.inference_mode(False):
                 layer = auto_layer(model, batch.x.clone())
         layer_name, module = resolve_layer(model, layer)
-        run = _Run(model, batch, spec, layer_name, module, categories)
+        run = _Run(model, batch, layer_name, module, categories)
         if spec.needs == "gradients":
             (acts, grads), scorers, scores = _gradient_evidence(run, jobs)
             raw = spec.build(acts.float(), grads.float())
