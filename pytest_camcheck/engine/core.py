@@ -343,17 +343,15 @@ def _normalise(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _to_image(maps: torch.Tensor, geometries: list[Geometry], jobs: list[tuple[int, Target]]) -> list[np.ndarray]:
-    out: list[np.ndarray] = []
-    cache: dict[int, list[int]] = {}
+    """Each job's map in its image's pixels; the maps of one image are resampled together."""
+    rows_of: dict[int, list[int]] = {}
     for j, (i, _) in enumerate(jobs):
-        cache.setdefault(i, []).append(j)
-    placed: dict[int, np.ndarray] = {}
-    for i, rows in cache.items():
+        rows_of.setdefault(i, []).append(j)
+    out: list[np.ndarray] = [np.empty(0)] * len(jobs)
+    for i, rows in rows_of.items():
         img = geometries[i].to_image(maps[rows].float()).clamp_(0.0, 1.0).cpu().numpy().astype(np.float32)
         for r, j in enumerate(rows):
-            placed[j] = img[r]
-    for j in range(len(jobs)):
-        out.append(placed[j])
+            out[j] = img[r]
     return out
 
 
