@@ -70,6 +70,12 @@ class Geometry:
             _Axis(self.x.scale, self.x.shift + self.x.scale * left),
         )
 
+    def is_plain_resize(self) -> bool:
+        """Whether the model input is the whole image, only rescaled (no crop, no padding)."""
+        (height, width), (in_h, in_w) = self.image_size, self.input_size
+        return (self.y.shift == 0 and self.x.shift == 0 and abs(self.y.scale * in_h - height) < 1e-6 * height
+                and abs(self.x.scale * in_w - width) < 1e-6 * width)
+
     def to_image(self, maps: torch.Tensor) -> torch.Tensor:
         """Resample maps covering the model input, shape (N, h, w) at any resolution, into original pixels.
 
@@ -80,6 +86,11 @@ class Geometry:
         height, width = self.image_size
         in_h, in_w = self.input_size
         dev, dtype = maps.device, maps.dtype if maps.is_floating_point() else torch.float32
+        if self.is_plain_resize():
+            # The input covers the whole image: sampling at pixel centres is exactly F.interpolate's bilinear
+            # (align_corners=False, edges clamped), without building a sampling grid.
+            return F.interpolate(maps[:, None].to(dtype), size=(height, width), mode="bilinear",
+                                 align_corners=False)[:, 0]
         ys = (torch.arange(height, device=dev, dtype=torch.float64) + 0.5 - self.y.shift) / self.y.scale
         xs = (torch.arange(width, device=dev, dtype=torch.float64) + 0.5 - self.x.shift) / self.x.scale
         inside = ((ys >= 0) & (ys <= in_h))[:, None] & ((xs >= 0) & (xs <= in_w))[None, :]

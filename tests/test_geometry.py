@@ -100,6 +100,19 @@ def test_the_heatmap_comes_back_at_the_original_size_through_compute_cam() -> No
     assert r.heatmap[:, :20].max() == 0.0 and r.heatmap[:, -20:].max() == 0.0
 
 
+@pytest.mark.parametrize("size,input_size", [((224, 224), (224, 224)), ((300, 400), (120, 90)), ((97, 513), (64, 64))])
+def test_the_plain_resize_shortcut_equals_the_general_resampling(size: tuple[int, int],
+                                                                 input_size: tuple[int, int]) -> None:
+    geom = Geometry.identity(size).resized(input_size)
+    assert geom.is_plain_resize()
+    maps = torch.rand(3, 7, 9, generator=torch.Generator().manual_seed(0))
+    # a shift far below float resolution takes the general grid path but describes the same geometry
+    shifted = Geometry(geom.image_size, geom.input_size, type(geom.y)(geom.y.scale, 1e-300), geom.x)
+    assert not shifted.is_plain_resize()
+    np.testing.assert_allclose(geom.to_image(maps).numpy(), shifted.to_image(maps).numpy(), atol=1e-5)
+    assert not infer_geometry(T.Compose([T.Resize(256), T.CenterCrop(224)]), (300, 400)).is_plain_resize()
+
+
 def test_tensor_input_gives_a_map_at_tensor_size() -> None:
     torch.manual_seed(0)
     net = torchvision.models.resnet18(num_classes=3)

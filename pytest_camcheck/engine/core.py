@@ -15,7 +15,7 @@ from ..errors import CamCheckError, LayerError, MethodError, TargetError
 from ..geometry import Geometry
 from ..zoo import model_info
 from .capture import Capture, capture_layer, evaluation_mode, run_model as _forward
-from .inputs import Batch, prepare
+from .inputs import Batch, all_finite, prepare
 from .layers import auto_layer, is_spatial, resolve_layer
 from .methods import get_method
 from .targets import Scorer, Target, check_logits, label_of, logits_of, resolve_target
@@ -326,7 +326,7 @@ def _batch_size(output: Any) -> int:
 def _normalise(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """ReLU then min-max per map; a map with no positive part, or one that is constant up to float noise,
     is empty (all zeros), never NaN and never stretched noise."""
-    if not torch.isfinite(raw).all():
+    if not all_finite(raw):
         raise CamCheckError(
             "the map contains NaN or infinite values (activations or gradients overflowed); run the model in "
             "float32 or check it for numerical problems"

@@ -26,6 +26,14 @@ class Batch:
     batched: bool
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every element is finite. A NaN or infinity makes the sum non-finite, so a finite sum settles it
+    at the cost of one reduction; only a non-finite sum (possibly overflow) takes the element-wise check."""
+    if t.numel() == 0:
+        return True
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
 def _is_single(image: Any) -> bool:
     if isinstance(image, torch.Tensor):
         return image.dim() != 4
@@ -45,7 +53,7 @@ def _check_tensor(t: torch.Tensor, what: str) -> torch.Tensor:
         )
     if t.shape[-1] == 0 or t.shape[-2] == 0 or t.shape[0] == 0:
         raise InputError(f"{what} is empty (shape {tuple(t.shape)}); pass an image with pixels")
-    if not torch.isfinite(t).all():
+    if not all_finite(t):
         raise InputError(f"{what} contains NaN or infinite values; fix the image or the preprocessing")
     return t
 

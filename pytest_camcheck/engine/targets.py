@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..errors import TargetError
+from .inputs import all_finite
 
 Target = int | str | Callable[[torch.Tensor], torch.Tensor] | None
 
@@ -73,7 +74,7 @@ def check_logits(logits: torch.Tensor) -> None:
             "be applied. Fix: pass target as a callable on one image's output that returns a scalar, e.g. "
             "lambda out: out[cls].mean() for segmentation"
         )
-    if not torch.isfinite(logits).all():
+    if not all_finite(logits):
         raise TargetError("the model produced NaN or infinite outputs for this input; fix the model or the input")
 
 
