@@ -114,3 +114,18 @@ def test_bad_input_names_the_problem_and_the_fix(case: str) -> None:
 
 def test_there_are_at_least_twenty_cases() -> None:
     assert len(CASES) >= 20
+
+
+def test_the_finite_check_is_exact_when_the_sum_overflows() -> None:
+    from pytest_camcheck.engine.inputs import all_finite
+
+    big = torch.full((8,), 3e38)
+    assert all_finite(big)  # the sum overflows to inf, the elements are finite
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x = big.clone()
+        x[5] = bad
+        assert not all_finite(x)
+    both = torch.zeros(4)
+    both[0], both[1] = float("inf"), -float("inf")
+    assert not all_finite(both)
+    assert all_finite(torch.tensor([1, 2])) and all_finite(torch.empty(0))
