@@ -247,3 +247,72 @@ def test_models_returning_tuples_or_logits_objects() -> None:
     ref = compute_cam(base, x, target=2).raw
     np.testing.assert_allclose(compute_cam(Tuple(), x, target=2).raw, ref, rtol=1e-6)
     np.testing.assert_allclose(compute_cam(Obj(), x, target=2).raw, ref, rtol=1e-6)
+
+
+class _LayoutSensitive(torch.nn.Module):
+    """A model whose logits read the feature map's raw storage (``as_strided``), so a channels-last input gives
+    different numbers; ``view_after_conv`` instead fails on channels-last input (``.view`` needs contiguity)."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.mode = mode
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU())
+        self.fc = torch.nn.Linear(6 * 8 * 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x)
+        if self.mode == "view":
+            return self.fc(f.view(f.shape[0], -1))
+        flat = f.as_strided((f.shape[0], 6 * 8 * 8), (6 * 8 * 8, 1))
+        return self.fc(flat)
+
+
+def _masked_layouts(monkeypatch: pytest.MonkeyPatch, model: torch.nn.Module, x: torch.Tensor,
+                    layer: str = "features") -> tuple[set, object]:
+    from pytest_camcheck.engine import core
+
+    seen: set = set()
+    forward = core._forward
+
+    def spy(m: torch.nn.Module, inp: torch.Tensor) -> object:
+        if inp.shape[0] > 1:
+            seen.add("channels_last" if inp.is_contiguous(memory_format=torch.channels_last)
+                     and not inp.is_contiguous() else "contiguous")
+        return forward(m, inp)
+
+    monkeypatch.setattr(core, "_forward", spy)
+    return seen, compute_cam(model, x, target=1, method="scorecam", layer=layer)
+
+
+@pytest.mark.parametrize("mode", ["view", "storage"])
+def test_scorecam_keeps_the_contiguous_layout_for_models_that_need_it(monkeypatch: pytest.MonkeyPatch,
+                                                                      mode: str) -> None:
+    model = _LayoutSensitive(mode).eval()
+    x = _image(2, (8, 8))
+    seen, result = _masked_layouts(monkeypatch, model, x)
+    assert seen == {"contiguous"}
+    with torch.no_grad():
+        feats = model.features(x[None])[0]
+        up = F.interpolate(feats[None], size=(8, 8), mode="bilinear", align_corners=False)[0]
+        lo, hi = up.amin(dim=(1, 2), keepdim=True), up.amax(dim=(1, 2), keepdim=True)
+        masks = (up - lo) / (hi - lo + 1e-8)
+        scores = model(x[None] * masks[:, None])[:, 1]
+    expected = np.einsum("k,khw->hw", torch.softmax(scores, 0).numpy(), feats.numpy())
+    np.testing.assert_allclose(result.raw, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_scorecam_runs_the_masked_forwards_channels_last_when_the_model_allows_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=3).eval()
+    x = _image(3, (64, 64))
+    seen, fast = _masked_layouts(monkeypatch, model, x, "layer3")
+    assert seen == {"channels_last"}
+    from pytest_camcheck.engine import core
+
+    monkeypatch.setattr(core, "_fast_layout", lambda *a: torch.contiguous_format)
+    slow = compute_cam(model, x, target=1, method="scorecam", layer="layer3")
+    np.testing.assert_allclose(fast.raw, slow.raw, rtol=1e-4, atol=1e-6 * np.abs(slow.raw).max())

@@ -263,16 +263,38 @@ def _masked_input_scores(run: _Run, acts: torch.Tensor, scorers: list[Scorer],
             masks = (up - lo) / (hi - lo + 1e-8)
             live = torch.nonzero((hi - lo).flatten() > 0).flatten()
             base_input = x[image_index:image_index + 1]
+            layout = _fast_layout(run, base_input, image_index) if len(live) > 1 else torch.contiguous_format
             scores = torch.empty((len(rows), acts.shape[1]), device=acts.device, dtype=torch.float32)
             if len(live) < acts.shape[1]:
                 blank = _forward(run.model, torch.zeros_like(base_input))
                 scores[:] = _score_matrix([scorers[j] for j in rows], blank, 1)
             for start in range(0, len(live), CHUNK):
                 channels = live[start:start + CHUNK]
-                output = _forward(run.model, base_input * masks[channels, None].to(x.dtype))
+                masked = (base_input * masks[channels, None].to(x.dtype)).contiguous(memory_format=layout)
+                output = _forward(run.model, masked)
                 scores[:, channels] = _score_matrix([scorers[j] for j in rows], output, len(channels))
             out[rows] = scores
     return out
+
+
+def _fast_layout(run: _Run, base_input: torch.Tensor, image_index: int) -> torch.memory_format:
+    """The memory layout for the many masked forwards of Score-CAM: channels-last, which convolutions run up to
+    about twice as fast on the CPU, when the model gives the same logits for this image in that layout (checked
+    once); otherwise the usual contiguous layout. Models whose code assumes contiguous tensors (``.view`` after
+    a convolution, custom kernels) fail or disagree here and keep the contiguous layout."""
+    if run.logits is None or base_input.dim() != 4:
+        return torch.contiguous_format
+    reference = run.logits[image_index].float()
+    try:
+        logits = logits_of(run.model(base_input.contiguous(memory_format=torch.channels_last)))
+    except Exception:
+        return torch.contiguous_format
+    if not isinstance(logits, torch.Tensor) or logits.shape[-1] != reference.shape[-1] or logits.dim() != 2:
+        return torch.contiguous_format
+    tolerance = 1e-3 * float(reference.abs().max().clamp_min(1.0))
+    if torch.allclose(logits[0].float(), reference, rtol=1e-3, atol=tolerance):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def _ablated_scores(run: _Run, acts: torch.Tensor, scorers: list[Scorer], jobs: list[tuple[int, Target]],
