@@ -187,6 +187,36 @@ def test_several_targets_for_one_image_equal_separate_calls(method: str) -> None
                                    atol=1e-6)
 
 
+@pytest.mark.parametrize("batched_backward", [True, False])
+def test_many_targets_on_one_image_share_a_batched_backward_with_the_same_maps(monkeypatch: pytest.MonkeyPatch,
+                                                                               batched_backward: bool) -> None:
+    """20 targets span two blocks of batched backward passes; with the batched backward refused (an operator
+    without a batching rule) the one-backward-per-target fallback gives the same maps."""
+    import torchvision
+
+    from pytest_camcheck.engine import core
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=20).eval()
+    x = _image(5, (64, 64))
+    singles = [compute_cam(model, x, target=c, layer="layer3") for c in range(20)]
+    calls: list[bool] = []
+    grad = torch.autograd.grad
+
+    def spy(*args: object, is_grads_batched: bool = False, **kwargs: object) -> object:
+        calls.append(is_grads_batched)
+        if is_grads_batched and not batched_backward:
+            raise RuntimeError("Batching rule not implemented for this operator")
+        return grad(*args, is_grads_batched=is_grads_batched, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", spy)
+    many = compute_cam(model, x, target=list(range(20)), layer="layer3")
+    assert calls.count(True) == 2 and calls.count(False) == (0 if batched_backward else 20)
+    for r, single in zip(many, singles):
+        np.testing.assert_allclose(r.raw, single.raw, rtol=1e-4, atol=1e-5 * np.abs(single.raw).max())
+        assert r.target == single.target
+
+
 def test_class_names_resolve_through_categories() -> None:
     model = GapLinear(classes=3)
     r = compute_cam(model, _image(), target="Tiger Cat", categories=["dog", "tiger cat", "fish"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -21,6 +22,7 @@ from .methods import get_method
 from .targets import Scorer, Target, check_logits, label_of, logits_of, resolve_target
 
 CHUNK = 32
+ROUNDS_PER_BACKWARD = 16
 EMPTY_RELATIVE = 1e-5
 
 
@@ -189,20 +191,53 @@ def _gradient_evidence(run: _Run, jobs: list[tuple[int, Target]]) -> tuple[torch
                     f"the score does not depend on layer {run.layer_name!r} through autograd (the model may detach "
                     "it or run under torch.no_grad()); choose a layer on the path to the output"
                 )
-        grads = torch.zeros((len(jobs),) + tuple(acts.shape[1:]), device=acts.device, dtype=acts.dtype)
-        single_pass = len({i for i, _ in jobs}) == len(jobs)
-        groups = [list(range(len(jobs)))] if single_pass else [[j] for j in range(len(jobs))]
-        for g_index, group in enumerate(groups):
-            total = torch.stack([scores[j] for j in group]).sum()
-            (grad,) = torch.autograd.grad(total, acts, retain_graph=g_index < len(groups) - 1, allow_unused=True)
-            if grad is None:
-                raise LayerError(
-                    f"the score does not depend on layer {run.layer_name!r}; choose a layer on the path to the output"
-                )
-            for j in group:
-                grads[j] = grad[jobs[j][0]]
+        grads = _job_gradients(torch.stack(scores), acts, jobs, run.layer_name)
     rows = acts.detach()[[i for i, _ in jobs]]
     return (rows, grads), scorers, [float(s.detach()) for s in scores]
+
+
+def _job_gradients(scores: torch.Tensor, acts: torch.Tensor, jobs: list[tuple[int, Target]],
+                   layer_name: str) -> torch.Tensor:
+    """d score_j / d acts[image of j] for every job, shape (jobs, C, H, W).
+
+    Jobs on different images share one backward (their scores are summed: each image's activations only reach
+    its own score). Several targets on one image need one backward each; they run as one batched backward
+    (``is_grads_batched``), which reads the head's weights once instead of once per target, and fall back to one
+    backward per round when an operator of the model has no batching rule.
+    """
+    rounds: list[int] = []
+    seen: dict[int, int] = {}
+    for i, _ in jobs:
+        rounds.append(seen.get(i, 0))
+        seen[i] = rounds[-1] + 1
+    n_rounds = max(rounds) + 1
+    select = torch.zeros((n_rounds, len(jobs)), device=scores.device, dtype=scores.dtype)
+    select[rounds, list(range(len(jobs)))] = 1
+    parts = []
+    for start in range(0, n_rounds, ROUNDS_PER_BACKWARD):
+        block = select[start:start + ROUNDS_PER_BACKWARD]
+        grad = None
+        if len(block) > 1:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # "no batching rule, falling back to a loop" warnings
+                    (grad,) = torch.autograd.grad(scores, acts, grad_outputs=block, retain_graph=True,
+                                                  allow_unused=True, is_grads_batched=True)
+            except RuntimeError:
+                grad = None
+        if grad is None:
+            rows = []
+            for row in block:
+                (one,) = torch.autograd.grad(scores, acts, grad_outputs=row, retain_graph=True, allow_unused=True)
+                if one is None:
+                    raise LayerError(
+                        f"the score does not depend on layer {layer_name!r}; choose a layer on the path to the output"
+                    )
+                rows.append(one)
+            grad = torch.stack(rows)
+        parts.append(grad)
+    per_round = torch.cat(parts) if len(parts) > 1 else parts[0]
+    return per_round[rounds, [i for i, _ in jobs]]
 
 
 def _head_rows(run: _Run, acts: torch.Tensor, scorers: list[Scorer], jobs: list[tuple[int, Target]]) -> torch.Tensor:
