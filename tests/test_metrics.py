@@ -245,3 +245,31 @@ def test_bad_masks(mask, message):
 def test_negative_tolerance():
     with pytest.raises(CamCheckError, match=r"tolerance is -1"):
         pointing_game(corner_map(), corner_mask(), tolerance=-1)
+
+
+def test_fast_peak_distance_and_rank_accuracy_equal_their_definitions_on_maps_with_ties() -> None:
+    """The distance to the nearest mask pixel equals a full Euclidean distance transform, and the rank accuracy's
+    cut-off equals a full sort, on 200 random maps with many exact ties (a read-only float64 map among them)."""
+    from scipy import ndimage
+
+    from pytest_camcheck.metrics import measure
+
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(200):
+        h = np.round(rng.random((13, 17)), 1) * (rng.random((13, 17)) > 0.5)
+        h.setflags(write=False)
+        m = rng.random((13, 17)) > 0.7
+        if not m.any() or h.max() <= 0:
+            continue
+        got = measure(h, m, tolerance=2)
+        k = int(m.sum())
+        cut = np.sort(h.ravel())[::-1][k - 1]
+        above, tied = h > cut, h == cut
+        expected_rank = ((above & m).sum() + (k - above.sum()) * (tied & m).sum() / tied.sum()) / k
+        assert got.rank_accuracy == pytest.approx(expected_rank, abs=1e-12)
+        x, y = got.peak
+        assert got.peak_distance == pytest.approx(ndimage.distance_transform_edt(~m)[y, x], abs=1e-12)
+        assert got.hit == (got.peak_distance <= 2)
+        checked += 1
+    assert checked > 150
