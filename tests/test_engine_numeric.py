@@ -74,13 +74,14 @@ def test_gradcam_equals_cam_on_a_gap_linear_head() -> None:
         assert grad.empty == cam.empty
 
 
-def test_eigencam_is_the_first_principal_component_with_a_fixed_sign() -> None:
-    model = GapLinear(channels=6, seed=5)
+@pytest.mark.parametrize("channels", [6, 80])  # fewer channels than the 64 positions, and more
+def test_eigencam_is_the_first_principal_component_with_a_fixed_sign(channels: int) -> None:
+    model = GapLinear(channels=channels, seed=5)
     x = _image(5, (8, 8))
     result = compute_cam(model, x, method="eigencam")
     with torch.no_grad():
         feats = model.features(x[None])[0].double().numpy()
-    flat = feats.reshape(6, -1).T
+    flat = feats.reshape(channels, -1).T
     flat = flat - flat.mean(axis=0)
     _, _, vt = np.linalg.svd(flat, full_matrices=False)
     proj = flat @ vt[0]

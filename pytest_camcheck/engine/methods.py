@@ -73,8 +73,14 @@ def eigencam(acts: torch.Tensor, _evidence: None = None) -> torch.Tensor:
     r, k, h, w = acts.shape
     flat = acts.reshape(r, k, h * w).transpose(1, 2).double()
     flat = flat - flat.mean(dim=1, keepdim=True)
-    _, _, vh = torch.linalg.svd(flat, full_matrices=False)
-    proj = torch.einsum("rpk,rk->rp", flat, vh[:, 0, :])
+    # The projection on the first right singular vector is sigma_1 * u_1. Both come from the eigen-decomposition
+    # of the smaller Gram matrix (positions x positions or channels x channels), several times cheaper than an SVD.
+    if h * w <= k:
+        values, vectors = torch.linalg.eigh(flat @ flat.transpose(1, 2))
+        proj = vectors[:, :, -1] * values[:, -1:].clamp_min(0).sqrt()
+    else:
+        _, vectors = torch.linalg.eigh(flat.transpose(1, 2) @ flat)
+        proj = torch.einsum("rpk,rk->rp", flat, vectors[:, :, -1])
     mean_map = acts.reshape(r, k, h * w).mean(dim=1).double()
     mean_map = mean_map - mean_map.mean(dim=1, keepdim=True)
     sign = torch.where((proj * mean_map).sum(dim=1) < 0, -1.0, 1.0).to(proj)
