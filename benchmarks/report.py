@@ -1,7 +1,8 @@
-"""Turn a pytest-benchmark JSON file from ``benchmarks/`` into BENCHMARKS.md: per case the median time and the
-ratios ours/forward, grad-cam/ours and torch-cam/ours, measured in the same run, and whether each target holds.
+"""Turn a pytest-benchmark JSON file from ``benchmarks/`` into BENCHMARKS.md: per case the median times of ours and
+of everything timed next to it in the same test (bare forward, pytorch-grad-cam, torch-cam, one class, plain
+``compute_cam``), the ratios, and whether each target of the suite holds.
 
-Usage: ``python benchmarks/report.py bench.json [-o BENCHMARKS.md] [--command "..."]``
+Usage: ``python benchmarks/report.py bench.json [-o BENCHMARKS.md] [--command "..."] [--notes benchmarks/notes.md]``
 """
 
 from __future__ import annotations
@@ -9,95 +10,147 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-from collections import defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-GRADIENT = {"gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"}
-TARGETS = (
-    "Targets (ratios within one run): gradient methods <= 1.15x the bare forward; cam <= 1.05x; >= 2.5x faster "
-    "than pytorch-grad-cam on its Grad-CAM family; never slower than torch-cam on a shared method; Score-CAM "
-    ">= 2x faster than both."
-)
+GRADIENT = ["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"]
+ORDER = ["cam", *GRADIENT, "eigencam", "scorecam", "ablationcam"]
+TARGETS = [
+    ("fwd", "every gradient method <= 1.15x the bare forward; cam <= 1.05x"),
+    ("grad-cam", ">= 2.5x faster than pytorch-grad-cam on its Grad-CAM family"),
+    ("torch-cam", "never slower than torch-cam on a shared method"),
+    ("scorecam", "Score-CAM >= 2x faster than both"),
+    ("classes", "maps for 10 classes of one image <= 1.5x one class"),
+    ("assert", "assert_attends_to <= 1.1x compute_cam"),
+]
 
 
 def load(path: Path) -> dict[str, Any]:
-    """Read the benchmark JSON and index medians by (group, lib, method)."""
+    """Read the benchmark JSON: one row per benchmark with its extra_info."""
     data = json.loads(path.read_text())
-    cases: dict[tuple, dict[str, float]] = defaultdict(dict)
-    info: dict[tuple, dict[str, Any]] = {}
-    for bench in data["benchmarks"]:
-        extra = bench.get("extra_info", {})
-        if "lib" not in extra:
-            continue
-        key = (extra["model"], extra["batch"], extra.get("device", "cpu"))
-        cases[key][f"{extra['lib']}:{extra['method']}"] = bench["stats"]["median"]
-        info[key] = extra
-    return {"cases": cases, "info": info, "machine": data.get("machine_info", {}), "raw": data}
+    rows = [dict(b["extra_info"], name=b["name"]) for b in data["benchmarks"] if "case" in b.get("extra_info", {})]
+    return {"rows": rows, "machine": data.get("machine_info", {}), "datetime": data.get("datetime", "")}
 
 
 def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1e3:,.1f}"
 
 
-def _ratio(a: float | None, b: float | None) -> str:
-    return "-" if a is None or b is None else f"{a / b:.2f}x"
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
 
 
-def verdicts(method: str, t: dict[str, float | None]) -> list[str]:
-    """Which targets a method's row meets or misses."""
-    out = []
-    ours, fwd, gc, tc = t["ours"], t["forward"], t["grad-cam"], t["torch-cam"]
-    if ours is None:
-        return out
-    if fwd is not None and method in GRADIENT | {"cam"}:
-        limit = 1.05 if method == "cam" else 1.15
-        out.append(f"{'ok' if ours / fwd <= limit else 'MISSED'} <= {limit}x fwd")
-    if gc is not None and method in GRADIENT:
-        out.append(f"{'ok' if gc / ours >= 2.5 else 'MISSED'} >= 2.5x vs grad-cam")
-    if tc is not None:
-        out.append(f"{'ok' if tc / ours >= 1.0 else 'MISSED'} not slower than torch-cam")
-    if method == "scorecam":
-        for name, other in (("grad-cam", gc), ("torch-cam", tc)):
-            if other is not None:
-                out.append(f"{'ok' if other / ours >= 2.0 else 'MISSED'} >= 2x vs {name}")
+def _check(ok: bool, text: str) -> str:
+    return f"{'ok' if ok else '**MISSED**'} {text}"
+
+
+def verdicts(row: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    """(target key, met, text) for each target that applies to a row."""
+    out: list[tuple[str, bool, str]] = []
+    case, method = row.get("case"), row.get("method")
+    if case == "map":
+        fwd = row.get("ours_over_forward")
+        if fwd is not None and (method in GRADIENT or method == "cam"):
+            limit = 1.05 if method == "cam" else 1.15
+            out.append(("fwd", fwd <= limit, f"<= {limit}x fwd"))
+        gc = row.get("grad-cam_over_ours")
+        if gc is not None and method in GRADIENT:
+            out.append(("grad-cam", gc >= 2.5, ">= 2.5x vs grad-cam"))
+        tc = row.get("torch-cam_over_ours")
+        if tc is not None:
+            out.append(("torch-cam", tc >= 1.0, "not slower than torch-cam"))
+        if method == "scorecam":
+            for lib, value in (("grad-cam", gc), ("torch-cam", tc)):
+                if value is not None:
+                    out.append(("scorecam", value >= 2.0, f">= 2x vs {lib}"))
+    elif case == "classes":
+        out.append(("classes", row["ours_s"] <= 1.5 * row["one_class_s"], "<= 1.5x one class"))
+    elif case == "assert":
+        out.append(("assert", row["ours_s"] <= 1.1 * row["compute_cam_s"], "<= 1.1x compute_cam"))
     return out
+
+
+def _targets(row: dict[str, Any]) -> str:
+    return "; ".join(_check(ok, text) for _, ok, text in verdicts(row))
+
+
+def _map_key(row: dict[str, Any]) -> tuple:
+    model = row["model"]
+    return (row.get("device", "cpu"), model, row["batch"], ORDER.index(row["method"]) if row["method"] in ORDER else 99)
 
 
 def render(loaded: dict[str, Any], command: str, notes: str = "") -> str:
     """The markdown page."""
     m = loaded["machine"]
-    raw = loaded["raw"]
+    rows = loaded["rows"]
+    versions = m.get("camcheck_versions", {})
     lines = [
         "# Benchmarks",
         "",
         f"Machine: {m.get('cpu', {}).get('brand_raw', platform.processor() or 'unknown CPU')}, "
-        f"{m.get('cpu', {}).get('count', '?')} cores; Python {m.get('python_version', platform.python_version())}; "
-        f"run {raw.get('datetime', '')}.",
+        f"{m.get('cpu', {}).get('count', '?')} cores; Python {m.get('python_version', platform.python_version())}"
+        + "".join(f"; {k} {v}" for k, v in versions.items()) + f"; run {loaded['datetime']}.",
         "",
         f"Reproduce: `{command}`",
         "",
-        TARGETS,
+        "Every ratio comes from one test: the things compared are timed there in turn, round by round "
+        "(see `benchmarks/test_cost.py`), so machine drift between tests cancels out. "
+        "`x/ours` above 1 means ours is faster.",
+        "",
+        "## Targets",
         "",
     ]
-    by_device: dict[str, list[tuple]] = defaultdict(list)
-    for key in sorted(loaded["cases"]):
-        by_device[key[2]].append(key)
-    for device, keys in by_device.items():
-        lines += [f"## {device}", "", "| model | batch | method | layer | ours ms | forward ms | ours/forward | "
-                  "grad-cam ms | grad-cam/ours | torch-cam ms | torch-cam/ours | targets |",
-                  "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
-        for key in keys:
-            times = loaded["cases"][key]
-            methods = sorted({k.split(":", 1)[1] for k in times if not k.startswith("forward")})
-            fwd = times.get("forward:forward")
-            for method in methods:
-                t = {lib: times.get(f"{lib}:{method}") for lib in ("ours", "grad-cam", "torch-cam")}
-                t["forward"] = fwd
-                lines.append(
-                    f"| {key[0]} | {key[1]} | {method} | {loaded['info'][key].get('layer', '')} | {_ms(t['ours'])} | "
-                    f"{_ms(fwd)} | {_ratio(t['ours'], fwd)} | {_ms(t['grad-cam'])} | {_ratio(t['grad-cam'], t['ours'])} | "
-                    f"{_ms(t['torch-cam'])} | {_ratio(t['torch-cam'], t['ours'])} | {'; '.join(verdicts(method, t))} |")
+    tally: dict[str, Counter] = {key: Counter() for key, _ in TARGETS}
+    for row in rows:
+        for key, ok, _ in verdicts(row):
+            tally[key]["ok" if ok else "missed"] += 1
+    for key, text in TARGETS:
+        count = tally[key]
+        total = count["ok"] + count["missed"]
+        status = "not measured" if total == 0 else f"met in {count['ok']} of {total} rows" + (
+            "" if count["missed"] == 0 else f", **missed in {count['missed']}**")
+        lines.append(f"- {text}: {status}")
+    lines.append("")
+
+    maps = sorted((r for r in rows if r["case"] == "map"), key=_map_key)
+    for device in sorted({r.get("device", "cpu") for r in maps}):
+        lines += [f"## Maps, {device}", "",
+                  "| model | batch | method | layer | ours ms | forward ms | ours/forward | grad-cam ms | "
+                  "grad-cam/ours | torch-cam ms | torch-cam/ours | targets |",
+                  "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+        for r in maps:
+            if r.get("device", "cpu") != device:
+                continue
+            lines.append(
+                f"| {r['model']} | {r['batch']} | {r['method']} | {r.get('layer', '')} | {_ms(r['ours_s'])} | "
+                f"{_ms(r.get('forward_s'))} | {_x(r.get('ours_over_forward'))} | {_ms(r.get('grad-cam_s'))} | "
+                f"{_x(r.get('grad-cam_over_ours'))} | {_ms(r.get('torch-cam_s'))} | {_x(r.get('torch-cam_over_ours'))} "
+                f"| {_targets(r)} |")
+        lines.append("")
+    if not any(r.get("device", "cpu").startswith("cuda") for r in maps):
+        lines += ["## Maps, cuda", "",
+                  "Not measured: no GPU was available for this run. Reproduce on a GPU with "
+                  "`CAMCHECK_BENCH_DEVICE=cuda CAMCHECK_BENCH_MODELS=resnet50 CAMCHECK_BENCH_BATCHES=1,64 "
+                  "pytest benchmarks --benchmark-only --benchmark-json=cuda.json` and again with "
+                  "`CAMCHECK_BENCH_AUTOCAST=bf16`.", ""]
+
+    classes = [r for r in rows if r["case"] == "classes"]
+    if classes:
+        lines += ["## Several classes of one image", "",
+                  "| model | classes | one call ms | one class ms | ratio | forward ms | target |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+        for r in sorted(classes, key=lambda r: r["model"]):
+            lines.append(f"| {r['model']} | {r['classes']} | {_ms(r['ours_s'])} | {_ms(r['one_class_s'])} | "
+                         f"{_x(r['ours_s'] / r['one_class_s'])} | {_ms(r.get('forward_s'))} | {_targets(r)} |")
+        lines.append("")
+    asserts = [r for r in rows if r["case"] == "assert"]
+    if asserts:
+        lines += ["## assert_attends_to against compute_cam", "",
+                  "| model | assert ms | compute_cam ms | ratio | target |", "| --- | ---: | ---: | ---: | --- |"]
+        for r in sorted(asserts, key=lambda r: r["model"]):
+            lines.append(f"| {r['model']} | {_ms(r['ours_s'])} | {_ms(r['compute_cam_s'])} | "
+                         f"{_x(r['ours_s'] / r['compute_cam_s'])} | {_targets(r)} |")
         lines.append("")
     if notes:
         lines += ["## Notes", "", notes.strip(), ""]
@@ -105,10 +158,11 @@ def render(loaded: dict[str, Any], command: str, notes: str = "") -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("json", type=Path)
     parser.add_argument("-o", "--output", type=Path, default=Path("BENCHMARKS.md"))
-    parser.add_argument("--command", default="pytest benchmarks --benchmark-only --benchmark-json=bench.json")
+    parser.add_argument("--command", default="pytest benchmarks --benchmark-only --benchmark-json=bench.json && "
+                                             "python benchmarks/report.py bench.json --notes benchmarks/notes.md")
     parser.add_argument("--notes", type=Path, help="markdown appended under 'Notes' (why a target is missed)")
     args = parser.parse_args(argv)
     notes = args.notes.read_text() if args.notes else ""

@@ -1,28 +1,56 @@
 """What a map costs: ours vs a bare no-grad forward of the same model, vs pytorch-grad-cam and torch-cam.
 
-Each case is one benchmark; the report script pairs the cases of one (model, batch, device) group and
-writes the ratios to BENCHMARKS.md. Run: ``pytest benchmarks --benchmark-only --benchmark-json=bench.json``.
+Every case is one benchmark of our call. The companions of that case (the bare forward, pytorch-grad-cam and
+torch-cam on the same model, input, target layer and device) are timed in the same test, interleaved round by
+round with ours (pytest-benchmark's ``setup`` runs them, untimed by it, just before each of our rounds), so a
+ratio never mixes timings taken minutes apart. Their medians and the ratios go to ``extra_info``;
+``benchmarks/report.py`` turns the JSON into BENCHMARKS.md.
+
+Run: ``pytest benchmarks --benchmark-only --benchmark-json=bench.json`` (about 12 minutes on 2 CPU cores).
+Environment variables narrow or widen the matrix (comma-separated):
+
+- ``CAMCHECK_BENCH_MODELS``: default resnet18, resnet50, mobilenet_v3_large, convnext_tiny, vgg19, camcheck-shapes
+- ``CAMCHECK_BENCH_BATCHES``: default 1,16
+- ``CAMCHECK_BENCH_METHODS``: default all nine of ours
+- ``CAMCHECK_BENCH_LIBRARIES``: companions, default grad-cam,torch-cam
+- ``CAMCHECK_BENCH_PERTURBATION_MODELS``: the models Score-CAM and Ablation-CAM run on (batch 1 only: each
+  needs one forward per channel); default camcheck-shapes, resnet18, mobilenet_v3_large
+- ``CAMCHECK_BENCH_DEVICE``: cpu (default) or cuda; ``CAMCHECK_BENCH_AUTOCAST``: bf16 or fp16 for autocast
 """
 
 from __future__ import annotations
 
 import os
+import statistics
+import time
 import warnings
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 import torch
 
-from pytest_camcheck import compute_cam
+from pytest_camcheck import assert_attends_to, compute_cam
 
 from .conftest import model, size_of, sync
 
+ALL_MODELS = "resnet18,resnet50,mobilenet_v3_large,convnext_tiny,vgg19,camcheck-shapes"
+ALL_METHODS = "cam,gradcam,gradcam++,xgradcam,hirescam,layercam,eigencam,scorecam,ablationcam"
+
+
+def _env(name: str, default: str) -> list[str]:
+    return [v.strip() for v in os.environ.get(name, default).split(",") if v.strip()]
+
+
 DEVICE = os.environ.get("CAMCHECK_BENCH_DEVICE", "cpu")
-MODELS = os.environ.get("CAMCHECK_BENCH_MODELS", "resnet18,resnet50").split(",")
-BATCHES = [int(b) for b in os.environ.get("CAMCHECK_BENCH_BATCHES", "1,16").split(",")]
-METHODS = os.environ.get("CAMCHECK_BENCH_METHODS", "gradcam").split(",")
-LIBRARIES = os.environ.get("CAMCHECK_BENCH_LIBRARIES", "ours,grad-cam").split(",")
+MODELS = _env("CAMCHECK_BENCH_MODELS", ALL_MODELS)
+BATCHES = [int(b) for b in _env("CAMCHECK_BENCH_BATCHES", "1,16")]
+METHODS = _env("CAMCHECK_BENCH_METHODS", ALL_METHODS)
+LIBRARIES = _env("CAMCHECK_BENCH_LIBRARIES", "grad-cam,torch-cam")
+PERTURBATION_MODELS = _env("CAMCHECK_BENCH_PERTURBATION_MODELS", "camcheck-shapes,resnet18,mobilenet_v3_large")
+AUTOCAST = {"": None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[
+    os.environ.get("CAMCHECK_BENCH_AUTOCAST", "").lower()]
 PERTURBATION = {"scorecam", "ablationcam"}
+TARGET = 1
 
 GC_NAMES = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM", "hirescam": "HiResCAM",
             "layercam": "LayerCAM", "scorecam": "ScoreCAM", "eigencam": "EigenCAM", "ablationcam": "AblationCAM"}
@@ -30,11 +58,143 @@ TC_NAMES = {"cam": "CAM", "gradcam": "GradCAM", "gradcam++": "GradCAMpp", "xgrad
             "layercam": "LayerCAM", "scorecam": "ScoreCAM"}
 
 
-def _rounds(name: str, batch: int, method: str | None) -> int:
-    heavy = batch > 1 or name in {"vgg19", "resnet50", "convnext_tiny"}
-    if method in PERTURBATION:
-        return 1
-    return 3 if heavy else 10
+def _autocast() -> Any:
+    if AUTOCAST is None:
+        return torch.autocast(device_type=DEVICE.split(":")[0], enabled=False)
+    return torch.autocast(device_type=DEVICE.split(":")[0], dtype=AUTOCAST)
+
+
+class Companion:
+    """Something timed next to ours: ``make`` (untimed) builds it, ``call`` is timed, ``close`` (untimed) undoes
+    ``make``. Hooks of the other libraries are thus only on the model while their own call runs, so they never
+    slow down ours or the bare forward."""
+
+    def __init__(self, name: str, call: Callable[[Any], object], make: Callable[[], Any] = lambda: None,
+                 close: Callable[[Any], None] = lambda state: None) -> None:
+        self.name, self.call, self.make, self.close = name, call, make, close
+        self.times: list[float] = []
+
+    def once(self) -> None:
+        state = self.make()
+        try:
+            with _autocast():
+                sync(DEVICE)
+                start = time.perf_counter()
+                self.call(state)
+                sync(DEVICE)
+                self.times.append(time.perf_counter() - start)
+        finally:
+            self.close(state)
+
+
+def _forward(net: torch.nn.Module, x: torch.Tensor) -> Companion:
+    def call(_: Any) -> object:
+        with torch.no_grad():
+            return net(x)
+    return Companion("forward", call)
+
+
+def _grad_cam(net: torch.nn.Module, x: torch.Tensor, method: str, layer: str) -> Companion:
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    module = dict(net.named_modules())[layer]
+    targets = [ClassifierOutputTarget(TARGET)] * x.shape[0]
+
+    def make() -> Any:
+        cam = getattr(pgc, GC_NAMES[method])(model=net, target_layers=[module])
+        if hasattr(cam, "batch_size"):
+            cam.batch_size = 32
+        return cam
+
+    def call(cam: Any) -> object:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return cam(input_tensor=x, targets=targets)
+
+    return Companion("grad-cam", call, make, lambda cam: cam.activations_and_grads.release())
+
+
+def _torch_cam(net: torch.nn.Module, x: torch.Tensor, method: str, layer: str) -> Companion:
+    import torchcam.methods as tcm
+
+    module = dict(net.named_modules())[layer]
+    extra = {"batch_size": 32} if method == "scorecam" else {}
+
+    def make() -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return getattr(tcm, TC_NAMES[method])(net, target_layer=module, **extra)
+
+    def call(extractor: Any) -> object:
+        if method in {"cam", "scorecam"}:
+            with torch.no_grad():
+                scores = net(x)
+        else:
+            scores = net(x)
+        maps = extractor([TARGET] * x.shape[0], scores)
+        net.zero_grad(set_to_none=True)
+        return maps
+
+    return Companion("torch-cam", call, make, lambda extractor: extractor.remove_hooks())
+
+
+_FORWARD_SECONDS: dict[tuple[str, int], float] = {}
+
+
+def _forward_seconds(name: str, batch: int, net: torch.nn.Module, x: torch.Tensor) -> float:
+    """One warm forward's time, taken once per (model, batch) to choose the number of rounds."""
+    key = (name, batch)
+    if key not in _FORWARD_SECONDS:
+        probe = _forward(net, x)
+        probe.once()
+        probe.once()
+        _FORWARD_SECONDS[key] = probe.times[-1]
+    return _FORWARD_SECONDS[key]
+
+
+def _rounds(forward_s: float, perturbation: bool) -> tuple[int, int]:
+    """(rounds, warm-up rounds): more rounds where a round is cheap, at least 2 everywhere but perturbation
+    methods, which cost one forward per channel and run once after an untimed warm-up of nothing."""
+    if perturbation:
+        return 1, 0
+    if forward_s > 1.0:
+        return 2, 0
+    if forward_s > 0.2:
+        return 3, 0
+    return max(5, min(15, int(0.6 / forward_s))), 1
+
+
+def _measure(benchmark: Any, ours: Callable[[], object], companions: list[Companion], rounds: int, warmup: int,
+             info: dict[str, Any]) -> None:
+    """Time ``ours`` with pytest-benchmark; before each of its rounds time every companion once (rotating their
+    order); write their medians and the ratios to ``extra_info``."""
+    turn = [0]
+
+    def setup() -> None:
+        order = companions[turn[0] % len(companions):] + companions[:turn[0] % len(companions)] if companions else []
+        turn[0] += 1
+        for companion in order:
+            companion.once()
+
+    def run() -> object:
+        with _autocast():
+            out = ours()
+        sync(DEVICE)
+        return out
+
+    if warmup == 0:  # at least one untimed call of ours, so first-call allocations are not timed
+        run()
+    benchmark.extra_info.update(info, device=DEVICE, threads=torch.get_num_threads(),
+                                dtype=str(AUTOCAST or torch.float32).replace("torch.", ""))
+    benchmark.pedantic(run, setup=setup, rounds=rounds, warmup_rounds=warmup, iterations=1)
+    median = benchmark.stats.stats.median
+    benchmark.extra_info["ours_s"] = median
+    for companion in companions:
+        other = statistics.median(companion.times[warmup:])
+        benchmark.extra_info[f"{companion.name}_s"] = other
+        key = "ours_over_forward" if companion.name == "forward" else f"{companion.name}_over_ours"
+        benchmark.extra_info[key] = median / other if companion.name == "forward" else other / median
 
 
 def _input(name: str, batch: int) -> torch.Tensor:
@@ -46,81 +206,81 @@ def _layer_name(net: torch.nn.Module, x: torch.Tensor) -> str:
     return compute_cam(net, x[0]).layer
 
 
-def _timed(benchmark, fn: Callable[[], object], rounds: int, **info: object) -> None:
-    def run() -> None:
-        fn()
-        sync(DEVICE)
-
-    run()
-    benchmark.extra_info.update(info, device=DEVICE, threads=torch.get_num_threads())
-    benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1 if rounds > 1 else 0)
-
-
-def _cases() -> list:
+def _map_cases() -> list:
     cases = []
     for name in MODELS:
         for batch in BATCHES:
-            cases.append(pytest.param(name, batch, "forward", None, id=f"{name}-b{batch}-forward"))
             for method in METHODS:
-                if method in PERTURBATION and batch > 1:
+                if method in PERTURBATION and (batch > 1 or name not in PERTURBATION_MODELS):
                     continue
-                for lib in LIBRARIES:
-                    table = {"ours": GC_NAMES | TC_NAMES, "grad-cam": GC_NAMES, "torch-cam": TC_NAMES}[lib]
-                    if method in table:
-                        cases.append(pytest.param(name, batch, lib, method, id=f"{name}-b{batch}-{lib}-{method}"))
+                cases.append(pytest.param(name, batch, method, id=f"{name}-b{batch}-{method}"))
     return cases
 
 
-@pytest.mark.parametrize("name,batch,lib,method", _cases())
-def test_cost(benchmark, name: str, batch: int, lib: str, method: str | None) -> None:
+@pytest.mark.parametrize("name,batch,method", _map_cases())
+def test_map_cost(benchmark: Any, name: str, batch: int, method: str) -> None:
+    """One map per image of a batch, ours against the bare forward and the other libraries."""
     net = model(name, DEVICE)
     x = _input(name, batch)
     benchmark.group = f"{name} batch {batch} {DEVICE}"
     layer = _layer_name(net, x)
-    info = dict(model=name, batch=batch, lib=lib, method=method or "forward", layer=layer)
-    rounds = _rounds(name, batch, method)
-    if lib == "forward":
-        def fn() -> object:
-            with torch.no_grad():
-                return net(x)
-        _timed(benchmark, fn, rounds, **info)
-        return
-    target = 1
-    if lib == "ours":
-        _timed(benchmark, lambda: compute_cam(net, x if batch > 1 else x[0], [target] * batch if batch > 1 else target,
-                                              method=method, layer=layer), rounds, **info)
-        return
-    module = dict(net.named_modules())[layer]
-    if lib == "grad-cam":
-        import pytorch_grad_cam as pgc
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    companions = [_forward(net, x)]
+    if "grad-cam" in LIBRARIES and method in GC_NAMES:
+        companions.append(_grad_cam(net, x, method, layer))
+    if "torch-cam" in LIBRARIES and method in TC_NAMES:
+        companions.append(_torch_cam(net, x, method, layer))
+    rounds, warmup = _rounds(_forward_seconds(name, batch, net, x), method in PERTURBATION)
+    image, target = (x, [TARGET] * batch) if batch > 1 else (x[0], TARGET)
+    _measure(benchmark, lambda: compute_cam(net, image, target, method=method, layer=layer), companions,
+             rounds, warmup, dict(case="map", model=name, batch=batch, method=method, layer=layer))
 
-        cam = getattr(pgc, GC_NAMES[method])(model=net, target_layers=[module])
-        if hasattr(cam, "batch_size"):
-            cam.batch_size = 32
-        targets = [ClassifierOutputTarget(target)] * batch
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                _timed(benchmark, lambda: cam(input_tensor=x, targets=targets), rounds, **info)
-        finally:
-            cam.activations_and_grads.release()
-        return
-    import torchcam.methods as tcm
 
-    extractor = getattr(tcm, TC_NAMES[method])(net, target_layer=module, **({"batch_size": 32} if method == "scorecam" else {}))
+@pytest.mark.parametrize("name", MODELS)
+def test_ten_classes_cost(benchmark: Any, name: str) -> None:
+    """Maps of 10 classes of one image (one call) against the map of one class."""
+    net = model(name, DEVICE)
+    x = _input(name, 1)
+    benchmark.group = f"10 classes {DEVICE}"
+    layer = _layer_name(net, x)
+    with torch.no_grad():
+        classes = list(range(min(10, net(x).shape[-1])))  # the bundled model has 6 classes
+    one = Companion("one_class", lambda _: compute_cam(net, x[0], TARGET, layer=layer))
+    rounds, warmup = _rounds(_forward_seconds(name, 1, net, x), False)
+    _measure(benchmark, lambda: compute_cam(net, x[0], classes, layer=layer), [one, _forward(net, x)], rounds,
+             warmup, dict(case="classes", model=name, batch=1, method="gradcam", layer=layer, classes=len(classes)))
 
-    def tc() -> object:
-        if method in {"cam", "scorecam"}:
-            with torch.no_grad():
-                scores = net(x)
-        else:
-            scores = net(x)
-        maps = extractor([target] * batch, scores)
-        net.zero_grad(set_to_none=True)
-        return maps
 
-    try:
-        _timed(benchmark, tc, rounds, **info)
-    finally:
-        extractor.remove_hooks()
+def _photo(name: str) -> tuple[Any, Any, Any]:
+    """(image, preprocess, region) as a user's test has them: a real photo with the model's own preprocessing
+    for torchvision models, a generated scene with its object box for the bundled model."""
+    if name.startswith("camcheck-"):
+        from pytest_camcheck.images import scene_image
+        from pytest_camcheck.scenes import HELD_OUT
+
+        scene = scene_image(HELD_OUT + 7)
+        return scene.image, None, scene.regions["object"]
+    import skimage.data
+    import torchvision.transforms as T
+
+    prep = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
+                      T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    return skimage.data.chelsea(), prep, None
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_assertion_cost(benchmark: Any, name: str) -> None:
+    """``assert_attends_to`` (a passing check: map + region metrics + record) against ``compute_cam`` alone."""
+    net = model(name, DEVICE)
+    image, prep, region = _photo(name)
+    benchmark.group = f"assert_attends_to {DEVICE}"
+    first = compute_cam(net, image, None, preprocess=prep)
+    if region is None:  # a random-weights model looks anywhere: put the region around its peak, so it passes
+        height, width = first.heatmap.shape
+        row, col = divmod(int(first.heatmap.argmax()), width)
+        region = (max(0, col - 60), max(0, row - 60), min(width, col + 60), min(height, row + 60))
+    target = first.target
+    plain = Companion("compute_cam", lambda _: compute_cam(net, image, target, preprocess=prep, layer=first.layer))
+    rounds, warmup = _rounds(_forward_seconds(name, 1, net, _input(name, 1)), False)
+    _measure(benchmark, lambda: assert_attends_to(net, image, target, region, preprocess=prep, layer=first.layer,
+                                                  min_lift=0.0, pointing=False),
+             [plain], rounds, warmup, dict(case="assert", model=name, batch=1, method="gradcam", layer=first.layer))

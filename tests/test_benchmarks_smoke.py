@@ -15,37 +15,52 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _report_module():
+    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "benchmarks" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    return report
+
+
 def test_the_benchmark_suite_runs_and_the_report_is_written(tmp_path: Path) -> None:
     env = dict(os.environ, CAMCHECK_BENCH_MODELS="camcheck-shapes", CAMCHECK_BENCH_BATCHES="1",
-               CAMCHECK_BENCH_METHODS="gradcam,cam", CAMCHECK_BENCH_LIBRARIES="ours,grad-cam,torch-cam",
+               CAMCHECK_BENCH_METHODS="gradcam,cam", CAMCHECK_BENCH_LIBRARIES="grad-cam,torch-cam",
                CAMCHECK_BENCH_THREADS="1")
     out = tmp_path / "bench.json"
     run = subprocess.run([sys.executable, "-m", "pytest", "benchmarks/test_cost.py", "-q", "-p", "no:cacheprovider",
-                          "-p", "no:xdist", "--benchmark-min-rounds=1", f"--benchmark-json={out}"],
+                          "-p", "no:xdist", "--benchmark-only", f"--benchmark-json={out}"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     data = json.loads(out.read_text())
-    libs = {b["extra_info"]["lib"] for b in data["benchmarks"]}
-    assert libs == {"forward", "ours", "grad-cam", "torch-cam"}
-    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "benchmarks" / "report.py")
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
+    by_name = {b["name"]: b["extra_info"] for b in data["benchmarks"]}
+    assert set(by_name) == {"test_map_cost[camcheck-shapes-b1-gradcam]", "test_map_cost[camcheck-shapes-b1-cam]",
+                            "test_ten_classes_cost[camcheck-shapes]", "test_assertion_cost[camcheck-shapes]"}
+    gradcam = by_name["test_map_cost[camcheck-shapes-b1-gradcam]"]
+    for key in ("forward_s", "grad-cam_s", "torch-cam_s", "ours_over_forward", "grad-cam_over_ours",
+                "torch-cam_over_ours", "layer", "batch", "device", "dtype"):
+        assert key in gradcam, key
+    assert gradcam["ours_over_forward"] == pytest.approx(gradcam["ours_s"] / gradcam["forward_s"])
+    assert "grad-cam_s" not in by_name["test_map_cost[camcheck-shapes-b1-cam]"]  # pytorch-grad-cam has no CAM
+    assert by_name["test_ten_classes_cost[camcheck-shapes]"]["classes"] == 6
+    assert data["machine_info"]["camcheck_versions"]["torch"]
     page = tmp_path / "BENCHMARKS.md"
-    report.main([str(out), "-o", str(page)])
+    _report_module().main([str(out), "-o", str(page)])
     text = page.read_text()
-    assert "| camcheck-shapes | 1 | gradcam | features |" in text
-    row = next(line for line in text.splitlines() if "| camcheck-shapes | 1 | gradcam |" in line)
+    row = next(line for line in text.splitlines() if line.startswith("| camcheck-shapes | 1 | gradcam | features |"))
     assert row.count("x |") >= 3 and ("ok" in row or "MISSED" in row)
+    assert "## Several classes of one image" in text and "## assert_attends_to against compute_cam" in text
+    assert "Not measured: no GPU" in text
 
 
 def test_verdicts_name_each_target() -> None:
-    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "benchmarks" / "report.py")
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
-    fast = report.verdicts("gradcam", {"ours": 1.0, "forward": 0.95, "grad-cam": 3.0, "torch-cam": 1.2})
-    assert fast == ["ok <= 1.15x fwd", "ok >= 2.5x vs grad-cam", "ok not slower than torch-cam"]
-    slow = report.verdicts("scorecam", {"ours": 2.0, "forward": 0.1, "grad-cam": 3.0, "torch-cam": 5.0})
-    assert slow == ["ok not slower than torch-cam", "MISSED >= 2x vs grad-cam", "ok >= 2x vs torch-cam"]
-    with pytest.raises(StopIteration):
-        next(v for v in report.verdicts("cam", {"ours": 1.2, "forward": 1.0, "grad-cam": None, "torch-cam": None})
-             if v.startswith("ok"))
+    report = _report_module()
+    fast = report.verdicts({"case": "map", "method": "gradcam", "ours_over_forward": 1.05,
+                            "grad-cam_over_ours": 3.0, "torch-cam_over_ours": 1.2})
+    assert [(k, ok) for k, ok, _ in fast] == [("fwd", True), ("grad-cam", True), ("torch-cam", True)]
+    slow = report.verdicts({"case": "map", "method": "scorecam", "ours_over_forward": 20.0,
+                            "grad-cam_over_ours": 1.5, "torch-cam_over_ours": 2.5})
+    assert [(k, ok) for k, ok, _ in slow] == [("torch-cam", True), ("scorecam", False), ("scorecam", True)]
+    cam = report.verdicts({"case": "map", "method": "cam", "ours_over_forward": 1.08})
+    assert cam == [("fwd", False, "<= 1.05x fwd")]
+    assert report.verdicts({"case": "classes", "ours_s": 1.6, "one_class_s": 1.0})[0][1] is False
+    assert report.verdicts({"case": "assert", "ours_s": 1.05, "compute_cam_s": 1.0})[0][1] is True
