@@ -35,6 +35,27 @@ def test_json_output_holds_the_extra_info(pytester: pytest.Pytester) -> None:
     assert bench["stats"]["rounds"] == 3
 
 
+INTERLEAVED_TEST = """
+import torch, torchvision
+
+def test_order(cam_benchmark):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=3).eval()
+    calls = []
+    model.register_forward_pre_hook(
+        lambda m, a: calls.append("map" if model.layer4._forward_hooks else "forward"))
+    cam_benchmark(model, torch.rand(3, 64, 64), target=1, layer="layer4", rounds=3, warmup=1)
+    # one map before timing (to read what was computed), then before each round (warm-up too) one bare forward
+    assert calls == ["map"] + ["forward", "map"] * 4, calls
+"""
+
+
+def test_the_forward_is_timed_interleaved_with_the_map(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_order=INTERLEAVED_TEST)
+    result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:xdist")
+    result.assert_outcomes(passed=1)
+
+
 def test_under_xdist_it_warns_and_still_computes(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_cost=USER_TEST)
     result = pytester.runpytest_subprocess("-n", "2", "-p", "xdist", "-p", "no:cacheprovider", "-W",

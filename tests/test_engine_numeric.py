@@ -347,3 +347,21 @@ def test_scorecam_runs_the_masked_forwards_channels_last_when_the_model_allows_i
     monkeypatch.setattr(core, "_fast_layout", lambda *a: torch.contiguous_format)
     slow = compute_cam(model, x, target=1, method="scorecam", layer="layer3")
     np.testing.assert_allclose(fast.raw, slow.raw, rtol=1e-4, atol=1e-6 * np.abs(slow.raw).max())
+
+
+def test_ablation_gives_the_same_map_in_one_batch_or_many(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision
+
+    from pytest_camcheck.engine import core
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=5).eval()
+    x = _image(7, (64, 64))
+    one_batch = compute_cam(model, x, target=2, method="ablationcam")
+    calls: list[int] = []
+    suffix = core._suffix_forward
+    monkeypatch.setattr(core, "_suffix_forward", lambda run, x1, a: calls.append(a.shape[0]) or suffix(run, x1, a))
+    monkeypatch.setattr(core, "ABLATION_BYTES", 1)  # forces batches of CHUNK channels
+    many = compute_cam(model, x, target=2, method="ablationcam")
+    assert len(calls) == 512 // core.CHUNK and max(calls) == core.CHUNK
+    np.testing.assert_allclose(many.raw, one_batch.raw, rtol=1e-4, atol=1e-6 * np.abs(one_batch.raw).max())

@@ -23,6 +23,7 @@ from .targets import Scorer, Target, check_logits, label_of, logits_of, resolve_
 
 CHUNK = 32
 ROUNDS_PER_BACKWARD = 16
+ABLATION_BYTES = 64 * 2**20
 EMPTY_RELATIVE = 1e-5
 
 
@@ -343,8 +344,11 @@ def _ablated_scores(run: _Run, acts: torch.Tensor, scorers: list[Scorer], jobs: 
             a = acts[image_index]
             live = torch.nonzero(a.flatten(1).abs().amax(dim=1) > 0).flatten()
             scores = torch.tensor([base[j] for j in rows], device=acts.device, dtype=torch.float32)[:, None].repeat(1, k)
-            for start in range(0, len(live), CHUNK):
-                channels = live[start:start + CHUNK]
+            # Each batch of ablated copies reruns the layers up to the target layer once (on one image), so the
+            # batches are as large as ABLATION_BYTES allows rather than CHUNK.
+            chunk = max(CHUNK, ABLATION_BYTES // max(1, a.numel() * a.element_size()))
+            for start in range(0, len(live), chunk):
+                channels = live[start:start + chunk]
                 ablated = a.unsqueeze(0).repeat(len(channels), 1, 1, 1)
                 ablated[torch.arange(len(channels)), channels] = 0
                 output = _suffix_forward(run, x[image_index:image_index + 1], ablated)
@@ -406,7 +410,7 @@ def _to_image(maps: torch.Tensor, geometries: list[Geometry], jobs: list[tuple[i
         rows_of.setdefault(i, []).append(j)
     out: list[np.ndarray] = [np.empty(0)] * len(jobs)
     for i, rows in rows_of.items():
-        img = geometries[i].to_image(maps[rows].float()).clamp_(0.0, 1.0).cpu().numpy().astype(np.float32)
+        img = geometries[i].to_image(maps[rows].float()).clamp_(0.0, 1.0).cpu().numpy().astype(np.float32, copy=False)
         for r, j in enumerate(rows):
             out[j] = img[r]
     return out
