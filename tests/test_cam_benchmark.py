@@ -56,6 +56,21 @@ def test_the_forward_is_timed_interleaved_with_the_map(pytester: pytest.Pytester
     result.assert_outcomes(passed=1)
 
 
+def test_save_and_compare_fail_work_with_the_fixture(pytester: pytest.Pytester) -> None:
+    """A saved run is the baseline; the same test on an input 4x larger (4x the work) fails
+    --benchmark-compare-fail, while the unchanged test passes it."""
+    pytester.makepyfile(test_cost=USER_TEST)
+    common = ["-p", "no:cacheprovider", "-p", "no:xdist", "--benchmark-storage=file://./bench"]
+    pytester.runpytest(*common, "--benchmark-save=base").assert_outcomes(passed=1)
+    same = pytester.runpytest(*common, "--benchmark-compare=0001", "--benchmark-compare-fail=median:300%")
+    same.assert_outcomes(passed=1)
+    assert same.ret == 0
+    pytester.makepyfile(test_cost=USER_TEST.replace("64, 64", "128, 128"))
+    slower = pytester.runpytest(*common, "--benchmark-compare=0001", "--benchmark-compare-fail=median:50%")
+    assert slower.ret != 0
+    assert "Performance has regressed" in slower.stdout.str() + slower.stderr.str()
+
+
 def test_under_xdist_it_warns_and_still_computes(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_cost=USER_TEST)
     result = pytester.runpytest_subprocess("-n", "2", "-p", "xdist", "-p", "no:cacheprovider", "-W",
