@@ -90,20 +90,25 @@ def test_eigencam_is_the_first_principal_component_with_a_fixed_sign(channels: i
     np.testing.assert_allclose(np.abs(result.raw.ravel()), np.abs(proj), rtol=1e-4, atol=1e-6)
 
 
+def _scorecam_reference(model: torch.nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
+    """Score-CAM by its definition, one channel at a time: each upsampled ``features`` channel min-max
+    normalised to a mask, the target's logit on the masked input, softmax over channels, weighted sum."""
+    with torch.no_grad():
+        acts = model.features(x[None])
+        up = F.interpolate(acts, size=x.shape[-2:], mode="bilinear", align_corners=False)[0]
+        scores = []
+        for k in range(up.shape[0]):
+            mk = (up[k] - up[k].min()) / (up[k].max() - up[k].min() + 1e-8)
+            scores.append(model(x[None] * mk)[0, target])
+        w = torch.softmax(torch.stack(scores), 0)
+        return torch.einsum("k,khw->hw", w, acts[0]).numpy()
+
+
 def test_scorecam_weights_are_the_softmax_of_masked_input_scores() -> None:
     model = GapLinear(channels=3, seed=6)
     x = _image(6, (6, 6))
     result = compute_cam(model, x, target=0, method="scorecam")
-    with torch.no_grad():
-        acts = model.features(x[None])
-        up = F.interpolate(acts, size=(6, 6), mode="bilinear", align_corners=False)[0]
-        scores = []
-        for k in range(3):
-            mk = (up[k] - up[k].min()) / (up[k].max() - up[k].min() + 1e-8)
-            scores.append(model(x[None] * mk)[0, 0])
-        w = torch.softmax(torch.stack(scores), 0)
-        expected = torch.einsum("k,khw->hw", w, acts[0]).numpy()
-    np.testing.assert_allclose(result.raw, expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(result.raw, _scorecam_reference(model, x, 0), rtol=1e-4, atol=1e-6)
 
 
 def test_ablationcam_weights_are_the_relative_drop_when_a_channel_is_zeroed() -> None:
@@ -323,14 +328,7 @@ def test_scorecam_keeps_the_contiguous_layout_for_models_that_need_it(monkeypatc
     x = _image(2, (8, 8))
     seen, result = _masked_layouts(monkeypatch, model, x)
     assert seen == {"contiguous"}
-    with torch.no_grad():
-        feats = model.features(x[None])[0]
-        up = F.interpolate(feats[None], size=(8, 8), mode="bilinear", align_corners=False)[0]
-        lo, hi = up.amin(dim=(1, 2), keepdim=True), up.amax(dim=(1, 2), keepdim=True)
-        masks = (up - lo) / (hi - lo + 1e-8)
-        scores = model(x[None] * masks[:, None])[:, 1]
-    expected = np.einsum("k,khw->hw", torch.softmax(scores, 0).numpy(), feats.numpy())
-    np.testing.assert_allclose(result.raw, expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(result.raw, _scorecam_reference(model, x, 1), rtol=1e-4, atol=1e-6)
 
 
 def test_scorecam_runs_the_masked_forwards_channels_last_when_the_model_allows_it(
