@@ -212,6 +212,14 @@ def _job_gradients(scores: torch.Tensor, acts: torch.Tensor, jobs: list[tuple[in
         rounds.append(seen.get(i, 0))
         seen[i] = rounds[-1] + 1
     n_rounds = max(rounds) + 1
+    images = [i for i, _ in jobs]
+    if n_rounds == 1:  # one target per image: a single plain backward
+        (grad,) = torch.autograd.grad(scores, acts, grad_outputs=torch.ones_like(scores), allow_unused=True)
+        if grad is None:
+            raise LayerError(
+                f"the score does not depend on layer {layer_name!r}; choose a layer on the path to the output"
+            )
+        return grad if images == list(range(acts.shape[0])) else grad[images]
     select = torch.zeros((n_rounds, len(jobs)), device=scores.device, dtype=scores.dtype)
     select[rounds, list(range(len(jobs)))] = 1
     parts = []
@@ -238,7 +246,7 @@ def _job_gradients(scores: torch.Tensor, acts: torch.Tensor, jobs: list[tuple[in
             grad = torch.stack(rows)
         parts.append(grad)
     per_round = torch.cat(parts) if len(parts) > 1 else parts[0]
-    return per_round[rounds, [i for i, _ in jobs]]
+    return per_round[rounds, images]
 
 
 def _head_rows(run: _Run, acts: torch.Tensor, scorers: list[Scorer], jobs: list[tuple[int, Target]]) -> torch.Tensor:

@@ -79,10 +79,10 @@ def check_logits(logits: torch.Tensor) -> None:
 
 
 def resolve_target(target: Target, logits_row: torch.Tensor, categories: Sequence[str] | None) -> Scorer:
-    """Resolve one image's target to a :class:`Scorer`."""
+    """Resolve one image's target to a :class:`Scorer`; ``logits_row`` is one row of logits that already passed
+    :func:`check_logits`."""
     if callable(target) and not isinstance(target, (str, numbers.Integral)):
         return Scorer(-1, target)
-    check_logits(logits_row[None])
     n = class_count(logits_row[None])
     if target is None:
         if logits_row.numel() == 1:
