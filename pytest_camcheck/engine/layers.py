@@ -60,9 +60,12 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
         )
     if not isinstance(layer, str):
         raise LayerError(f"layer must be None, a dotted module name or a module, not {type(layer).__name__}")
+    if layer:
+        try:  # follows the dotted path only, instead of walking the whole model
+            return layer, model.get_submodule(layer)
+        except AttributeError:
+            pass
     modules = dict(model.named_modules())
-    if layer in modules and layer:
-        return layer, modules[layer]
     names = [n for n in modules if n]
     close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
     hint = f"close matches: {', '.join(close)}" if close else f"top-level modules: {', '.join(n for n in names if '.' not in n)}"
