@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 
 from pytest_camcheck import compute_cam
+from pytest_camcheck.engine.core import _last_linear
 from pytest_camcheck.engine.methods import METHODS
 
 from .models import Binary, ConstantScore, GapLinear, KnownGradient
@@ -72,6 +74,25 @@ def test_gradcam_equals_cam_on_a_gap_linear_head() -> None:
         np.testing.assert_allclose(grad.raw * 12 * 9, cam.raw, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(grad.heatmap, cam.heatmap, atol=1e-5)
         assert grad.empty == cam.empty
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg11", "mobilenet_v3_small", "convnext_tiny", "densenet121",
+                                  "vit_b_16", "squeezenet1_0"])
+def test_the_cam_head_is_the_last_linear_of_the_model(name: str) -> None:
+    """CAM finds its head by searching from the end; it must be the last Linear in ``modules()`` order."""
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)()
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert _last_linear(model) is (linears[-1] if linears else None)
+
+
+def test_the_cam_head_search_sees_nested_and_leading_linears() -> None:
+    inner = torch.nn.Linear(4, 4)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Sequential(torch.nn.Sequential(inner), torch.nn.ReLU()),
+                                torch.nn.Flatten())
+    assert _last_linear(model) is inner
+    assert _last_linear(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1))) is None
+    assert _last_linear(inner) is inner
 
 
 @pytest.mark.parametrize("channels", [6, 80])  # fewer channels than the 64 positions, and more

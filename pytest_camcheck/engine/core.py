@@ -249,17 +249,26 @@ def _job_gradients(scores: torch.Tensor, acts: torch.Tensor, jobs: list[tuple[in
     return per_round[rounds, images]
 
 
+def _last_linear(module: nn.Module) -> nn.Linear | None:
+    """The last ``nn.Linear`` of ``module.modules()`` order, searched from the end: a head sits at the end, so
+    this usually looks at a few modules instead of all of them."""
+    for child in reversed(list(module.children())):
+        found = _last_linear(child)
+        if found is not None:
+            return found
+    return module if isinstance(module, nn.Linear) else None
+
+
 def _head_rows(run: _Run, acts: torch.Tensor, scorers: list[Scorer], jobs: list[tuple[int, Target]]) -> torch.Tensor:
-    linears = [m for m in run.model.modules() if isinstance(m, nn.Linear)]
+    head = _last_linear(run.model)
     refuse = (
         f"method 'cam' needs a head that is global average pooling followed by one Linear layer right after layer "
         f"{run.layer_name!r}; {{why}}. Fix: use method='gradcam' (equal to CAM on such heads, and works on any head)"
     )
     if run.logits is None or any(s.fn is not None for s in scorers):
         raise MethodError(refuse.format(why="it explains class logits only, not a callable target"))
-    if not linears:
+    if head is None:
         raise MethodError(refuse.format(why="the model has no Linear layer"))
-    head = linears[-1]
     if head.in_features != acts.shape[1] or head.out_features != run.logits.shape[1]:
         raise MethodError(refuse.format(
             why=f"the last Linear maps {head.in_features} -> {head.out_features} features, but the layer has "
