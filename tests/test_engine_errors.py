@@ -91,6 +91,10 @@ CASES = {
     "unknown method": (lambda: compute_cam(SMALL, X, method="gradcam+++"), "unknown method.*gradcam\\+\\+"),
     "cam on a non-GAP head": (lambda: compute_cam(torchvision.models.vgg11(num_classes=4), torch.rand(3, 32, 32),
                                                   method="cam"), "method='gradcam'"),
+    "cam with an activation between the layer and the head": (
+        lambda: compute_cam(nn.Sequential(nn.Conv2d(3, 4, 1), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                          nn.Linear(4, 5)), X, target=2, layer="0", method="cam"),
+        "something else sits between them.*method='gradcam'"),
     "target callable returning a non-scalar": (lambda: compute_cam(SMALL, X, target=lambda out: out * 2),
                                                "returned a tensor of shape \\(5,\\).*scalar"),
     "model output without logits": (lambda: compute_cam(NoLogits(), X, target=0), "cannot find logits"),

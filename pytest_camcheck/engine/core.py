@@ -273,22 +273,24 @@ def _head_rows(run: _Run, acts: torch.Tensor, scorers: list[Scorer], jobs: list[
         raise MethodError(refuse.format(
             why=f"the last Linear maps {head.in_features} -> {head.out_features} features, but the layer has "
                 f"{acts.shape[1]} channels and the model {run.logits.shape[1]} outputs"))
-    weight = head.weight.detach().to(acts.dtype)
-    pooled = acts.mean(dim=(2, 3)) @ weight.T
+    # CAM of class c is faithful exactly when logit c = w_c . mean(A) + b_c, so the rows explained are checked
+    # (reading only their weights, not the whole head).
+    binary = head.weight.shape[0] == 1
+    index = [0 if binary else s.index for s in scorers]
+    images = [i for i, _ in jobs]
+    rows = head.weight.detach()[index].to(acts.dtype)
+    predicted = (acts.mean(dim=(2, 3))[images] * rows).sum(dim=1)
     if head.bias is not None:
-        pooled = pooled + head.bias.detach().to(acts.dtype)
+        predicted = predicted + head.bias.detach()[index].to(acts.dtype)
     scale = run.logits.abs().max().clamp_min(1e-6)
-    if not torch.allclose(pooled, run.logits.to(acts.dtype), rtol=1e-3, atol=1e-3 * float(scale)):
+    if not torch.allclose(predicted, run.logits[images, index].to(acts.dtype), rtol=1e-3, atol=1e-3 * float(scale)):
         raise MethodError(refuse.format(
             why="the model's logits are not the Linear layer applied to the spatial mean of this layer's output "
                 "(something else sits between them)"))
-    rows = []
-    for s in scorers:
-        if weight.shape[0] == 1:
-            rows.append(weight[0] * (1.0 if s.index == 1 else -1.0))
-        else:
-            rows.append(weight[s.index])
-    return torch.stack(rows)
+    if binary:
+        sign = torch.tensor([1.0 if s.index == 1 else -1.0 for s in scorers], dtype=acts.dtype, device=acts.device)
+        rows = rows * sign[:, None]
+    return rows
 
 
 def _inference_forward(run: _Run, jobs: list[tuple[int, Target]]) -> tuple[torch.Tensor, list[Scorer], list[float]]:
