@@ -68,6 +68,11 @@ CASES = {
     "zero-size image": (lambda: compute_cam(SMALL, torch.rand(3, 0, 16)), "empty"),
     "nan pixels": (lambda: compute_cam(SMALL, torch.full((3, 16, 16), float("nan"))), "NaN"),
     "inf pixels": (lambda: compute_cam(SMALL, X.clone().index_fill_(1, torch.tensor([2]), float("inf"))), "infinite"),
+    "nan in one image of a batch tensor": (
+        lambda: compute_cam(SMALL, torch.rand(4, 3, 16, 16).index_fill_(0, torch.tensor([2]), float("nan"))),
+        "image 2 of the batch contains NaN"),
+    "integer batch tensor": (lambda: compute_cam(SMALL, torch.zeros(2, 3, 16, 16, dtype=torch.int64)),
+                             "image 0 of the batch has dtype torch.int64.*floating point"),
     "mixed shapes in a batch": (lambda: compute_cam(SMALL, [torch.rand(3, 16, 16), torch.rand(3, 20, 16)]),
                                 "different shapes"),
     "unknown image type": (lambda: compute_cam(SMALL, {"image": 1}), "not understood"),

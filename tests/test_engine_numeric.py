@@ -262,6 +262,25 @@ def test_top1_target_and_probability() -> None:
     assert r.score == pytest.approx(float(logits.max()), rel=1e-5)
 
 
+@pytest.mark.parametrize("method", ["gradcam", "cam"])
+def test_each_result_of_a_batch_has_its_own_image_top_classes_and_probability(method: str) -> None:
+    model = GapLinear(classes=6, seed=16)
+    x = torch.stack([_image(s) for s in range(4)])
+    targets = [5, 0, None, 3]
+    with torch.no_grad():
+        probs = torch.softmax(model(x), dim=1)
+    for i, r in enumerate(compute_cam(model, x, target=targets, method=method)):
+        expected = int(probs[i].argmax()) if targets[i] is None else targets[i]
+        assert r.target == expected
+        assert r.probability == pytest.approx(float(probs[i, expected]), rel=1e-5)
+        values, classes = probs[i].topk(5)
+        assert [c for c, _, _ in r.top] == classes.tolist()
+        assert [p for _, _, p in r.top] == pytest.approx(values.tolist(), rel=1e-5)
+    several = compute_cam(model, x[1], target=[2, 4], method=method)
+    assert [r.probability for r in several] == pytest.approx([float(probs[1, 2]), float(probs[1, 4])], rel=1e-5)
+    assert several[0].top == several[1].top
+
+
 def test_callable_target_and_dict_outputs() -> None:
     class Seg(torch.nn.Module):
         def __init__(self) -> None:

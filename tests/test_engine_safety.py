@@ -125,6 +125,17 @@ def test_train_mode_batchnorm_statistics_do_not_move() -> None:
     assert model.training and all(m.training for m in model.modules())
 
 
+@pytest.mark.parametrize("method", ["gradcam", "cam", "scorecam"])
+@pytest.mark.parametrize("shape", [(3, 32, 32), (3, 3, 32, 32)])
+def test_a_model_writing_into_its_input_never_changes_the_callers_tensor(method: str, shape: tuple) -> None:
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.ReLU(inplace=True), SmallCNN()).eval()
+    x = torch.randn(shape)
+    before = x.clone()
+    compute_cam(model, x, target=1, layer="1.features", method=method)
+    assert torch.equal(x, before)
+
+
 def test_no_parameter_gradient_is_computed(monkeypatch: pytest.MonkeyPatch) -> None:
     """Backward runs from the score to the layer only: parameters before the layer never get a grad, and
     AccumulateGrad never runs (a hook on each parameter would fire)."""

@@ -113,6 +113,23 @@ def test_the_plain_resize_shortcut_equals_the_general_resampling(size: tuple[int
     assert not infer_geometry(T.Compose([T.Resize(256), T.CenterCrop(224)]), (300, 400)).is_plain_resize()
 
 
+def test_a_batch_of_pictures_of_several_sizes_places_each_map_on_its_own_picture() -> None:
+    """Maps of pictures with the same geometry are resampled together; each must still come back on its own
+    picture, in order, exactly as when the picture is explained alone."""
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=3).eval()
+    rng = np.random.default_rng(1)
+    sizes = [(180, 260), (90, 70), (180, 260), (64, 64), (90, 70)]
+    pictures = [Image.fromarray((rng.random(s + (3,)) * 255).astype(np.uint8)) for s in sizes]
+    prep = T.Compose([T.Resize((96, 96)), T.ToTensor()])
+    targets = [0, 2, 1, 1, 0]
+    together = compute_cam(net, pictures, target=targets, preprocess=prep)
+    for picture, target, size, r in zip(pictures, targets, sizes, together):
+        alone = compute_cam(net, picture, target=target, preprocess=prep)
+        assert r.heatmap.shape == size and r.target == target
+        np.testing.assert_allclose(r.heatmap, alone.heatmap, atol=1e-4)
+
+
 def test_tensor_input_gives_a_map_at_tensor_size() -> None:
     torch.manual_seed(0)
     net = torchvision.models.resnet18(num_classes=3)

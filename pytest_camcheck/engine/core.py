@@ -423,30 +423,35 @@ def _normalise(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _to_image(maps: torch.Tensor, geometries: list[Geometry], jobs: list[tuple[int, Target]]) -> list[np.ndarray]:
-    """Each job's map in its image's pixels; the maps of one image are resampled together."""
-    rows_of: dict[int, list[int]] = {}
+    """Each job's map in its image's pixels; the maps of images with the same geometry (a batch tensor, or
+    pictures of one size through one preprocessing) are resampled together."""
+    rows_of: dict[Geometry, list[int]] = {}
     for j, (i, _) in enumerate(jobs):
-        rows_of.setdefault(i, []).append(j)
+        rows_of.setdefault(geometries[i], []).append(j)
     out: list[np.ndarray] = [np.empty(0)] * len(jobs)
-    for i, rows in rows_of.items():
-        img = geometries[i].to_image(maps[rows].float()).clamp_(0.0, 1.0).cpu().numpy().astype(np.float32, copy=False)
+    for geometry, rows in rows_of.items():
+        picked = maps if len(rows) == len(jobs) else maps[rows]
+        img = geometry.to_image(picked.float()).clamp_(0.0, 1.0).cpu().numpy().astype(np.float32, copy=False)
         for r, j in enumerate(rows):
             out[j] = img[r]
     return out
 
 
-def _top(logits: torch.Tensor | None, i: int, categories: Sequence[str] | None, k: int = 5
-         ) -> tuple[list[tuple[int, str | None, float]], torch.Tensor | None]:
+def _tops(logits: torch.Tensor | None, categories: Sequence[str] | None, k: int = 5
+          ) -> tuple[list[list[tuple[int, str | None, float]]], torch.Tensor | None]:
+    """Each image's top-k (class, label, probability) and the (N, classes) probabilities, in one pass over the
+    batch; a single logit stands for two classes (sigmoid)."""
     if logits is None:
         return [], None
-    row = logits[i].float()
-    if row.numel() == 1:
-        p1 = torch.sigmoid(row[0])
-        probs = torch.stack([1 - p1, p1])
+    rows = logits.float()
+    if rows.shape[1] == 1:
+        p1 = torch.sigmoid(rows[:, 0])
+        probs = torch.stack([1 - p1, p1], dim=1)
     else:
-        probs = torch.softmax(row, dim=0)
-    values, idx = probs.topk(min(k, probs.numel()))
-    return [(int(c), label_of(int(c), categories), float(v)) for v, c in zip(values, idx)], probs
+        probs = torch.softmax(rows, dim=1)
+    values, idx = probs.topk(min(k, probs.shape[1]), dim=1)
+    tops = [[(c, label_of(c, categories), v) for v, c in zip(vs, cs)] for vs, cs in zip(values.tolist(), idx.tolist())]
+    return tops, probs
 
 
 def compute_cam(
@@ -526,9 +531,15 @@ def compute_cam(
     norm, empty = _normalise(raw.detach())
     heatmaps = _to_image(norm, batch.geometries, jobs)
     raw_np = raw.detach().float().cpu().numpy()
+    tops, probs = _tops(run.logits, categories)
+    chosen: list[float | None] = [None] * len(jobs)
+    asked = [j for j, s in enumerate(scorers) if s.index >= 0]
+    if probs is not None and asked:
+        values = probs[[jobs[j][0] for j in asked], [scorers[j].index for j in asked]].tolist()
+        for j, v in zip(asked, values):
+            chosen[j] = v
     results = []
     for j, (i, _) in enumerate(jobs):
-        top, probs = _top(run.logits, i, categories)
         index = scorers[j].index
         results.append(CamResult(
             heatmap=heatmaps[j],
@@ -536,12 +547,12 @@ def compute_cam(
             target=index,
             label=label_of(index, categories) if index >= 0 else None,
             score=scores[j],
-            probability=float(probs[index]) if probs is not None and index >= 0 else None,
+            probability=chosen[j],
             layer=layer_name,
             method=spec.name,
             empty=bool(empty[j]),
             image_size=batch.geometries[i].image_size,
-            top=top,
+            top=tops[i] if tops else [],
             image=batch.pictures[i],
         ))
     if not batch.batched and len(results) == 1 and not isinstance(target, (list, tuple)):

@@ -93,10 +93,25 @@ def _apply(preprocess: Callable, image: Any, what: str) -> Any:
         raise InputError(f"preprocess failed on {what}: {err}. Fix the preprocessing or the image") from err
 
 
+def _tensor_batch(image: torch.Tensor, device: torch.device, dtype: torch.dtype) -> Batch:
+    """An (N, C, H, W) tensor fed as it is: checked as a whole (one reduction), and image by image only to name
+    the first bad image. The model gets a copy, so the caller's tensor is never written to."""
+    t = image.detach()
+    if not all_finite(t) or not t.is_floating_point() or 0 in t.shape:
+        for i, item in enumerate(t):
+            _check_tensor(item, f"image {i} of the batch")
+    x = t.to(device=device, dtype=dtype, copy=True)
+    geometry = Geometry.identity(tuple(t.shape[-2:]))
+    n = t.shape[0]
+    return Batch(x, [geometry] * n, [None] * n, True)
+
+
 def prepare(image: Any, preprocess: Callable | None, *, explicit_preprocess: bool, device: torch.device,
             dtype: torch.dtype) -> Batch:
     """Build the input batch: one image, a list of images, or a tensor of shape (C,H,W) / (N,C,H,W)."""
     single = _is_single(image)
+    if isinstance(image, torch.Tensor) and image.dim() == 4 and not explicit_preprocess and image.shape[0] > 0:
+        return _tensor_batch(image, device, dtype)
     if isinstance(image, torch.Tensor) and image.dim() == 4:
         items: Sequence[Any] = list(image)
     elif isinstance(image, (list, tuple)):
