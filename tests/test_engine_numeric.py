@@ -403,3 +403,28 @@ def test_ablation_gives_the_same_map_in_one_batch_or_many(monkeypatch: pytest.Mo
     many = compute_cam(model, x, target=2, method="ablationcam")
     assert len(calls) == 512 // core.CHUNK and max(calls) == core.CHUNK
     np.testing.assert_allclose(many.raw, one_batch.raw, rtol=1e-4, atol=1e-6 * np.abs(one_batch.raw).max())
+
+
+def test_normalise_spans_zero_to_one_flags_empty_rows_and_refuses_non_finite_maps() -> None:
+    """One batch holding a normal map, an all-negative one, a constant one and one constant up to float noise:
+    the normal map spans exactly [0, 1], the others are exact zeros and flagged; NaN or inf anywhere is an error."""
+    from pytest_camcheck.engine.core import _normalise
+    from pytest_camcheck.errors import CamCheckError
+
+    raw = torch.tensor([
+        [[-1.0, 0.5], [2.0, 1.0]],
+        [[-1.0, -2.0], [-0.5, -3.0]],
+        [[0.7, 0.7], [0.7, 0.7]],
+        [[1.0, 1.0 + 1e-7], [1.0, 1.0]],
+    ])
+    norm, empty = _normalise(raw)
+    assert empty == [False, True, True, True]
+    assert norm[0].max().item() == 1.0 and norm[0].min().item() == 0.0
+    expected = torch.relu(raw[0]) / 2.0
+    assert torch.equal(norm[0], expected)
+    assert torch.count_nonzero(norm[1:]).item() == 0
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        broken = raw.clone()
+        broken[2, 1, 0] = bad
+        with pytest.raises(CamCheckError, match="NaN or infinite"):
+            _normalise(broken)

@@ -192,3 +192,25 @@ def test_500_calls_leave_memory_and_hooks_flat() -> None:
     assert sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules()) == hooks == 0
     assert _live_tensors() <= tensors + 5
     assert _rss_mb() - rss < 30
+
+
+def test_the_fast_module_listing_equals_modules_with_shared_and_missing_children() -> None:
+    """evaluation_mode lists modules without nn.Module.modules(); the list must be the same set, each module
+    once, with a module registered twice and a child slot set to None, and the flags must come back."""
+    from pytest_camcheck.engine.capture import all_modules, evaluation_mode
+
+    shared = nn.Conv2d(3, 3, 1)
+    model = nn.Sequential(shared, nn.Sequential(shared, nn.BatchNorm2d(3)), nn.Dropout())
+    model.register_module("nothing", None)
+    model[1].eval()
+    listed = all_modules(model)
+    assert len(listed) == len(set(map(id, listed))) == len(list(model.modules()))
+    assert set(map(id, listed)) == set(map(id, model.modules()))
+    before = {id(m): m.training for m in model.modules()}
+    with evaluation_mode(model):
+        assert not any(m.training for m in model.modules())
+    assert {id(m): m.training for m in model.modules()} == before
+    for name in ("resnet18", "mobilenet_v3_large", "densenet121"):
+        net = getattr(torchvision.models, name)()
+        assert set(map(id, all_modules(net))) == set(map(id, net.modules()))
+        assert len(all_modules(net)) == len(list(net.modules()))

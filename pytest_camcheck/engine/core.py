@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -16,7 +17,7 @@ from ..errors import CamCheckError, LayerError, MethodError, TargetError
 from ..geometry import Geometry
 from ..zoo import model_info
 from .capture import Capture, capture_layer, evaluation_mode, run_model as _forward
-from .inputs import Batch, all_finite, prepare
+from .inputs import Batch, prepare
 from .layers import auto_layer, is_spatial, resolve_layer
 from .methods import get_method
 from .targets import Scorer, Target, check_logits, label_of, logits_of, resolve_target
@@ -193,7 +194,8 @@ def _gradient_evidence(run: _Run, jobs: list[tuple[int, Target]]) -> tuple[torch
                     "it or run under torch.no_grad()); choose a layer on the path to the output"
                 )
         grads = _job_gradients(torch.stack(scores), acts, jobs, run.layer_name)
-    rows = acts.detach()[[i for i, _ in jobs]]
+    images = [i for i, _ in jobs]
+    rows = acts.detach() if images == list(range(acts.shape[0])) else acts.detach()[images]
     return (rows, grads), scorers, [float(s.detach()) for s in scores]
 
 
@@ -403,22 +405,28 @@ def _batch_size(output: Any) -> int:
         return len(output) if isinstance(output, (list, tuple)) else -1
 
 
-def _normalise(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _normalise(raw: torch.Tensor) -> tuple[torch.Tensor, list[bool]]:
     """ReLU then min-max per map; a map with no positive part, or one that is constant up to float noise,
-    is empty (all zeros), never NaN and never stretched noise."""
-    if not all_finite(raw):
-        raise CamCheckError(
-            "the map contains NaN or infinite values (activations or gradients overflowed); run the model in "
-            "float32 or check it for numerical problems"
-        )
-    pos = torch.relu(raw)
-    flat = pos.flatten(1)
-    hi, lo = flat.amax(dim=1), flat.amin(dim=1)
-    scale = raw.flatten(1).abs().amax(dim=1)
-    empty = (hi <= 0) | ((hi - lo) <= EMPTY_RELATIVE * scale)
-    spread = torch.where(empty, torch.ones_like(hi), hi - lo)
-    norm = (pos - lo[:, None, None]) / spread[:, None, None]
-    norm = torch.where(empty[:, None, None], torch.zeros_like(norm), norm)
+    is empty (all zeros), never NaN and never stretched noise.
+
+    Each map's minimum and maximum come to the host in one transfer: they decide emptiness and, since a NaN or
+    an infinity anywhere makes one of them non-finite, they also settle the finite check.
+    """
+    low, high = torch.aminmax(raw.flatten(1), dim=1)
+    empty = []
+    for lo_raw, hi_raw in torch.stack((low, high), dim=1).tolist():
+        if not (math.isfinite(lo_raw) and math.isfinite(hi_raw)):
+            raise CamCheckError(
+                "the map contains NaN or infinite values (activations or gradients overflowed); run the model in "
+                "float32 or check it for numerical problems"
+            )
+        lo, hi = max(lo_raw, 0.0), max(hi_raw, 0.0)
+        empty.append(hi <= 0 or hi - lo <= EMPTY_RELATIVE * max(hi_raw, -lo_raw))
+    lo = low.clamp_min(0)
+    spread = high.clamp_min(0) - lo
+    if any(empty):  # dividing by infinity gives the empty maps exact zeros
+        spread = spread.masked_fill(torch.tensor(empty, device=spread.device), math.inf)
+    norm = (torch.relu(raw) - lo[:, None, None]) / spread[:, None, None]
     return norm, empty
 
 
