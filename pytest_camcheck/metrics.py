@@ -11,7 +11,7 @@ and it misses the pointing game.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,12 @@ def check_heatmap(heatmap: Any, name: str = "heatmap") -> np.ndarray:
         >>> check_heatmap(np.zeros((2, 3), dtype=np.float32)).dtype
         dtype('float64')
     """
+    return _validated(heatmap, name).astype(np.float64, copy=False)
+
+
+def _validated(heatmap: Any, name: str = "heatmap") -> np.ndarray:
+    """:func:`check_heatmap` without the conversion to float64: the region metrics read a float32 map as it is
+    (half the memory traffic) and accumulate its sums in float64."""
     if not isinstance(heatmap, np.ndarray):
         fix = " (for a torch tensor: t.detach().cpu().numpy())" if type(heatmap).__module__.startswith("torch") else ""
         raise CamCheckError(
@@ -59,8 +65,7 @@ def check_heatmap(heatmap: Any, name: str = "heatmap") -> np.ndarray:
             f"{name} values range from {low:g} to {high:g}; expected [0, 1]. Fix: rescale it, e.g. "
             "np.clip(heatmap, 0, None) / heatmap.max()"
         )
-    h = heatmap.astype(np.float64, copy=False)
-    return np.clip(h, 0.0, 1.0) if low < 0 or high > 1 else h
+    return np.clip(heatmap, 0.0, 1.0) if low < 0 or high > 1 else heatmap
 
 
 def _check_mask(mask: Any, shape: tuple[int, ...]) -> np.ndarray:
@@ -81,20 +86,25 @@ def _check_mask(mask: Any, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _checked(heatmap: Any, mask: Any) -> tuple[np.ndarray, np.ndarray]:
-    h = check_heatmap(heatmap)
+    h = _validated(heatmap)
     return h, _check_mask(mask, h.shape)
 
 
 def _energy(h: np.ndarray, m: np.ndarray) -> float:
-    total = h.sum()
-    return float(h[m].sum() / total) if total > 0 else 0.0
+    total = h.sum(dtype=np.float64)
+    return float(h[m].sum(dtype=np.float64) / total) if total > 0 else 0.0
 
 
 def _peak(h: np.ndarray) -> tuple[int, int] | None:
-    top = h.max()
+    flat = h.ravel()
+    first = int(flat.argmax())
+    top = flat[first]
     if top <= 0:
         return None
-    ys, xs = np.nonzero(h == top)
+    tied = np.flatnonzero(flat == top)
+    if tied.size == 1:
+        return first % h.shape[1], first // h.shape[1]
+    ys, xs = np.divmod(tied, h.shape[1])
     nearest = np.argmin((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2)
     return int(xs[nearest]), int(ys[nearest])
 
@@ -105,22 +115,26 @@ def _distance(m: np.ndarray, p: tuple[int, int] | None) -> float:
     x, y = p
     if m[y, x]:
         return 0.0
-    # the nearest mask pixel to one point: a distance transform of the whole image would cost ~10x more
-    ys, xs = np.nonzero(m)
-    return float(np.sqrt(((xs - x) ** 2 + (ys - y) ** 2).min()))
+    # the nearest mask pixel to one point: a distance transform of the whole image would cost ~10x more. The
+    # pixels are listed inside the mask's bounding box only.
+    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+    top, left = rows[0], cols[0]
+    ys, xs = np.nonzero(m[top:rows[-1] + 1, left:cols[-1] + 1])
+    return float(np.sqrt(((xs + (left - x)) ** 2 + (ys + (top - y)) ** 2).min()))
 
 
 def _rank_accuracy(h: np.ndarray, m: np.ndarray) -> float:
-    if h.max() <= 0:
-        return 0.0
     flat, inside = h.ravel(), m.ravel()
-    k = int(inside.sum())
-    # the k-th largest value; numpy's partition degrades badly on float64 maps with many equal values
-    # (a map is often half zeros), torch's selection does not
-    cut = float(torch.tensor(flat).kthvalue(flat.size - k + 1).values)
+    if flat.max() <= 0:
+        return 0.0
+    k = int(np.count_nonzero(inside))
+    # the k-th largest value; numpy's partition degrades badly on maps with many equal values (a map is often
+    # half zeros), torch's selection does not. The map is shared with torch, not copied.
+    values = torch.from_numpy(flat if flat.flags.writeable else flat.copy())
+    cut = values.kthvalue(flat.size - k + 1).values.item()
     above, tied = flat > cut, flat == cut
-    share = (k - above.sum()) * (tied & inside).sum() / tied.sum()
-    return float(((above & inside).sum() + share) / k)
+    share = (k - np.count_nonzero(above)) * np.count_nonzero(tied & inside) / np.count_nonzero(tied)
+    return float((np.count_nonzero(above & inside) + share) / k)
 
 
 def energy(heatmap: np.ndarray, mask: np.ndarray) -> float:
@@ -239,7 +253,7 @@ class RegionMetrics:
             >>> RegionMetrics(0.0, 0.5, 0.0, False, None, math.inf, 0.0, True).as_dict()["peak_distance"] is None
             True
         """
-        out = asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["peak"] = list(self.peak) if self.peak is not None else None
         out["peak_distance"] = self.peak_distance if math.isfinite(self.peak_distance) else None
         return out
@@ -259,8 +273,8 @@ def measure(heatmap: np.ndarray, mask: np.ndarray, tolerance: float = 15) -> Reg
         raise CamCheckError(f"tolerance is {tolerance}; pass a distance in pixels >= 0 (15 is the usual value)")
     h, m = _checked(heatmap, mask)
     share = _energy(h, m)
-    level = float(m.mean())
-    top = _peak(h)
+    level = int(np.count_nonzero(m)) / m.size
+    top = _peak(h)  # None exactly when the map (values in [0, 1]) is all zero
     distance = _distance(m, top)
     return RegionMetrics(
         energy=share,
@@ -269,8 +283,8 @@ def measure(heatmap: np.ndarray, mask: np.ndarray, tolerance: float = 15) -> Reg
         hit=distance <= tolerance,
         peak=top,
         peak_distance=distance,
-        rank_accuracy=_rank_accuracy(h, m),
-        empty=not h.any(),
+        rank_accuracy=_rank_accuracy(h, m) if top is not None else 0.0,
+        empty=top is None,
     )
 
 

@@ -247,9 +247,13 @@ def test_negative_tolerance():
         pointing_game(corner_map(), corner_mask(), tolerance=-1)
 
 
-def test_fast_peak_distance_and_rank_accuracy_equal_their_definitions_on_maps_with_ties() -> None:
-    """The distance to the nearest mask pixel equals a full Euclidean distance transform, and the rank accuracy's
-    cut-off equals a full sort, on 200 random maps with many exact ties (a read-only float64 map among them)."""
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense-mask", "mask-in-a-corner"])
+def test_fast_peak_distance_and_rank_accuracy_equal_their_definitions_on_maps_with_ties(dtype, sparse) -> None:
+    """The distance to the nearest mask pixel equals a full Euclidean distance transform, the rank accuracy's
+    cut-off equals a full sort, and the peak is the tied maximum nearest the ties' centroid, on 200 random maps
+    with many exact ties (read-only, float64 and float32), with masks spread over the image or a few pixels in a
+    sub-rectangle (where only the mask's bounding box is searched)."""
     from scipy import ndimage
 
     from pytest_camcheck.metrics import measure
@@ -257,9 +261,14 @@ def test_fast_peak_distance_and_rank_accuracy_equal_their_definitions_on_maps_wi
     rng = np.random.default_rng(0)
     checked = 0
     for _ in range(200):
-        h = np.round(rng.random((13, 17)), 1) * (rng.random((13, 17)) > 0.5)
+        h = (np.round(rng.random((13, 17)), 1) * (rng.random((13, 17)) > 0.5)).astype(dtype)
         h.setflags(write=False)
-        m = rng.random((13, 17)) > 0.7
+        m = rng.random((13, 17)) > (0.7 if not sparse else 0.9)
+        if sparse:
+            top, left = rng.integers(0, 10), rng.integers(0, 14)
+            m[:top] = False
+            m[:, :left] = False
+            m[top + 3:] = False
         if not m.any() or h.max() <= 0:
             continue
         got = measure(h, m, tolerance=2)
@@ -269,7 +278,11 @@ def test_fast_peak_distance_and_rank_accuracy_equal_their_definitions_on_maps_wi
         expected_rank = ((above & m).sum() + (k - above.sum()) * (tied & m).sum() / tied.sum()) / k
         assert got.rank_accuracy == pytest.approx(expected_rank, abs=1e-12)
         x, y = got.peak
+        ys, xs = np.nonzero(h == h.max())
+        nearest = np.argmin((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2)
+        assert (x, y) == (xs[nearest], ys[nearest])
         assert got.peak_distance == pytest.approx(ndimage.distance_transform_edt(~m)[y, x], abs=1e-12)
+        assert got.energy == pytest.approx(h[m].sum(dtype=np.float64) / h.sum(dtype=np.float64), abs=1e-12)
         assert got.hit == (got.peak_distance <= 2)
         checked += 1
-    assert checked > 150
+    assert checked > (150 if not sparse else 100)
