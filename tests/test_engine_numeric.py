@@ -203,6 +203,26 @@ def test_a_batch_gives_the_same_maps_as_single_calls() -> None:
         assert r.target == single.target
 
 
+@pytest.mark.parametrize("method", ["gradcam", "hirescam", "eigencam"])
+def test_a_batch_of_mixed_targets_equals_single_calls(method: str) -> None:
+    """Class scores of a batch are gathered in one operation and a repeated class is resolved once: names, plain
+    and numpy indices, top-1 (None) and callables, mixed in one batch, give what one call per image gives."""
+    names = ["ant", "bee", "cat"]
+    model = GapLinear(channels=5, classes=3, seed=21)
+    xs = torch.stack([_image(i, (7, 7)) for i in range(9)])
+    targets = ["cat", 1, None, np.int64(2), "cat", lambda row: row[0] - row[1], None, "ant", 0]
+    batch = compute_cam(model, xs, target=targets, method=method, categories=names)
+    for i, r in enumerate(batch):
+        single = compute_cam(model, xs[i], target=targets[i], method=method, categories=names)
+        np.testing.assert_allclose(r.raw, single.raw, rtol=1e-5, atol=1e-6)
+        assert (r.target, r.label) == (single.target, single.label)
+        assert r.score == pytest.approx(single.score, rel=1e-6)
+    with torch.no_grad():
+        logits = model(xs)
+    assert [r.target for r in batch] == [2, 1, int(logits[2].argmax()), 2, 2, -1, int(logits[6].argmax()), 0, 0]
+    assert batch[5].score == pytest.approx(float(logits[5, 0] - logits[5, 1]), rel=1e-5)
+
+
 @pytest.mark.parametrize("method", ["gradcam", "scorecam", "ablationcam", "cam"])
 def test_several_targets_for_one_image_equal_separate_calls(method: str) -> None:
     model = GapLinear(channels=5, classes=4, seed=12)

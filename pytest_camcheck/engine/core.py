@@ -141,9 +141,26 @@ class _Run:
         return acts
 
     def scorers(self, jobs: list[tuple[int, Target]]) -> list[Scorer]:
+        """One scorer per job. A class index or name is resolved once however many images share it, and the
+        top-1 classes of all images come from one argmax."""
         if self.logits is None:
             return [Scorer(-1, t) for _, t in jobs]
-        return [resolve_target(t, self.logits[i], self.categories) for i, t in jobs]
+        resolved: dict[tuple[type, Any], Scorer] = {}
+        top: list[int] | None = None
+        out = []
+        for i, t in jobs:
+            if t is None:
+                if top is None:
+                    top = (self.logits.argmax(dim=1) if self.logits.shape[1] > 1 else self.logits[:, 0] > 0).tolist()
+                out.append(Scorer(int(top[i])))
+            elif type(t) in (int, str):
+                key = (type(t), t)
+                if key not in resolved:
+                    resolved[key] = resolve_target(t, self.logits[i], self.categories)
+                out.append(resolved[key])
+            else:
+                out.append(resolve_target(t, self.logits[i], self.categories))
+        return out
 
     def set_output(self, output: Any, jobs: list[tuple[int, Target]]) -> None:
         try:
@@ -158,8 +175,21 @@ class _Run:
         elif not all(callable(t) and not isinstance(t, str) for _, t in jobs):
             check_logits(logits)
 
-    def scores(self, scorers: list[Scorer], jobs: list[tuple[int, Target]], output: Any) -> list[torch.Tensor]:
-        return [scorer.score(*_seen_by_target(output, i)) for scorer, (i, _) in zip(scorers, jobs)]
+    def scores(self, scorers: list[Scorer], jobs: list[tuple[int, Target]], output: Any, *,
+               differentiable: bool = False) -> torch.Tensor:
+        """The score of every job, shape (jobs,). Class scores on (N, classes) logits are gathered by one
+        indexing operation (one autograd node, however large the batch); callable targets are called per image.
+        ``differentiable``: every score must depend on the layer through autograd."""
+        if self.logits is not None and self.logits.shape[1] > 1 and all(s.fn is None for s in scorers):
+            parts = [logits_of(output)[[i for i, _ in jobs], [s.index for s in scorers]]]
+        else:
+            parts = [scorer.score(*_seen_by_target(output, i)) for scorer, (i, _) in zip(scorers, jobs)]
+        if differentiable and not all(p.requires_grad for p in parts):
+            raise LayerError(
+                f"the score does not depend on layer {self.layer_name!r} through autograd (the model may detach "
+                "it or run under torch.no_grad()); choose a layer on the path to the output"
+            )
+        return parts[0] if len(parts) == 1 and parts[0].dim() == 1 else torch.stack(parts)
 
 
 def _seen_by_target(output: Any, i: int) -> tuple[torch.Tensor | None, Any]:
@@ -180,23 +210,19 @@ def _score_matrix(scorers: list[Scorer], output: Any, n: int) -> torch.Tensor:
 
 def _gradient_evidence(run: _Run, jobs: list[tuple[int, Target]]) -> tuple[torch.Tensor, list[Scorer], list[float]]:
     with torch.inference_mode(False):
-        x = run.batch.x.clone()
+        # the batch is already the engine's own copy; only a tensor made under the caller's inference_mode
+        # needs a normal one, since autograd cannot record operations on it
+        x = run.batch.x.clone() if run.batch.x.is_inference() else run.batch.x
         with capture_layer(run.module, track_grad=True) as cap:
             output = _forward(run.model, x)
         acts = run.checked_activations(cap)
         run.set_output(output, jobs)
         scorers = run.scorers(jobs)
-        scores = run.scores(scorers, jobs, output)
-        for s in scores:
-            if not s.requires_grad:
-                raise LayerError(
-                    f"the score does not depend on layer {run.layer_name!r} through autograd (the model may detach "
-                    "it or run under torch.no_grad()); choose a layer on the path to the output"
-                )
-        grads = _job_gradients(torch.stack(scores), acts, jobs, run.layer_name)
+        scores = run.scores(scorers, jobs, output, differentiable=True)
+        grads = _job_gradients(scores, acts, jobs, run.layer_name)
     images = [i for i, _ in jobs]
     rows = acts.detach() if images == list(range(acts.shape[0])) else acts.detach()[images]
-    return (rows, grads), scorers, [float(s.detach()) for s in scores]
+    return (rows, grads), scorers, scores.detach().float().tolist()
 
 
 def _job_gradients(scores: torch.Tensor, acts: torch.Tensor, jobs: list[tuple[int, Target]],
@@ -302,7 +328,7 @@ def _inference_forward(run: _Run, jobs: list[tuple[int, Target]]) -> tuple[torch
     run.set_output(output, jobs)
     scorers = run.scorers(jobs)
     with torch.inference_mode():
-        scores = [float(s) for s in run.scores(scorers, jobs, output)]
+        scores = run.scores(scorers, jobs, output).float().tolist()
     return acts, scorers, scores
 
 
