@@ -85,8 +85,13 @@ def _check_mask(mask: Any, shape: tuple[int, ...]) -> np.ndarray:
     return mask
 
 
+_NATIVE_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def _checked(heatmap: Any, mask: Any) -> tuple[np.ndarray, np.ndarray]:
     h = _validated(heatmap)
+    if h.dtype not in _NATIVE_FLOATS:  # float16, long double or a foreign byte order: what torch cannot share
+        h = h.astype(np.float64)
     return h, _check_mask(mask, h.shape)
 
 

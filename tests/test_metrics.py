@@ -247,12 +247,12 @@ def test_negative_tolerance():
         pointing_game(corner_map(), corner_mask(), tolerance=-1)
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16, np.longdouble, ">f4"])
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense-mask", "mask-in-a-corner"])
 def test_fast_peak_distance_and_rank_accuracy_equal_their_definitions_on_maps_with_ties(dtype, sparse) -> None:
     """The distance to the nearest mask pixel equals a full Euclidean distance transform, the rank accuracy's
     cut-off equals a full sort, and the peak is the tied maximum nearest the ties' centroid, on 200 random maps
-    with many exact ties (read-only, float64 and float32), with masks spread over the image or a few pixels in a
+    with many exact ties (read-only; float64, float32, float16, long double and big-endian), with masks spread over the image or a few pixels in a
     sub-rectangle (where only the mask's bounding box is searched)."""
     from scipy import ndimage
 
