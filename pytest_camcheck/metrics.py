@@ -133,10 +133,11 @@ def _rank_accuracy(h: np.ndarray, m: np.ndarray) -> float:
     if flat.max() <= 0:
         return 0.0
     k = int(np.count_nonzero(inside))
-    # the k-th largest value; numpy's partition degrades badly on maps with many equal values (a map is often
-    # half zeros), torch's selection does not. The map is shared with torch, not copied.
-    values = torch.from_numpy(flat if flat.flags.writeable else flat.copy())
-    cut = values.kthvalue(flat.size - k + 1).values.item()
+    # the k-th largest value. A map is often half zeros (negative evidence, pixels the model never saw): the
+    # selection runs over the positive pixels only, and the cut is 0 when fewer than k are positive. numpy's
+    # partition degrades badly on many equal values, torch's selection does not.
+    positive = flat[flat > 0]
+    cut = torch.from_numpy(positive).kthvalue(positive.size - k + 1).values.item() if positive.size >= k else 0.0
     above, tied = flat > cut, flat == cut
     share = (k - np.count_nonzero(above)) * np.count_nonzero(tied & inside) / np.count_nonzero(tied)
     return float((np.count_nonzero(above & inside) + share) / k)
