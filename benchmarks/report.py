@@ -95,8 +95,8 @@ def render(loaded: dict[str, Any], command: str, notes: str = "") -> str:
         f"Reproduce: `{command}`",
         "",
         "Every ratio comes from one test: the things compared are timed there in turn, round by round "
-        "(see `benchmarks/test_cost.py`), so machine drift between tests cancels out. "
-        "`x/ours` above 1 means ours is faster.",
+        "(see `benchmarks/test_cost.py`), so machine drift between tests cancels out. Times are each side's "
+        "fastest round (the JSON also holds the medians). `x/ours` above 1 means ours is faster.",
         "",
         "## Targets",
         "",
