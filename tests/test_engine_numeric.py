@@ -448,3 +448,18 @@ def test_normalise_spans_zero_to_one_flags_empty_rows_and_refuses_non_finite_map
         broken[2, 1, 0] = bad
         with pytest.raises(CamCheckError, match="NaN or infinite"):
             _normalise(broken)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "cam", "eigencam"])
+def test_a_float64_model_reports_its_scores_in_full_precision(method: str) -> None:
+    """Scores come back as Python floats of the model's own precision, not rounded through float32; a callable
+    returning a plain number sits in the same batch as class scores."""
+    model = GapLinear(channels=5, classes=3, seed=23).double()
+    xs = torch.stack([_image(i, (7, 7)) for i in range(3)]).double()
+    with torch.no_grad():
+        logits = model(xs)
+    results = compute_cam(model, xs, target=[0, 2, 1], method=method)
+    assert [r.score for r in results] == logits[[0, 1, 2], [0, 2, 1]].tolist()
+    if method == "eigencam":  # a plain number has no gradient, and CAM explains class logits only
+        mixed = compute_cam(model, xs[0], target=[1, lambda row: float(row[1])], method=method)
+        assert mixed[0].score == mixed[1].score == logits[0, 1].item()

@@ -189,7 +189,10 @@ class _Run:
                 f"the score does not depend on layer {self.layer_name!r} through autograd (the model may detach "
                 "it or run under torch.no_grad()); choose a layer on the path to the output"
             )
-        return parts[0] if len(parts) == 1 and parts[0].dim() == 1 else torch.stack(parts)
+        if len(parts) == 1 and parts[0].dim() == 1:
+            return parts[0]
+        # a callable may return a plain number, which becomes a CPU tensor next to CUDA logits
+        return torch.stack([p.to(parts[0].device) for p in parts])
 
 
 def _seen_by_target(output: Any, i: int) -> tuple[torch.Tensor | None, Any]:
@@ -222,7 +225,7 @@ def _gradient_evidence(run: _Run, jobs: list[tuple[int, Target]]) -> tuple[torch
         grads = _job_gradients(scores, acts, jobs, run.layer_name)
     images = [i for i, _ in jobs]
     rows = acts.detach() if images == list(range(acts.shape[0])) else acts.detach()[images]
-    return (rows, grads), scorers, scores.detach().float().tolist()
+    return (rows, grads), scorers, scores.detach().tolist()
 
 
 def _job_gradients(scores: torch.Tensor, acts: torch.Tensor, jobs: list[tuple[int, Target]],
@@ -328,7 +331,7 @@ def _inference_forward(run: _Run, jobs: list[tuple[int, Target]]) -> tuple[torch
     run.set_output(output, jobs)
     scorers = run.scorers(jobs)
     with torch.inference_mode():
-        scores = run.scores(scorers, jobs, output).float().tolist()
+        scores = run.scores(scorers, jobs, output).tolist()
     return acts, scorers, scores
 
 

@@ -50,7 +50,7 @@ class Scorer:
         if self.fn is not None:
             value = self.fn(output_row)
             if not isinstance(value, torch.Tensor):
-                value = torch.as_tensor(value)
+                value = torch.as_tensor(value, dtype=torch.float64)  # a Python float is a double
             if value.numel() != 1:
                 raise TargetError(
                     f"the target callable returned a tensor of shape {tuple(value.shape)}; it must return one "
