@@ -6,7 +6,7 @@ round with ours (pytest-benchmark's ``setup`` runs them, untimed by it, just bef
 ratio never mixes timings taken minutes apart. Their medians and the ratios go to ``extra_info``;
 ``benchmarks/report.py`` turns the JSON into BENCHMARKS.md.
 
-Run: ``pytest benchmarks --benchmark-only --benchmark-json=bench.json`` (about 10 minutes on 2 CPU cores).
+Run: ``pytest benchmarks --benchmark-only --benchmark-json=bench.json`` (about 11 minutes on 2 CPU cores).
 Environment variables narrow or widen the matrix (comma-separated):
 
 - ``CAMCHECK_BENCH_MODELS``: default resnet18, resnet50, mobilenet_v3_large, convnext_tiny, vgg19, camcheck-shapes
