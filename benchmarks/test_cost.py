@@ -3,7 +3,7 @@
 Every case is one benchmark of our call. The companions of that case (the bare forward, pytorch-grad-cam and
 torch-cam on the same model, input, target layer and device) are timed in the same test, interleaved round by
 round with ours (pytest-benchmark's ``setup`` runs them, untimed by it, just before each of our rounds), so a
-ratio never mixes timings taken minutes apart. Their medians and the ratios go to ``extra_info``;
+ratio never mixes timings taken minutes apart. Their fastest rounds, medians and the ratios go to ``extra_info``;
 ``benchmarks/report.py`` turns the JSON into BENCHMARKS.md.
 
 Run: ``pytest benchmarks --benchmark-only --benchmark-json=bench.json`` (about 11 minutes on 2 CPU cores).
