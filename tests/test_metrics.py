@@ -253,8 +253,8 @@ def test_fast_peak_distance_and_rank_accuracy_equal_their_definitions_on_maps_wi
     """The distance to the nearest mask pixel equals a full Euclidean distance transform, the rank accuracy's
     cut-off equals a full sort, and the peak is the tied maximum nearest the ties' centroid, on 200 random maps
     with many exact ties (read-only; float64, float32, float16, long double and big-endian; half or nearly all
-    zeros), with masks spread over the image or a few pixels in a
-    sub-rectangle (where only the mask's bounding box is searched)."""
+    zeros), with masks spread over the image or a few pixels in a sub-rectangle (where only the mask's bounding
+    box is searched)."""
     from scipy import ndimage
 
     from pytest_camcheck.metrics import measure
