@@ -20,7 +20,7 @@ from .capture import Capture, capture_layer, evaluation_mode, run_model as _forw
 from .inputs import Batch, prepare
 from .layers import auto_layer, is_spatial, resolve_layer
 from .methods import get_method
-from .targets import Scorer, Target, check_logits, label_of, logits_of, resolve_target
+from .targets import Scorer, Target, check_logits, label_of, logits_of, resolve_target, top_classes
 
 CHUNK = 32
 ROUNDS_PER_BACKWARD = 16
@@ -151,8 +151,8 @@ class _Run:
         for i, t in jobs:
             if t is None:
                 if top is None:
-                    top = (self.logits.argmax(dim=1) if self.logits.shape[1] > 1 else self.logits[:, 0] > 0).tolist()
-                out.append(Scorer(int(top[i])))
+                    top = top_classes(self.logits)
+                out.append(Scorer(top[i]))
             elif type(t) in (int, str):
                 key = (type(t), t)
                 if key not in resolved:

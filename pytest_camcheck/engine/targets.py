@@ -67,6 +67,11 @@ def class_count(logits: torch.Tensor) -> int:
     return 2 if logits.shape[1] == 1 else int(logits.shape[1])
 
 
+def top_classes(logits: torch.Tensor) -> list[int]:
+    """Each row's top-1 class of (N, K) logits; a single logit stands for class 1 when positive, else class 0."""
+    return [int(c) for c in (logits.argmax(dim=1) if logits.shape[1] > 1 else logits[:, 0] > 0).tolist()]
+
+
 def check_logits(logits: torch.Tensor) -> None:
     if logits.dim() != 2:
         raise TargetError(
@@ -85,9 +90,7 @@ def resolve_target(target: Target, logits_row: torch.Tensor, categories: Sequenc
         return Scorer(-1, target)
     n = class_count(logits_row[None])
     if target is None:
-        if logits_row.numel() == 1:
-            return Scorer(int(logits_row.item() > 0))
-        return Scorer(int(torch.argmax(logits_row).item()))
+        return Scorer(top_classes(logits_row[None])[0])
     if isinstance(target, torch.Tensor) and target.numel() == 1 and not target.is_floating_point():
         target = int(target.item())
     if isinstance(target, bool) or (isinstance(target, float)):
