@@ -57,7 +57,6 @@ import hashlib
 import io
 import os
 import re
-import uuid
 import zipfile
 from collections import Counter
 from dataclasses import dataclass
@@ -70,6 +69,7 @@ from PIL import Image
 from torch import nn
 
 from . import __version__, context
+from ._io import atomic_write
 from .engine import CamResult, compute_cam
 from .engine.core import device_of
 from .errors import CamCheckError
@@ -190,7 +190,6 @@ def write_baseline(path: str | os.PathLike[str], result: CamResult, device: str,
         True
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     data = _npz_bytes({
         "heatmap": result.heatmap.astype(np.float32),
         "format_version": np.int64(FORMAT_VERSION),
@@ -203,26 +202,7 @@ def write_baseline(path: str | os.PathLike[str], result: CamResult, device: str,
         "torch_version": np.str_(torch.__version__),
         "camcheck_version": np.str_(__version__),
     })
-    temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(temp, "xb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        if replace:
-            os.replace(temp, target)
-            return True
-        try:
-            os.link(temp, target)
-        except FileExistsError:
-            return False
-        except OSError:  # file systems without hard links: a rename is still atomic, never a torn file
-            if target.exists():
-                return False
-            os.replace(temp, target)
-        return True
-    finally:
-        temp.unlink(missing_ok=True)
+    return atomic_write(target, data, replace=replace)
 
 
 def check_threshold(name: str, value: Any) -> float:

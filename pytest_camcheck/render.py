@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from pathlib import Path
 from typing import Sequence
 
@@ -12,6 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from skimage.segmentation import find_boundaries
 
+from ._io import atomic_file
 from .errors import CamCheckError
 from .images import ImageLike, load_image
 from .metrics import check_heatmap
@@ -190,13 +190,6 @@ def save_png(img: Image.Image, path: str | os.PathLike[str]) -> Path:
         'map.png'
     """
     target = Path(path).expanduser().resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(temp, "xb") as out:
-            img.save(out, format="PNG")
-        os.replace(temp, target)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    with atomic_file(target) as out:
+        img.save(out, format="PNG")
     return target

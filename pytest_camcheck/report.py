@@ -29,6 +29,7 @@ from typing import Any, Iterable
 
 from PIL import Image
 
+from ._io import atomic_write
 from .context import CheckRecord
 from .errors import CamCheckError
 
@@ -305,13 +306,7 @@ def receive_from_worker(report: CheckReport, workeroutput: dict[str, Any]) -> bo
 
 def _write_text(path: str | os.PathLike[str], text: str) -> Path:
     target = Path(path).expanduser().resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        temp.write_text(text, encoding="utf-8")
-        os.replace(temp, target)
-    finally:
-        temp.unlink(missing_ok=True)
+    atomic_write(target, text.encode("utf-8"))
     return target
 
 

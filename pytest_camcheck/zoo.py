@@ -26,7 +26,6 @@ import pickle
 import re
 import threading
 import urllib.request
-import uuid
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ import torch
 from torch import nn
 
 from .devices import Accelerators, select_device
+from ._io import atomic_file
 from .errors import CamCheckError
 
 __all__ = [
@@ -219,22 +219,16 @@ def find_weights(
 
 
 def _download(file: WeightsFile, folder: Path, timeout: float) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
     target = folder / file.file_name
-    partial = folder / f"{file.file_name}.{uuid.uuid4().hex}.partial"
     digest = hashlib.sha256()
     request = urllib.request.Request(file.url, headers={"User-Agent": "torch.hub"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response, partial.open("wb") as out:
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-                digest.update(chunk)
+    with atomic_file(target) as out, urllib.request.urlopen(request, timeout=timeout) as response:
+        while chunk := response.read(1 << 20):
+            out.write(chunk)
+            digest.update(chunk)
         if file.sha256_prefix is not None:
             _check_hash(digest.hexdigest(), file.sha256_prefix, f"download of {file.url}",
                         "download it again; if this repeats, a proxy is altering the file: fetch it by other means")
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
     return target
 
 
