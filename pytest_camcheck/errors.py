@@ -37,3 +37,7 @@ class GeometryError(CamCheckError):
 
 class RegionError(CamCheckError):
     """A region (box or mask) is empty, inverted, or outside the image."""
+
+
+class AnnotationError(CamCheckError):
+    """An annotation file (COCO, Pascal VOC, YOLO, camcheck JSON) or the image it names cannot be used."""

@@ -195,6 +195,11 @@ class Regions(dict):
 class SampleImage:
     """An image with named regions (boxes in its pixels) and where it comes from.
 
+    Images of a dataset (:func:`pytest_camcheck.load_dataset`) also carry ``objects``, one
+    :class:`~pytest_camcheck.datasets.AnnotatedObject` (``.label``, ``.region``, ``.difficult``) per annotated
+    object, and ``extra``, the annotation's other fields; ``regions`` then maps each label to the union of its
+    objects.
+
     Example:
         >>> s = sample_image("chelsea")
         >>> s.size, sorted(s.regions)[:2]
@@ -205,6 +210,8 @@ class SampleImage:
     image: Image.Image
     regions: Regions = field(default_factory=Regions)
     source: str = ""
+    objects: tuple = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "regions", Regions(self.regions, owner=self.name))
