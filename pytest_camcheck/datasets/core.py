@@ -47,7 +47,7 @@ def image_size(path: Path, where: str) -> tuple[int, int, int]:
 
     Example:
         >>> image_size(Path("fixtures/disc_and_square.png"), "here")
-        (100, 160, 1)
+        (120, 160, 1)
     """
     if not path.is_file():
         raise AnnotationError(f"{where}: the image {path} does not exist. Fix: correct the file name in the "
