@@ -138,3 +138,29 @@ def test_the_finite_check_is_exact_when_the_sum_overflows() -> None:
     both[0], both[1] = float("inf"), -float("inf")
     assert not all_finite(both)
     assert all_finite(torch.tensor([1, 2])) and all_finite(torch.empty(0))
+
+
+class OwnError(nn.Module):
+    """A model whose own code refuses the input after the target layer ran."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 2)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        feats = self.features(x)
+        if feats.shape[0] > 1:
+            raise RuntimeError("this model takes one image at a time")
+        return self.fc(feats.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("method", ["gradcam", "ablationcam"])
+def test_the_models_own_error_is_reported_as_its_own_and_not_retried(method: str) -> None:
+    model = OwnError()
+    with pytest.raises(RuntimeError, match="^this model takes one image at a time$") as info:
+        compute_cam(model, torch.rand(2, 3, 16, 16) if method == "gradcam" else X, method=method, layer="features")
+    assert not isinstance(info.value, CamCheckError)
+    assert model.calls == (1 if method == "gradcam" else 2)  # ablation: the forward, then one suffix run, no retry

@@ -10,6 +10,9 @@ no parameter gradient, and never touches ``.grad``. In-place operations after th
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -19,17 +22,65 @@ from torch import nn
 from ..errors import CamCheckError, InputError
 
 
+def _package_dir(name: str) -> str | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    return os.path.dirname(spec.origin) + os.sep if spec is not None and spec.origin else None
+
+
+# operators and library models whose own checks refuse an input (a conv on the wrong channels, ViT's size assert)
+_OPERATOR_DIRS = tuple(d for d in map(_package_dir, ("torch", "torchvision")) if d)
+
+
+def raised_by_model(err: BaseException) -> bool:
+    """Whether ``err`` was raised by the model's own code (a ``raise`` in its ``forward``), not by a torch
+    operator refusing the input (a shape or dtype mismatch inside ``torch``)."""
+    tb = err.__traceback__
+    last = None
+    while tb is not None:
+        last = tb
+        tb = tb.tb_next
+    if last is None:
+        return False
+    return not os.path.abspath(last.tb_frame.f_code.co_filename).startswith(_OPERATOR_DIRS)
+
+
 def run_model(model: nn.Module, x: torch.Tensor) -> Any:
-    """``model(x)``, with the model's own failure on this input reported as an InputError naming the input."""
+    """``model(x)``. A torch operator refusing this input (wrong size, channels, dtype) becomes an InputError
+    naming the input; an error the model's own code raises propagates unchanged, as the model's error."""
     try:
         return model(x)
     except CamCheckError:
         raise
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        if raised_by_model(err):
+            raise
         raise InputError(
             f"the model failed on an input of shape {tuple(x.shape)} ({x.dtype}, {x.device}): {err}. Fix: check the "
             "image size, channels and preprocessing the model expects"
         ) from err
+
+
+_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock that serialises camcheck's use of ``model`` across threads: hooks and training flags live on
+    the shared module, so two calls on one model run one after the other (calls on different models run in
+    parallel). Re-entrant, so a target callable may itself call ``compute_cam`` on the same model.
+
+    Example:
+        >>> m = nn.Linear(2, 2)
+        >>> model_lock(m) is model_lock(m)
+        True
+    """
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
 
 
 _MODULE_LIMIT = 1_000_000

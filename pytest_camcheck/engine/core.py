@@ -16,11 +16,11 @@ from torch import nn
 from ..errors import CamCheckError, LayerError, MethodError, TargetError
 from ..geometry import Geometry
 from ..zoo import model_info
-from .capture import Capture, capture_layer, evaluation_mode, run_model as _forward
+from .capture import Capture, capture_layer, evaluation_mode, model_lock, raised_by_model, run_model as _forward
 from .inputs import Batch, prepare
 from .layers import auto_layer, is_spatial, resolve_layer
 from .methods import get_method
-from .targets import Scorer, Target, check_logits, label_of, logits_of, resolve_target, top_classes
+from .targets import Pick, Scorer, Target, check_categories, check_logits, label_of, logits_of, resolve_target, top_classes
 
 CHUNK = 32
 ROUNDS_PER_BACKWARD = 16
@@ -121,10 +121,15 @@ class _Run:
     """State of one compute_cam call."""
 
     def __init__(self, model: nn.Module, batch: Batch, layer_name: str, module: nn.Module,
-                 categories: Sequence[str] | None):
+                 categories: Sequence[str] | None, pick: Pick = None):
         self.model, self.batch = model, batch
         self.layer_name, self.module, self.categories = layer_name, module, categories
         self.logits: torch.Tensor | None = None
+        self.pick = pick
+
+    def find(self, output: Any) -> torch.Tensor:
+        """The logits in ``output`` (``output=`` of compute_cam, else found; the class names break a tie)."""
+        return logits_of(output, self.pick, len(self.categories) if self.categories else None)
 
     def checked_activations(self, cap: Capture) -> torch.Tensor:
         if cap.activations is None:
@@ -164,9 +169,9 @@ class _Run:
 
     def set_output(self, output: Any, jobs: list[tuple[int, Target]]) -> None:
         try:
-            logits = logits_of(output)
+            logits = self.find(output)
         except TargetError:
-            if all(callable(t) and not isinstance(t, str) for _, t in jobs):
+            if self.pick is None and all(callable(t) and not isinstance(t, str) for _, t in jobs):
                 return
             raise
         if logits.dim() == 2:
@@ -181,9 +186,9 @@ class _Run:
         indexing operation (one autograd node, however large the batch); callable targets are called per image.
         ``differentiable``: every score must depend on the layer through autograd."""
         if self.logits is not None and self.logits.shape[1] > 1 and all(s.fn is None for s in scorers):
-            parts = [logits_of(output)[[i for i, _ in jobs], [s.index for s in scorers]]]
+            parts = [self.find(output)[[i for i, _ in jobs], [s.index for s in scorers]]]
         else:
-            parts = [scorer.score(*_seen_by_target(output, i)) for scorer, (i, _) in zip(scorers, jobs)]
+            parts = [scorer.score(*_seen_by_target(self, output, i)) for scorer, (i, _) in zip(scorers, jobs)]
         if differentiable and not all(p.requires_grad for p in parts):
             raise LayerError(
                 f"the score does not depend on layer {self.layer_name!r} through autograd (the model may detach "
@@ -195,19 +200,19 @@ class _Run:
         return torch.stack([p.to(parts[0].device) for p in parts])
 
 
-def _seen_by_target(output: Any, i: int) -> tuple[torch.Tensor | None, Any]:
+def _seen_by_target(run: _Run, output: Any, i: int) -> tuple[torch.Tensor | None, Any]:
     """(logits row or None, what a callable target gets) for image ``i``: the logits row when the output has
     logits, else image ``i``'s part of the raw output."""
     try:
-        logits = logits_of(output)
+        logits = run.find(output)
     except TargetError:
         return None, _row(output, i)
     return (logits[i] if logits.dim() == 2 else None), logits[i]
 
 
-def _score_matrix(scorers: list[Scorer], output: Any, n: int) -> torch.Tensor:
+def _score_matrix(run: _Run, scorers: list[Scorer], output: Any, n: int) -> torch.Tensor:
     """Scores (len(scorers), n) of every scorer on each of the ``n`` images of ``output``."""
-    seen = [_seen_by_target(output, b) for b in range(n)]
+    seen = [_seen_by_target(run, output, b) for b in range(n)]
     return torch.stack([torch.stack([s.score(*v).float() for v in seen]) for s in scorers])
 
 
@@ -353,12 +358,12 @@ def _masked_input_scores(run: _Run, acts: torch.Tensor, scorers: list[Scorer],
             scores = torch.empty((len(rows), acts.shape[1]), device=acts.device, dtype=torch.float32)
             if len(live) < acts.shape[1]:
                 blank = _forward(run.model, torch.zeros_like(base_input))
-                scores[:] = _score_matrix([scorers[j] for j in rows], blank, 1)
+                scores[:] = _score_matrix(run, [scorers[j] for j in rows], blank, 1)
             for start in range(0, len(live), CHUNK):
                 channels = live[start:start + CHUNK]
                 masked = (base_input * masks[channels, None].to(x.dtype)).contiguous(memory_format=layout)
                 output = _forward(run.model, masked)
-                scores[:, channels] = _score_matrix([scorers[j] for j in rows], output, len(channels))
+                scores[:, channels] = _score_matrix(run, [scorers[j] for j in rows], output, len(channels))
             out[rows] = scores
     return out
 
@@ -372,7 +377,7 @@ def _fast_layout(run: _Run, base_input: torch.Tensor, image_index: int) -> torch
         return torch.contiguous_format
     reference = run.logits[image_index].float()
     try:
-        logits = logits_of(run.model(base_input.contiguous(memory_format=torch.channels_last)))
+        logits = run.find(run.model(base_input.contiguous(memory_format=torch.channels_last)))
     except Exception:
         return torch.contiguous_format
     if not isinstance(logits, torch.Tensor) or logits.shape[-1] != reference.shape[-1] or logits.dim() != 2:
@@ -402,7 +407,7 @@ def _ablated_scores(run: _Run, acts: torch.Tensor, scorers: list[Scorer], jobs: 
                 ablated = a.unsqueeze(0).repeat(len(channels), 1, 1, 1)
                 ablated[torch.arange(len(channels)), channels] = 0
                 output = _suffix_forward(run, x[image_index:image_index + 1], ablated)
-                scores[:, channels] = _score_matrix([scorers[j] for j in rows], output, len(channels))
+                scores[:, channels] = _score_matrix(run, [scorers[j] for j in rows], output, len(channels))
             out[rows] = scores
     base_t = torch.tensor(base, device=acts.device, dtype=torch.float32)
     return base_t, out
@@ -413,10 +418,11 @@ def _suffix_forward(run: _Run, x1: torch.Tensor, activations: torch.Tensor) -> A
     try:
         with capture_layer(run.module, track_grad=False, replace=activations) as cap:
             output = run.model(x1)
-        if cap.calls == 1 and _batch_size(output) == activations.shape[0]:
+        if cap.calls == 1 and _batch_size(run, output) == activations.shape[0]:
             return output
-    except RuntimeError:
-        pass
+    except RuntimeError as err:  # the layers after it mix in the one-image input: rerun on a repeated input
+        if raised_by_model(err):
+            raise
     with capture_layer(run.module, track_grad=False, replace=activations) as cap:
         output = _forward(run.model, x1.expand(activations.shape[0], -1, -1, -1))
     if cap.calls != 1:
@@ -427,9 +433,9 @@ def _suffix_forward(run: _Run, x1: torch.Tensor, activations: torch.Tensor) -> A
     return output
 
 
-def _batch_size(output: Any) -> int:
+def _batch_size(run: _Run, output: Any) -> int:
     try:
-        return int(logits_of(output).shape[0])
+        return int(run.find(output).shape[0])
     except TargetError:
         return len(output) if isinstance(output, (list, tuple)) else -1
 
@@ -501,6 +507,7 @@ def compute_cam(
     preprocess: Callable | None = None,
     device: str | torch.device | None = None,
     categories: Sequence[str] | None = None,
+    output: Pick = None,
 ) -> CamResult | list[CamResult]:
     """Explain ``target`` for ``image`` with a class activation map in the image's own pixels.
 
@@ -511,8 +518,12 @@ def compute_cam(
     (undone exactly for the heatmap) or ``None`` (what is known for the model, else ToTensor only).
     ``method``: "cam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "scorecam", "eigencam",
     "ablationcam". ``layer``: ``None`` (auto), a dotted name or a module. ``device``: must be the model's
-    device if given (the model is never moved). The model is left exactly as it was: training flags,
-    parameters, ``requires_grad``, ``.grad``, buffers and hooks.
+    device if given (the model is never moved). ``categories``: class names, one per output (a name matches
+    exactly first, then case-insensitively when that is unique). ``output``: which part of a tuple/list/dict
+    model output holds the logits (an index, a key or a callable on the output); needed when several tensors
+    could be the logits. The model is left exactly as it was: training flags, parameters, ``requires_grad``,
+    ``.grad``, buffers and hooks. Calls on one model from several threads are serialised by a per-model lock
+    (:func:`~pytest_camcheck.engine.capture.model_lock`), so their maps equal the single-threaded ones.
 
     Example:
         >>> import torch, torchvision
@@ -538,18 +549,19 @@ def compute_cam(
     info = model_info(model)
     if categories is None and info is not None:
         categories = info.categories
+    categories = check_categories(categories)
     explicit = preprocess is not None
     if preprocess is None and info is not None:
         preprocess = info.preprocess
     batch = prepare(image, preprocess, explicit_preprocess=explicit, device=model_device, dtype=dtype_of(model))
     jobs = _jobs(target, batch)
 
-    with evaluation_mode(model):
+    with model_lock(model), evaluation_mode(model):
         if layer is None:
             with torch.inference_mode(False):
                 layer = auto_layer(model, batch.x.clone())
         layer_name, module = resolve_layer(model, layer)
-        run = _Run(model, batch, layer_name, module, categories)
+        run = _Run(model, batch, layer_name, module, categories, output)
         if spec.needs == "gradients":
             (acts, grads), scorers, scores = _gradient_evidence(run, jobs)
             raw = spec.build(acts.float(), grads.float())

@@ -15,24 +15,102 @@ from .inputs import all_finite
 Target = int | str | Callable[[torch.Tensor], torch.Tensor] | None
 
 
-def logits_of(output: Any) -> torch.Tensor:
-    """The logits in a model output: a tensor, the first tensor of a tuple/list, ``out``/``logits`` of a dict,
-    or ``.logits`` of an object."""
+Pick = int | str | Callable[[Any], torch.Tensor] | None
+
+_FIX = ("Fix: pass output=<index> (or a key, or a callable returning the logits) to compute_cam to say which "
+        "one holds the logits")
+
+
+def _picked(output: Any, pick: Pick) -> torch.Tensor:
+    if callable(pick) and not isinstance(pick, str):
+        try:
+            value = pick(output)
+        except Exception as err:  # noqa: BLE001 - the user's picker failing is reported with what it got
+            raise TargetError(f"output={pick!r} failed on the model output of type {type(output).__name__}: "
+                              f"{type(err).__name__}: {err}. Fix the callable") from err
+        what = f"output={getattr(pick, '__name__', pick)!r} returned {type(value).__name__}"
+    elif isinstance(pick, bool) or not isinstance(pick, (int, str)):
+        raise TargetError(f"output={pick!r} is not understood; pass an index (tuple/list outputs), a key (dict "
+                          "outputs, or an attribute name), or a callable on the model output that returns the logits")
+    elif isinstance(output, dict):
+        if pick not in output:
+            raise TargetError(f"output={pick!r} is not a key of the model output; its keys are "
+                              f"{', '.join(map(repr, output))}. Fix: pass one of them")
+        value, what = output[pick], f"output[{pick!r}] is {type(output[pick]).__name__}"
+    elif isinstance(output, (tuple, list)) and isinstance(pick, int):
+        if not -len(output) <= pick < len(output):
+            raise TargetError(f"output={pick} is out of range: the model returns {len(output)} items. Fix: pass an "
+                              f"index from 0 to {len(output) - 1}")
+        value, what = output[pick], f"item {pick} of the model output is {type(output[pick]).__name__}"
+    elif isinstance(pick, str) and hasattr(output, pick):
+        value, what = getattr(output, pick), f"output.{pick} is {type(getattr(output, pick)).__name__}"
+    else:
+        raise TargetError(f"output={pick!r} cannot be applied to a model output of type {type(output).__name__}; "
+                          "pass an index for a tuple/list, a key for a dict or an attribute name, or a callable")
+    if not isinstance(value, torch.Tensor):
+        raise TargetError(f"{what}, not a tensor of logits. Fix: pick the item that holds the logits")
+    return value
+
+
+def find_logits(output: Any, pick: Pick = None, num_classes: int | None = None) -> torch.Tensor | None:
+    """The logits in a model output, or None when it holds none.
+
+    ``pick`` (compute_cam's ``output=``): an index into a tuple/list output, a key of a dict output (or an
+    attribute name), or a callable on the output returning the logits. Without it: a tensor output itself,
+    ``logits``/``out`` of a dict, ``.logits`` of an object, or the one tensor (of rank >= 2) of a tuple/list.
+    A tuple/list with several such tensors is refused (TargetError) unless exactly one has ``num_classes``
+    columns (the number of class names known): taking the first could explain an embedding's channel 3 as
+    "class 3".
+
+    Example:
+        >>> emb, logits = torch.zeros(1, 512), torch.zeros(1, 10)
+        >>> find_logits((emb, logits), num_classes=10) is logits, find_logits((emb, logits), pick=1) is logits
+        (True, True)
+        >>> find_logits({"features": emb}) is None
+        True
+    """
+    if pick is not None:
+        return _picked(output, pick)
     if isinstance(output, torch.Tensor):
         return output
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
     if isinstance(output, dict):
         for key in ("logits", "out"):
             if isinstance(output.get(key), torch.Tensor):
                 return output[key]
+        return None
+    if isinstance(output, (tuple, list)):
+        found = [(i, t) for i, t in enumerate(output) if isinstance(t, torch.Tensor) and t.dim() >= 2]
+        if not found and output and isinstance(output[0], torch.Tensor):
+            return output[0]
+        if len(found) <= 1:
+            return found[0][1] if found else None
+        shapes = ", ".join(f"item {i}: {tuple(t.shape)}" for i, t in found)
+        if num_classes is not None:
+            match = [t for _, t in found if t.dim() == 2 and class_count(t) == num_classes]
+            if len(match) == 1:
+                return match[0]
+            known = f"{'none' if not match else 'several'} of them {'has' if not match else 'have'} {num_classes} "
+            known += "columns, the number of class names known"
+        else:
+            known = "no class names are known to tell them apart"
+        raise TargetError(f"the model returns {len(output)} items with {len(found)} tensors that could be the logits "
+                          f"({shapes}); {known}. {_FIX}")
     if isinstance(getattr(output, "logits", None), torch.Tensor):
         return output.logits
-    raise TargetError(
-        f"cannot find logits in the model output of type {type(output).__name__}. Expected a tensor, a tuple whose "
-        "first item is a tensor, a dict with 'logits' or 'out', or an object with .logits. Fix: pass target as a "
-        "callable that takes the model output for one image and returns the scalar score to explain"
-    )
+    return None
+
+
+def logits_of(output: Any, pick: Pick = None, num_classes: int | None = None) -> torch.Tensor:
+    """:func:`find_logits`, raising TargetError when the output holds no logits."""
+    found = find_logits(output, pick, num_classes)
+    if found is None:
+        raise TargetError(
+            f"cannot find logits in the model output of type {type(output).__name__}. Expected a tensor, a tuple whose "
+            "first item is a tensor, a dict with 'logits' or 'out', or an object with .logits. Fix: pass output=... "
+            "(an index, key or callable) to pick the logits, or target as a callable that takes the model output for "
+            "one image and returns the scalar score to explain"
+        )
+    return found
 
 
 @dataclass(frozen=True)
@@ -120,13 +198,67 @@ def _index_of_name(name: str, categories: Sequence[str] | None, n: int) -> int:
             f"{len(categories)} class names are known but the model has {n} outputs; pass the categories that "
             "belong to this model"
         )
+    exact = [i for i, c in enumerate(categories) if c == name]
+    if len(exact) > 1:
+        raise TargetError(
+            f"class name {name!r} is given {len(exact)} times in the categories (indices "
+            f"{', '.join(map(str, exact))}), so it cannot tell which class it means. Fix: pass the class index, or "
+            "make the class names unique"
+        )
+    if exact:
+        return exact[0]
     lowered = [c.lower() for c in categories]
-    if name.lower() in lowered:
-        return lowered.index(name.lower())
+    folded = [i for i, c in enumerate(lowered) if c == name.lower()]
+    if len(folded) == 1:
+        return folded[0]
+    if folded:
+        raise TargetError(
+            f"class name {name!r} matches {len(folded)} categories when case is ignored "
+            f"({', '.join(f'{categories[i]!r} (index {i})' for i in folded)}) and none exactly. Fix: spell it "
+            "exactly as one of them, or pass the class index"
+        )
     close = difflib.get_close_matches(name.lower(), lowered, n=5, cutoff=0.6)
     hint = f"close matches: {', '.join(repr(categories[lowered.index(c)]) for c in close)}" if close else (
         "no close match")
     raise TargetError(f"unknown class name {name!r}; {hint}. Fix: use one of the model's category names or an index")
+
+
+def check_categories(categories: Any) -> tuple[str, ...] | None:
+    """The class names as a tuple, refused (TargetError) when they are not strings: a string itself (each
+    letter would be a class) or non-string items. A name given twice is allowed (timm's ImageNet descriptions
+    have two 'crane's) but refused when a target asks for it (see :func:`resolve_target`).
+
+    Example:
+        >>> check_categories(["cat", "dog"])
+        ('cat', 'dog')
+        >>> check_categories(None) is None
+        True
+    """
+    if categories is None:
+        return None
+    if isinstance(categories, (str, bytes)):
+        raise TargetError(
+            f"categories is a string ({categories[:40]!r}), which would make each character a class name. Fix: pass "
+            "a list of class names, one per model output, e.g. categories=['cat', 'dog']"
+        )
+    try:
+        names = tuple(categories)
+    except TypeError:
+        raise TargetError(
+            f"categories of type {type(categories).__name__} is not a sequence of class names. Fix: pass a list of "
+            "strings, one per model output"
+        ) from None
+    if set(map(type, names)) <= {str}:
+        return names
+    bad = [(i, c) for i, c in enumerate(names) if not isinstance(c, str)]
+    if bad:
+        i, c = bad[0]
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise TargetError(
+            f"categories must be strings, but item {i} is {c!r} ({type(c).__name__}){more}. Fix: pass the class "
+            "names as strings, e.g. [str(c) for c in categories]"
+        )
+    return names
 
 
 def label_of(index: int, categories: Sequence[str] | None) -> str | None:
