@@ -41,3 +41,7 @@ class RegionError(CamCheckError):
 
 class AnnotationError(CamCheckError):
     """An annotation file (COCO, Pascal VOC, YOLO, camcheck JSON) or the image it names cannot be used."""
+
+
+class CamCheckWarning(UserWarning):
+    """Something works but is probably not what was meant (e.g. a full-resolution photo fed to the model)."""

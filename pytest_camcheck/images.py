@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import CamCheckError, InputError, RegionError
 from .regions import Box, to_mask
@@ -116,7 +116,33 @@ def _from_array(a: np.ndarray) -> Image.Image:
     return _from_pil(Image.fromarray(np.ascontiguousarray(pixels)))
 
 
-def _from_path(path: Path) -> Image.Image:
+_ORIENTATION = 0x0112  # the EXIF tag
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag of ``img`` (1 to 8; 1 when it has none or an invalid one).
+
+    Example:
+        >>> exif_orientation(Image.new("RGB", (2, 1)))
+        1
+    """
+    try:
+        value = int(img.getexif().get(_ORIENTATION, 1) or 1)
+    except (TypeError, ValueError, OSError, SyntaxError):
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _upright(img: Image.Image) -> tuple[Image.Image, int]:
+    """``img`` as viewers show it (its EXIF orientation applied, as ``ImageOps.exif_transpose`` does) and the
+    orientation that was applied; an image without one is returned as it is, not copied."""
+    orientation = exif_orientation(img)
+    if orientation == 1:
+        return img, 1
+    return ImageOps.exif_transpose(img), orientation
+
+
+def _from_path(path: Path) -> tuple[Image.Image, int]:
     where = path.resolve()
     if not path.exists():
         raise InputError(f"image file not found: {where}. Fix the path (relative paths start at {Path.cwd()})")
@@ -125,7 +151,8 @@ def _from_path(path: Path) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()
-            return _from_pil(img)
+            shown, orientation = _upright(img)
+            return _from_pil(shown), orientation
     except UnidentifiedImageError as err:
         raise InputError(f"{where} is not an image Pillow can read; pass a PNG, JPEG, BMP, TIFF or WebP file") from err
     except OSError as err:
@@ -133,7 +160,7 @@ def _from_path(path: Path) -> Image.Image:
 
 
 def load_image(obj: ImageLike) -> Image.Image:
-    """A new RGB PIL image from a PIL image, a numpy array, or an image file path.
+    """A new RGB PIL image from a PIL image, a numpy array, or an image file path, in the orientation people see.
 
     - PIL images of any mode. Transparent images (RGBA, LA, P or L/RGB with a transparency key) are
       composited onto WHITE, as image viewers show them, whatever colour the transparent pixels hide.
@@ -142,7 +169,10 @@ def load_image(obj: ImageLike) -> Image.Image:
       other integer types with values in 0..255, uint16 (16-bit, scaled), or float in [0, 1].
     - a path (str or pathlib.Path) to an image file.
 
-    The caller's object is never modified and never shared with the result. Raises InputError with the fix.
+    Files and PIL images with an EXIF orientation tag (phone photos) are turned as viewers and browsers show
+    them (``PIL.ImageOps.exif_transpose``), so maps and boxes are in the pixels people see; see
+    :func:`load_image_oriented` for the orientation applied. The caller's object is never modified and never
+    shared with the result. Raises InputError with the fix.
 
     Example:
         >>> load_image(np.zeros((2, 3), dtype=np.uint8)).size
@@ -150,10 +180,23 @@ def load_image(obj: ImageLike) -> Image.Image:
         >>> load_image(Image.new("RGBA", (1, 1), (0, 0, 0, 0))).getpixel((0, 0))
         (255, 255, 255)
     """
+    return load_image_oriented(obj)[0]
+
+
+def load_image_oriented(obj: ImageLike) -> tuple[Image.Image, int]:
+    """:func:`load_image` and the EXIF orientation it applied (1: none; 6: the stored pixels were turned 90
+    degrees clockwise to show them upright, ...).
+
+    Example:
+        >>> load_image_oriented(np.zeros((2, 3), dtype=np.uint8))[1]
+        1
+    """
     if isinstance(obj, Image.Image):
-        return _from_pil(obj)
+        _check_open(obj)
+        shown, orientation = _upright(obj)
+        return _from_pil(shown), orientation
     if isinstance(obj, np.ndarray):
-        return _from_array(obj)
+        return _from_array(obj), 1
     if isinstance(obj, (str, os.PathLike)):
         return _from_path(Path(obj).expanduser())
     fix = (
@@ -166,6 +209,25 @@ def load_image(obj: ImageLike) -> Image.Image:
         f"an image of type {type(obj).__name__} is not understood; pass a PIL image, {_EXPECTED}, "
         f"or an image file path.{fix}"
     )
+
+
+def _check_open(img: Image.Image) -> None:
+    """A PIL image whose file was closed before its pixels were read cannot be used: say so, not 'convert it'."""
+    try:
+        img.load()
+        img.im  # noqa: B018 - raises on a closed image
+    except (ValueError, AssertionError) as err:
+        if getattr(img, "fp", None) is not None:
+            raise InputError(f"the PIL image's pixels cannot be read ({type(err).__name__}: {err}). Fix: pass the "
+                             "file path, or a copy made with image.copy()") from err
+        raise InputError(
+            "the PIL image was closed before its pixels were read (e.g. opened in a `with Image.open(...)` block "
+            "and used after it). Fix: call image.load() (or image.convert('RGB')) inside the block, or pass the "
+            "file path"
+        ) from err
+    except OSError as err:
+        raise InputError(f"the PIL image's pixels cannot be read ({err}); the file may be truncated, replace it"
+                         ) from err
 
 
 class Regions(dict):

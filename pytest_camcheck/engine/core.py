@@ -31,7 +31,9 @@ EMPTY_RELATIVE = 1e-5
 @dataclass
 class CamResult:
     """One map: ``heatmap`` (float32, original image H x W, in [0, 1]), ``raw`` (the low-resolution map before
-    ReLU and normalisation), the target explained and how the map was made.
+    ReLU and normalisation), the target explained and how the map was made. ``orientation`` is the EXIF
+    orientation applied to the picture (1: none, 6: a phone photo turned upright): the map and ``image_size`` are
+    in the pixels people see.
 
     Example:
         >>> r = compute_cam(model, "dog.jpg", "golden retriever")  # doctest: +SKIP
@@ -51,6 +53,7 @@ class CamResult:
     image_size: tuple[int, int]
     top: list[tuple[int, str | None, float]] = field(default_factory=list)
     image: Image.Image | None = field(default=None, repr=False)
+    orientation: int = 1
 
     def __repr__(self) -> str:
         label = f" ({self.label})" if self.label else ""
@@ -603,6 +606,7 @@ def compute_cam(
             image_size=batch.geometries[i].image_size,
             top=tops[i] if tops else [],
             image=batch.pictures[i],
+            orientation=batch.orientations[i] if batch.orientations else 1,
         ))
     if not batch.batched and len(results) == 1 and not isinstance(target, (list, tuple)):
         return results[0]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -11,19 +12,20 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from ..errors import InputError
+from ..errors import CamCheckWarning, InputError
 from ..geometry import Geometry, infer_geometry
 
 
 @dataclass
 class Batch:
-    """The model input, one geometry per image, the original pictures (None for tensors), and whether the
-    caller handed over several images."""
+    """The model input, one geometry per image, the original pictures (None for tensors), whether the
+    caller handed over several images, and the EXIF orientation applied to each picture (1: none)."""
 
     x: torch.Tensor
     geometries: list[Geometry]
     pictures: list[Image.Image | None]
     batched: bool
+    orientations: list[int] = field(default_factory=list)
 
 
 def all_finite(t: torch.Tensor) -> bool:
@@ -58,18 +60,22 @@ def _check_tensor(t: torch.Tensor, what: str) -> torch.Tensor:
     return t
 
 
-def _one(image: Any, preprocess: Callable | None, explicit: bool, index: int) -> tuple[torch.Tensor, Geometry, Image.Image | None]:
+LARGE_INPUT = 4_000_000  # pixels
+
+
+def _one(image: Any, preprocess: Callable | None, explicit: bool, index: int
+         ) -> tuple[torch.Tensor, Geometry, Image.Image | None, int]:
     what = "the image" if index < 0 else f"image {index} of the batch"
     if isinstance(image, torch.Tensor):
         t = _check_tensor(image.detach(), what)
         if explicit and preprocess is not None:
             geometry = infer_geometry(preprocess, tuple(t.shape[-2:]))
             t = _check_tensor(_apply(preprocess, t, what), f"{what} after preprocess")
-            return t, geometry, None
-        return t, Geometry.identity(tuple(t.shape[-2:])), None
-    from ..images import load_image
+            return t, geometry, None, 1
+        return t, Geometry.identity(tuple(t.shape[-2:])), None, 1
+    from ..images import load_image_oriented
 
-    picture = load_image(image)
+    picture, orientation = load_image_oriented(image)
     geometry = infer_geometry(preprocess, (picture.height, picture.width))
     t = TF.to_tensor(picture) if preprocess is None else _apply(preprocess, picture, what)
     if not isinstance(t, torch.Tensor):
@@ -83,7 +89,13 @@ def _one(image: Any, preprocess: Callable | None, explicit: bool, index: int) ->
             f"preprocess produced a tensor of size {tuple(t.shape[-2:])} but its transforms describe "
             f"{geometry.input_size}; the map could not be placed reliably. Fix: use torchvision's own Resize/CenterCrop"
         )
-    return t, geometry, picture
+    h, w = t.shape[-2:]
+    if h * w > LARGE_INPUT and (h, w) == (picture.height, picture.width):
+        warnings.warn(CamCheckWarning(
+            f"{what} goes to the model at its full {w}x{h} px ({h * w / 1e6:.1f} megapixels): no preprocessing "
+            "resized it, which is slow and memory-hungry and not what a classifier was trained on. Fix: pass "
+            "preprocess=... with Resize (e.g. the weights' transforms()), or downscale the image"), stacklevel=4)
+    return t, geometry, picture, orientation
 
 
 def _apply(preprocess: Callable, image: Any, what: str) -> Any:
@@ -103,7 +115,7 @@ def _tensor_batch(image: torch.Tensor, device: torch.device, dtype: torch.dtype)
     x = t.to(device=device, dtype=dtype, copy=True)
     geometry = Geometry.identity(tuple(t.shape[-2:]))
     n = t.shape[0]
-    return Batch(x, [geometry] * n, [None] * n, True)
+    return Batch(x, [geometry] * n, [None] * n, True, [1] * n)
 
 
 def prepare(image: Any, preprocess: Callable | None, *, explicit_preprocess: bool, device: torch.device,
@@ -126,11 +138,11 @@ def prepare(image: Any, preprocess: Callable | None, *, explicit_preprocess: boo
     if not items:
         raise InputError("the batch of images is empty; pass at least one image")
     parts = [_one(item, preprocess, explicit_preprocess, -1 if single else i) for i, item in enumerate(items)]
-    shapes = {tuple(t.shape) for t, _, _ in parts}
+    shapes = {tuple(t.shape) for t, _, _, _ in parts}
     if len(shapes) > 1:
         raise InputError(
             f"the images of the batch have different shapes after preprocessing ({sorted(shapes)}); a batch needs "
             "one shape. Fix: add Resize((h, w)) or CenterCrop to preprocess, or explain the images one at a time"
         )
-    x = torch.stack([t for t, _, _ in parts]).to(device=device, dtype=dtype)
-    return Batch(x, [g for _, g, _ in parts], [p for _, _, p in parts], not single)
+    x = torch.stack([t for t, _, _, _ in parts]).to(device=device, dtype=dtype)
+    return Batch(x, [g for _, g, _, _ in parts], [p for _, _, p, _ in parts], not single, [o for *_, o in parts])
