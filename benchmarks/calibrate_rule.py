@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from pytest_camcheck import compute_cam
-from pytest_camcheck.assertions import required_lift
 from pytest_camcheck.metrics import measure
 from pytest_camcheck.regions import to_mask
+from pytest_camcheck.rule import Rule
 from pytest_camcheck.scenes import HELD_OUT, make_scene
 
 CANDIDATES = [("pointing only", True, 0.0)] + [(f"lift >= {v:g}", False, v) for v in (1.0, 1.5, 2.0, 3.0)] + [
@@ -53,13 +53,14 @@ def measurements(model, scenes: int, method: str, start: int = HELD_OUT + 50_000
             size = scene.image.shape[:2]
             own = measure(result.heatmap, to_mask(obj.box, size))
             off = measure(result.heatmap, to_mask(other.box, size))
-            rows.append({"own": own, "other": off, "empty": result.empty, "area": own.chance,
+            rows.append({"own": own, "other": off, "area": own.chance,
                          "correct": result.top[0][0] == obj.label})
     return rows
 
 
-def passes(m, empty: bool, pointing: bool, min_lift: float) -> bool:
-    return (not empty) and (m.hit or not pointing) and m.lift >= required_lift(min_lift, m.chance)
+def passes(m, pointing: bool, min_lift: float) -> bool:
+    """The library's rule (an empty map never passes) with a candidate's thresholds."""
+    return Rule(min_lift=min_lift).attends(m, pointing=pointing).passed
 
 
 def single_rows(model, scenes: int, method: str, start: int = HELD_OUT + 80_000) -> list[dict]:
@@ -69,7 +70,7 @@ def single_rows(model, scenes: int, method: str, start: int = HELD_OUT + 80_000)
         scene = make_scene(seed, "single")
         result = compute_cam(model, scene.image, scene.label, method=method)
         own = measure(result.heatmap, to_mask(scene.objects[0].box, scene.image.shape[:2]))
-        rows.append({"own": own, "empty": result.empty, "area": own.chance})
+        rows.append({"own": own, "area": own.chance})
     return rows
 
 
@@ -80,7 +81,7 @@ def single_table(rows: list[dict]) -> str:
               f">= {cuts[1]:.1%} (max {max(r['area'] for r in rows):.1%})": [r for r in rows if r["area"] >= cuts[1]]}
     lines = ["| rule | " + " | ".join(f"single, {g}" for g in groups) + " |", "| --- |" + " --- |" * len(groups)]
     for name, pointing, lift in CANDIDATES:
-        cells = [f"{np.mean([passes(r['own'], r['empty'], pointing, lift) for r in g]):.1%}" for g in groups.values()]
+        cells = [f"{np.mean([passes(r['own'], pointing, lift) for r in g]):.1%}" for g in groups.values()]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -94,8 +95,8 @@ def table(rows: list[dict]) -> str:
     for name, pointing, lift in CANDIDATES:
         cells = []
         for group in groups.values():
-            own = np.mean([passes(r["own"], r["empty"], pointing, lift) for r in group])
-            off = np.mean([passes(r["other"], r["empty"], pointing, lift) for r in group])
+            own = np.mean([passes(r["own"], pointing, lift) for r in group])
+            off = np.mean([passes(r["other"], pointing, lift) for r in group])
             cells.append(f"{own:.1%} / {off:.1%}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

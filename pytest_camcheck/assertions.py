@@ -1,17 +1,9 @@
-"""Attention assertions: compute the map, measure it against a region, decide, and explain a failure.
-
-The default rule of :func:`assert_attends_to` (see README, "Decision rule", for the data behind it):
-the map is not empty, its peak lies in the region or within ``tolerance`` px of it (pointing game), and the
-region holds at least ``min_lift`` times its fair share of the map's mass (energy / area share). A region
-covering a share ``c`` of the image can reach a lift of at most ``1 / c``, so for large regions the lift
-required is capped at halfway between chance and perfect, ``(1 + 1 / c) / 2``. Both criteria are about where
-the map's mass and peak are, not about one model's score scale.
+"""Attention assertions: compute the map, measure it against a region, decide with
+:mod:`pytest_camcheck.rule`, and explain a failure.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -20,54 +12,16 @@ import torch
 from PIL import Image
 
 from . import context
+from ._text import target_text
+from ._values import check_threshold
 from .engine import CamResult, compute_cam
 from .errors import CamCheckError
 from .metrics import RegionMetrics, measure
 from .regions import Region, describe, to_mask
 from .render import overlay, save_png
+from .rule import DEFAULT_RULE, Rule, Verdict, required_lift
 
 __all__ = ["DEFAULT_RULE", "CamCheck", "Rule", "required_lift", "assert_attends_more_to", "assert_attends_to", "assert_not_attends_to"]
-
-
-@dataclass(frozen=True)
-class Rule:
-    """Thresholds of the attention checks.
-
-    ``min_lift``: region's share of the map's mass / region's share of the image, for ``assert_attends_to``
-    (capped for large regions, see :func:`required_lift`).
-    ``tolerance``: pointing-game distance in px. ``max_lift``: most a region may hold for
-    ``assert_not_attends_to``. ``min_ratio``: how many times denser the map must be on the region than on the
-    other region for ``assert_attends_more_to``.
-
-    Example:
-        >>> Rule(min_lift=2.0).min_lift
-        2.0
-    """
-
-    min_lift: float = 1.5
-    tolerance: float = 15.0
-    max_lift: float = 1.0
-    min_ratio: float = 1.5
-
-
-DEFAULT_RULE = Rule()
-
-
-def required_lift(min_lift: float, chance: float) -> float:
-    """The lift a region of area share ``chance`` must reach: ``min_lift``, capped at halfway between chance
-    (1) and perfect (``1 / chance``) so that large regions are not asked for the impossible.
-
-    Example:
-        >>> required_lift(1.5, 0.05), required_lift(1.5, 0.6)
-        (1.5, 1.3333333333333335)
-    """
-    return min(min_lift, (1.0 + 1.0 / chance) / 2.0) if chance > 0 else min_lift
-
-
-def _check_threshold(name: str, value: float, low: float = 0.0) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < low:
-        raise CamCheckError(f"{name}={value!r} is not a valid threshold; pass a finite number >= {low}")
-    return float(value)
 
 
 def _single(result: CamResult | list[CamResult]) -> CamResult:
@@ -86,13 +40,6 @@ def _picture(result: CamResult, image: Any) -> Image.Image:
     t = t[:3] if t.shape[0] >= 3 else t[:1].expand(3, -1, -1)
     t = (t - t.min()) / (t.max() - t.min() + 1e-12)
     return Image.fromarray((t.permute(1, 2, 0).numpy() * 255).astype(np.uint8))
-
-
-def _target_text(r: CamResult) -> str:
-    label = f" {r.label!r}" if r.label else ""
-    prob = f", p={r.probability:.3f}" if r.probability is not None else ""
-    what = "callable target" if r.target < 0 else f"class {r.target}{label}"
-    return f"{what} (score {r.score:.4g}{prob})"
 
 
 def _top_text(r: CamResult) -> str:
@@ -117,7 +64,7 @@ def _explain(check: str, r: CamResult, region_texts: list[str], lines: list[str]
     h, w = r.image_size
     out = [
         f"camcheck {check} failed",
-        f"  method {r.method}, layer {r.layer}, {_target_text(r)}",
+        f"  method {r.method}, layer {r.layer}, {target_text(r)}",
         f"  image {w}x{h} px; " + "; ".join(region_texts),
         *[f"  {line}" for line in lines],
         f"  top-5: {_top_text(r)}",
@@ -138,22 +85,29 @@ def _save_overlay(check: str, r: CamResult, image: Any, masks: Sequence[np.ndarr
     return path, str(path)
 
 
-def _run(check: str, model: torch.nn.Module, image: Any, target: Any, regions: Sequence[Region],
-         decide: Callable[[CamResult, list[RegionMetrics]], tuple[bool, list[str], dict[str, Any]]],
-         tolerance: float, cam_kwargs: dict[str, Any]) -> CamResult:
+Decide = Callable[[list[RegionMetrics]], Verdict]
+Explain = Callable[[list[RegionMetrics], Verdict], list[str]]
+
+_EMPTY_LINE = ("the map is EMPTY: the target has no positive evidence at this layer (all-zero or constant map), "
+               "so it cannot attend to anything")
+
+
+def _run(check: str, model: torch.nn.Module, image: Any, target: Any, regions: Sequence[Region], tolerance: float,
+         decide: Decide, explain: Explain, thresholds: dict[str, Any], cam_kwargs: dict[str, Any]) -> CamResult:
     result = _single(compute_cam(model, image, target, **cam_kwargs))
     masks = [to_mask(region, result.image_size) for region in regions]
     metrics = [measure(result.heatmap, mask, tolerance) for mask in masks]
-    passed, lines, thresholds = decide(result, metrics)
-    if result.empty:
-        passed = False
-        lines = ["the map is EMPTY: the target has no positive evidence at this layer (all-zero or constant map), "
-                 "so it cannot attend to anything"] + lines
-    picture, picture_text = (None, "") if passed else _save_overlay(check, result, image, masks, metrics[0].peak)
-    names = ["region", "other region"]
-    region_texts = [f"{names[i]}: {describe(reg)}" for i, reg in enumerate(regions)]
-    message = "" if passed else _explain(check, result, region_texts, lines, picture_text)
-    flat = {f"{names[i].replace(' ', '_')}.{k}": v for i, m in enumerate(metrics) for k, v in m.as_dict().items()}
+    verdict = decide(metrics)
+    passed = verdict.passed
+    message = ""
+    picture = None
+    if not passed:
+        lines = ([_EMPTY_LINE] if not verdict.criteria["map not empty"] else []) + explain(metrics, verdict)
+        picture, picture_text = _save_overlay(check, result, image, masks, metrics[0].peak)
+        region_texts = [f"{name}: {describe(reg)}" for name, reg in zip(_REGION_NAMES, regions)]
+        message = _explain(check, result, region_texts, lines, picture_text)
+    flat = {f"{name.replace(' ', '_')}.{k}": v for name, m in zip(_REGION_NAMES, metrics)
+            for k, v in m.as_dict().items()}
     context.record(context.CheckRecord(
         check=check, passed=passed, method=result.method, layer=result.layer, target=result.target,
         label=result.label, probability=result.probability, metrics=flat, thresholds=thresholds,
@@ -162,6 +116,13 @@ def _run(check: str, model: torch.nn.Module, image: Any, target: Any, regions: S
     if not passed:
         raise AssertionError(message)
     return result
+
+
+_REGION_NAMES = ("region", "other region")
+
+
+def _too(ok: bool, text: str) -> str:
+    return "" if ok else f"  <-- {text}"
 
 
 def assert_attends_to(
@@ -180,37 +141,37 @@ def assert_attends_to(
 
     Holds when the map is not empty, its peak is in the region or within ``tolerance`` px (unless
     ``pointing=False``), the region's lift (energy share / area share) is at least ``min_lift``, and, when
-    given, its energy share is at least ``min_energy``. Other keywords go to :func:`compute_cam`.
+    given, its energy share is at least ``min_energy`` (:meth:`pytest_camcheck.rule.Rule.attends`). Other
+    keywords go to :func:`compute_cam`.
 
     Example:
-        >>> result = assert_attends_to(model, "dog.jpg", "golden retriever", (40, 30, 200, 210))  # doctest: +SKIP
+        >>> scene = make_scene(HELD_OUT + 7, "single")
+        >>> assert_attends_to(shapes_model, scene.image, scene.objects[0].name, scene.objects[0].box).method
+        'gradcam'
     """
     __tracebackhide__ = True
-    min_lift = _check_threshold("min_lift", min_lift)
-    tolerance = _check_threshold("tolerance", tolerance)
+    rule = Rule(min_lift=min_lift, tolerance=tolerance)
     if min_energy is not None:
-        min_energy = _check_threshold("min_energy", min_energy)
+        min_energy = check_threshold("min_energy", min_energy, low=0.0)
 
-    def decide(r: CamResult, ms: list[RegionMetrics]) -> tuple[bool, list[str], dict[str, Any]]:
-        m = ms[0]
-        need = required_lift(min_lift, m.chance)
-        ok_peak = m.hit or not pointing
-        ok_lift = m.lift >= need
-        ok_energy = min_energy is None or m.energy >= min_energy
+    def explain(ms: list[RegionMetrics], v: Verdict) -> list[str]:
+        m, need = ms[0], v.required_lift
         lines = [
-            f"pointing game: {'HIT' if m.hit else 'MISS'}; {_peak_text(m, tolerance)}"
+            f"pointing game: {'HIT' if m.hit else 'MISS'}; {_peak_text(m, rule.tolerance)}"
             + ("" if pointing else " [not required]"),
             f"lift {m.lift:.2f} (energy {m.energy:.3f} / chance {m.chance:.3f}), required >= {need:.3g}"
-            + ("" if need == min_lift else f" (min_lift {min_lift:g}, capped for a region this large)")
-            + ("" if ok_lift else "  <-- too low"),
+            + ("" if need == rule.min_lift else f" (min_lift {rule.min_lift:g}, capped for a region this large)")
+            + _too(v.criteria["lift"], "too low"),
         ]
         if min_energy is not None:
-            lines.append(f"energy {m.energy:.3f}, required >= {min_energy:g}" + ("" if ok_energy else "  <-- too low"))
-        lines.append(f"rank accuracy {m.rank_accuracy:.3f}")
-        thresholds = {"min_lift": min_lift, "tolerance": tolerance, "pointing": pointing, "min_energy": min_energy}
-        return ok_peak and ok_lift and ok_energy, lines, thresholds
+            lines.append(f"energy {m.energy:.3f}, required >= {min_energy:g}" + _too(v.criteria["energy"], "too low"))
+        return lines + [f"rank accuracy {m.rank_accuracy:.3f}"]
 
-    return _run("attends_to", model, image, target, [region], decide, tolerance, cam_kwargs)
+    thresholds = {"min_lift": rule.min_lift, "tolerance": rule.tolerance, "pointing": pointing,
+                  "min_energy": min_energy}
+    return _run("attends_to", model, image, target, [region], rule.tolerance,
+                lambda ms: rule.attends(ms[0], pointing=pointing, min_energy=min_energy), explain, thresholds,
+                cam_kwargs)
 
 
 def assert_not_attends_to(
@@ -226,27 +187,29 @@ def assert_not_attends_to(
     """Assert that the map of ``target`` stays off ``region`` (a watermark, a caption, the background).
 
     Holds when the map's peak is outside the region (farther than ``tolerance`` px) and the region holds at
-    most ``max_lift`` times its fair share of the map's mass. An empty map fails: it proves nothing.
+    most ``max_lift`` times its fair share of the map's mass (:meth:`pytest_camcheck.rule.Rule.not_attends`).
+    An empty map fails: it proves nothing.
 
     Example:
-        >>> assert_not_attends_to(model, image, "cat", Box.relative(0.85, 0.85, 1, 1))  # doctest: +SKIP
+        >>> scene = make_scene(HELD_OUT + 7, "single")
+        >>> assert_not_attends_to(shapes_model, scene.image, scene.objects[0].name, Box.relative(0, 0, 0.1, 0.1)).layer
+        'features'
     """
     __tracebackhide__ = True
-    max_lift = _check_threshold("max_lift", max_lift)
-    tolerance = _check_threshold("tolerance", tolerance)
+    rule = Rule(max_lift=max_lift, tolerance=tolerance)
 
-    def decide(r: CamResult, ms: list[RegionMetrics]) -> tuple[bool, list[str], dict[str, Any]]:
+    def explain(ms: list[RegionMetrics], v: Verdict) -> list[str]:
         m = ms[0]
-        ok_lift = m.lift <= max_lift
-        lines = [
-            f"peak: {'IN' if m.hit else 'outside'} the region; {_peak_text(m, tolerance)}"
-            + ("  <-- must be outside" if m.hit else ""),
-            f"lift {m.lift:.2f} (energy {m.energy:.3f} / chance {m.chance:.3f}), allowed <= {max_lift:g}"
-            + ("" if ok_lift else "  <-- too high"),
+        return [
+            f"peak: {'IN' if m.hit else 'outside'} the region; {_peak_text(m, rule.tolerance)}"
+            + _too(v.criteria["peak outside"], "must be outside"),
+            f"lift {m.lift:.2f} (energy {m.energy:.3f} / chance {m.chance:.3f}), allowed <= {rule.max_lift:g}"
+            + _too(v.criteria["lift"], "too high"),
         ]
-        return (not m.hit) and ok_lift, lines, {"max_lift": max_lift, "tolerance": tolerance}
 
-    return _run("not_attends_to", model, image, target, [region], decide, tolerance, cam_kwargs)
+    thresholds = {"max_lift": rule.max_lift, "tolerance": rule.tolerance}
+    return _run("not_attends_to", model, image, target, [region], rule.tolerance,
+                lambda ms: rule.not_attends(ms[0]), explain, thresholds, cam_kwargs)
 
 
 def assert_attends_more_to(
@@ -263,30 +226,31 @@ def assert_attends_more_to(
     the dog, not on the cat of the same photo).
 
     Holds when the map is not empty, its peak is nearer to ``region`` than to ``other_region``, and its mass
-    per pixel (lift) on ``region`` is at least ``min_ratio`` times that on ``other_region``.
+    per pixel (lift) on ``region`` is at least ``min_ratio`` times that on ``other_region``
+    (:meth:`pytest_camcheck.rule.Rule.attends_more`).
 
     Example:
-        >>> assert_attends_more_to(model, photo, "tiger cat", cat_box, dog_box)  # doctest: +SKIP
+        >>> scene = make_scene(HELD_OUT + 3, "pair")
+        >>> first, second = scene.objects
+        >>> assert_attends_more_to(shapes_model, scene.image, first.name, first.box, second.box).label == first.name
+        True
     """
     __tracebackhide__ = True
-    min_ratio = _check_threshold("min_ratio", min_ratio)
+    rule = Rule(min_ratio=min_ratio)
 
-    def decide(r: CamResult, ms: list[RegionMetrics]) -> tuple[bool, list[str], dict[str, Any]]:
+    def explain(ms: list[RegionMetrics], v: Verdict) -> list[str]:
         a, b = ms
-        ratio = a.lift / b.lift if b.lift > 0 else math.inf
-        ok_peak = a.peak_distance < b.peak_distance
-        ok_ratio = ratio >= min_ratio
-        lines = [
+        return [
             _metrics_line("region", a),
             _metrics_line("other region", b),
-            f"density ratio (lift region / lift other) {ratio:.2f}, required >= {min_ratio:g}"
-            + ("" if ok_ratio else "  <-- too low"),
+            f"density ratio (lift region / lift other) {v.ratio:.2f}, required >= {rule.min_ratio:g}"
+            + _too(v.criteria["ratio"], "too low"),
             f"peak: {a.peak_distance:.1f} px from the region, {b.peak_distance:.1f} px from the other region"
-            + ("" if ok_peak else "  <-- must be nearer the region"),
+            + _too(v.criteria["peak nearer"], "must be nearer the region"),
         ]
-        return ok_peak and ok_ratio, lines, {"min_ratio": min_ratio}
 
-    return _run("attends_more_to", model, image, target, [region, other_region], decide, 0.0, cam_kwargs)
+    return _run("attends_more_to", model, image, target, [region, other_region], 0.0,
+                lambda ms: rule.attends_more(*ms), explain, {"min_ratio": rule.min_ratio}, cam_kwargs)
 
 
 class CamCheck:

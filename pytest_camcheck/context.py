@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+from ._text import safe_name
 
 __all__ = ["CheckRecord", "add_listener", "artifact_path", "artifacts_dir", "record", "remove_listener",
            "set_artifacts_dir"]
@@ -79,7 +80,7 @@ def artifact_path(check: str, suffix: str = ".png") -> Path:
         >>> artifact_path("attends_to").suffix
         '.png'
     """
-    test = re.sub(r"[^A-Za-z0-9_.-]+", "_", current_test_id().split("/")[-1]).strip("_") or "check"
+    test = safe_name(current_test_id().split("/")[-1], "check")
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     return artifacts_dir() / f"{test[:120]}-{check}-{worker}-{os.getpid()}-{next(_counter)}{suffix}"
 

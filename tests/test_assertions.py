@@ -127,10 +127,21 @@ def test_bad_regions_raise_a_clear_error(region: object, pattern: str) -> None:
         assert_attends_to(spot_model(), scene((60, 10, 80, 30, 1.0)), 0, region, **KW)
 
 
-@pytest.mark.parametrize("kw", [dict(min_lift=-1), dict(tolerance=float("nan")), dict(min_energy="high")])
-def test_bad_thresholds_raise_a_clear_error(kw: dict) -> None:
-    with pytest.raises(CamCheckError, match="not a valid threshold"):
-        assert_attends_to(spot_model(), scene((60, 10, 80, 30, 1.0)), 0, (58, 8, 82, 32), **kw, **KW)
+@pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), "1.5", True, np.array([1.0, 2.0])])
+@pytest.mark.parametrize(("check", "name"), [
+    (assert_attends_to, "min_lift"), (assert_attends_to, "tolerance"), (assert_attends_to, "min_energy"),
+    (assert_not_attends_to, "max_lift"), (assert_not_attends_to, "tolerance"), (assert_attends_more_to, "min_ratio"),
+])
+def test_bad_thresholds_raise_the_same_clear_error(check, name: str, bad: object) -> None:
+    regions = [(58, 8, 82, 32)] * (2 if check is assert_attends_more_to else 1)
+    with pytest.raises(CamCheckError, match=rf"^{name}=.* is not a valid threshold; pass a finite number >= 0$"):
+        check(spot_model(), scene((60, 10, 80, 30, 1.0)), 0, *regions, **{name: bad}, **KW)
+
+
+def test_thresholds_of_any_real_number_type_are_accepted() -> None:
+    result = assert_attends_to(spot_model(), scene((60, 10, 80, 30, 1.0)), 0, (58, 8, 82, 32), min_lift=np.float32(1.5),
+                               tolerance=torch.tensor(15), min_energy=np.float64(0.1), **KW)
+    assert result.target == 0
 
 
 def test_a_batch_is_refused_with_a_hint() -> None:
