@@ -1,32 +1,63 @@
 """pytest-camcheck: tests about where a vision model looks.
 
+The public names are loaded on first use, so ``import pytest_camcheck`` (and the pytest plugin) imports
+neither torch nor torchvision until a test needs them.
+
 Example:
     >>> from pytest_camcheck import compute_cam, assert_attends_to, Box
 """
 
-import pytest
+from __future__ import annotations
 
-pytest.register_assert_rewrite("pytest_camcheck.assertions")
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .assertions import Rule, assert_attends_more_to, assert_attends_to, assert_not_attends_to  # noqa: E402
-from .engine import METHODS, CamResult, compute_cam  # noqa: E402
-from .errors import CamCheckError  # noqa: E402
-from .geometry import geometry_neutral  # noqa: E402
-from .regions import Box  # noqa: E402
-from .zoo import load_model, register_model  # noqa: E402
+if TYPE_CHECKING:
+    from .assertions import assert_attends_more_to, assert_attends_to, assert_not_attends_to
+    from .engine import METHODS, CamResult, compute_cam
+    from .errors import CamCheckError
+    from .geometry import geometry_neutral
+    from .regions import Box
+    from .rule import Rule
+    from .zoo import load_model, register_model
 
-__all__ = [
-    "Box",
-    "CamCheckError",
-    "CamResult",
-    "METHODS",
-    "Rule",
-    "assert_attends_more_to",
-    "assert_attends_to",
-    "assert_not_attends_to",
-    "compute_cam",
-    "geometry_neutral",
-    "load_model",
-    "register_model",
-]
-__version__ = "0.1.0"
+_WHERE = {
+    "Box": "regions",
+    "CamCheckError": "errors",
+    "CamResult": "engine",
+    "METHODS": "engine",
+    "Rule": "rule",
+    "assert_attends_more_to": "assertions",
+    "assert_attends_to": "assertions",
+    "assert_not_attends_to": "assertions",
+    "compute_cam": "engine",
+    "geometry_neutral": "geometry",
+    "load_model": "zoo",
+    "register_model": "zoo",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("pytest-camcheck")
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        value = _version()
+    elif name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE, "__version__"])

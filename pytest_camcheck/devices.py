@@ -3,6 +3,8 @@
 Everything here is a plain function of what was asked and of an :class:`Accelerators` snapshot, so the rules
 can be tested on a machine without a GPU.
 
+torch is imported by the functions that need it, not by this module (the plugin reads the settings without it).
+
 Example:
     >>> gpus = Accelerators(cuda_available=True, device_count=2, cuda_version="12.4")
     >>> select_device("auto", gpus, worker="gw3")
@@ -15,10 +17,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import CamCheckError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "DEVICE_CHOICES",
@@ -66,6 +70,8 @@ class Accelerators:
             >>> Accelerators.probe().device_count >= 0
             True
         """
+        import torch
+
         cuda = torch.cuda.is_available()
         return cls(
             cuda_available=cuda,
@@ -142,6 +148,8 @@ def select_device(
         >>> select_device("mps", Accelerators(cuda_available=False, mps_available=True))
         device(type='mps')
     """
+    import torch
+
     wanted = parse_device(value, asked_by=asked_by)
     if wanted == "auto":
         if accelerators.cuda_available:
@@ -182,6 +190,7 @@ def cuda_skip_reason(device: torch.device, accelerators: Accelerators, *, asked_
     """Why a test that needs CUDA cannot run on ``device`` (``None`` when it can).
 
     Example:
+        >>> import torch
         >>> cuda_skip_reason(torch.device("cpu"), Accelerators(cuda_available=False, cuda_version=None))
         'test needs a CUDA device: torch.cuda.is_available() is False (this torch build has no CUDA support)'
     """
@@ -207,6 +216,7 @@ def header_lines(
     how pytest-xdist workers share them (``xdist``: the run has workers).
 
     Example:
+        >>> import torch
         >>> header_lines(torch.device("cpu"), "auto", Accelerators(cuda_available=False, cuda_version="12.4"),
         ...              torch_version="2.5.0", torchvision_version="0.20.0")
         ['camcheck: torch 2.5.0, torchvision 0.20.0', 'camcheck: device cpu (asked: auto; no CUDA device, no MPS)']

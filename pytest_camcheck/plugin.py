@@ -1,27 +1,16 @@
 """pytest hooks of pytest-camcheck: options and ini values, the ``camcheck_cuda`` marker, the report header and
-the fixtures. The logic lives in :mod:`pytest_camcheck.devices` and :mod:`pytest_camcheck.zoo`.
+the fixtures. The settings are declared in :mod:`pytest_camcheck.settings` (command line, else environment, else
+ini, else default); the logic lives in :mod:`pytest_camcheck.devices`, :mod:`pytest_camcheck.zoo` and the modules
+the fixtures name.
 
-Every setting is read from the command line, else its environment variable (where it has one), else the ini
-file, else its default:
-
-- ``--camcheck-device`` / ``CAMCHECK_DEVICE`` / ini ``camcheck_device``: auto (cuda, else mps, else cpu), cpu,
-  cuda, cuda:N or mps. A device named but not present stops the run with a usage error.
-- ``--camcheck-weights-dir`` / ``CAMCHECK_WEIGHTS_DIR`` / ini ``camcheck_weights_dir``: folder searched for
-  weights files before the torch hub cache.
-- ``--camcheck-offline`` / ``CAMCHECK_OFFLINE=1`` / ini ``camcheck_offline``: never download weights.
-- ``--camcheck-images-dir`` (repeatable, adds to) ini ``camcheck_images_dir`` (one per line): folders of
-  annotated images; ``<rootdir>/fixtures`` is searched too when it exists.
-- ``--camcheck-artifacts`` / ``CAMCHECK_ARTIFACTS`` / ini ``camcheck_artifacts``: folder for overlay pictures,
-  default ``<basetemp>/camcheck``.
-- ``--camcheck-method`` / ini ``camcheck_method``, ``--camcheck-min-lift`` / ini ``camcheck_min_lift``,
-  ``--camcheck-tolerance`` / ini ``camcheck_tolerance``: defaults of the ``camcheck`` fixture's assertions.
+Importing this module imports neither torch nor torchvision nor scikit-image: a session that uses no camcheck
+fixture pays nothing for the plugin. The device is chosen (and the accelerators probed, once) when a camcheck
+fixture or a ``camcheck_cuda`` test first needs it, or at start when a device is named explicitly, so that a
+device asked for but absent stops the run with a usage error.
 
 Every camcheck assertion made during a test is recorded in ``item.user_properties`` (JUnit XML) as
 ``camcheck.<check>`` with its metrics and verdict; with pytest-html, a failing check's overlay is embedded in the
 report.
-
-Paths on the command line or in the environment are relative to the invocation directory, ini paths to the
-rootdir.
 """
 
 from __future__ import annotations
@@ -30,206 +19,139 @@ import base64
 import json
 import os
 from dataclasses import dataclass, replace
+from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import pytest
-import torch
-import torchvision
-from torch import nn
 
 from . import context
-from .devices import DEVICE_CHOICES, Accelerators, cuda_skip_reason, header_lines, parse_device, select_device
+from .devices import Accelerators, cuda_skip_reason, header_lines, select_device
 from .errors import CamCheckError
-from .assertions import DEFAULT_RULE, CamCheck, Rule
-from .benchmarking import CamBenchmark
-from .regression import DEFAULT_SPEARMAN_MIN, DEFAULT_SSIM_MIN, CamRegression, baseline_location, check_threshold
 from .report import CheckReport, receive_from_worker, send_to_controller
-from .engine.methods import METHODS, get_method
-from .images import SampleImage, sample_image
-from .zoo import WEIGHTS_DIR_ENV, ModelCache, WeightsUnavailable
+from .rule import DEFAULT_RULE, Rule
+from .settings import DEFAULT_METHOD, DEFAULT_SPEARMAN_MIN, DEFAULT_SSIM_MIN, SETTINGS, resolve
 
-__all__ = ["CONFIG_KEY", "RECORDS_KEY", "REPORT_KEY", "CamcheckConfig"]
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off", "")
+    from .assertions import CamCheck
+    from .benchmarking import CamBenchmark
+    from .images import SampleImage
+    from .regression import CamRegression
+
+__all__ = ["CONFIG_KEY", "RECORDS_KEY", "REPORT_KEY", "CamcheckConfig", "session_config"]
 
 
 @dataclass(frozen=True)
 class CamcheckConfig:
-    """The session's camcheck settings, resolved and checked when pytest starts.
+    """The session's camcheck settings (every one of :data:`pytest_camcheck.settings.SETTINGS`), resolved and
+    checked when pytest starts.
 
     ``device_asked`` is the device setting as written (``auto``, ``cuda``...) and ``device_asked_by`` the
-    setting it came from (``--camcheck-device``, ``CAMCHECK_DEVICE`` or ``ini camcheck_device``).
-    ``artifacts_dir`` is ``None`` in ``config.stash[CONFIG_KEY]`` when left at its default; the
-    ``camcheck_config`` fixture fills in ``<basetemp>/camcheck``. Pytest-xdist workers each have their own
-    basetemp, and artifact file names carry the test id, worker id and process id
-    (:func:`pytest_camcheck.context.artifact_path`), so files never collide.
+    setting it came from (``--camcheck-device``, ``CAMCHECK_DEVICE`` or ``ini camcheck_device``). ``device`` is
+    the ``torch.device`` in force; in ``config.stash[CONFIG_KEY]`` it is ``None`` while an ``auto`` device has
+    not been chosen yet (:func:`session_config` chooses it). ``artifacts_dir`` is ``None`` on the stash when left
+    at its default; the ``camcheck_config`` fixture fills in ``<basetemp>/camcheck``. Pytest-xdist workers each
+    have their own basetemp, and artifact file names carry the test id, worker id and process id
+    (:func:`pytest_camcheck.context.artifact_path`), so files never collide. ``report`` and ``report_json`` are
+    the report files to write at the end (``None``: none).
 
     Example:
+        >>> import torch
         >>> CamcheckConfig(torch.device("cpu"), "auto", "ini camcheck_device", False, None, (), None).device
         device(type='cpu')
     """
 
-    device: torch.device
+    device: torch.device | None
     device_asked: str
     device_asked_by: str
     offline: bool
     weights_dir: Path | None
     images_dirs: tuple[Path, ...]
     artifacts_dir: Path | None
-    method: str = "gradcam"
+    method: str = DEFAULT_METHOD
     rule: Rule = DEFAULT_RULE
+    update: bool = False
+    ssim_min: float = DEFAULT_SSIM_MIN
+    spearman_min: float = DEFAULT_SPEARMAN_MIN
+    report: Path | None = None
+    report_json: Path | None = None
 
 
 CONFIG_KEY = pytest.StashKey[CamcheckConfig]()
 RECORDS_KEY = pytest.StashKey[list]()
 REPORT_KEY = pytest.StashKey[CheckReport]()
+_ACCELERATORS_KEY = pytest.StashKey[Accelerators]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("camcheck", "camcheck: tests about where a vision model looks")
-    group.addoption(
-        "--camcheck-device", dest="camcheck_device", metavar="DEVICE",
-        help=f"torch device for models and maps: {DEVICE_CHOICES}; a device named but not present stops the run "
-        "(env CAMCHECK_DEVICE, ini camcheck_device, default auto: cuda, else mps, else cpu)",
-    )
-    group.addoption(
-        "--camcheck-weights-dir", dest="camcheck_weights_dir", metavar="DIR",
-        help=f"folder searched first for weights files, before the torch hub cache (env {WEIGHTS_DIR_ENV}, "
-        "ini camcheck_weights_dir)",
-    )
-    group.addoption(
-        "--camcheck-offline", dest="camcheck_offline", action="store_true", default=None,
-        help="never download weights: tests whose weights are missing are skipped, saying which file to provide "
-        "(env CAMCHECK_OFFLINE=1, ini camcheck_offline)",
-    )
-    group.addoption(
-        "--camcheck-images-dir", dest="camcheck_images_dir", metavar="DIR", action="append", default=[],
-        help="folder of annotated images (<name>.json) for camcheck_image; may be repeated "
-        "(ini camcheck_images_dir, one per line; <rootdir>/fixtures is always searched when it exists)",
-    )
-    group.addoption(
-        "--camcheck-artifacts", dest="camcheck_artifacts", metavar="DIR",
-        help="folder for overlay pictures of checks (env CAMCHECK_ARTIFACTS, ini camcheck_artifacts, "
-        "default <basetemp>/camcheck)",
-    )
-    group.addoption(
-        "--camcheck-method", dest="camcheck_method", metavar="METHOD",
-        help=f"CAM method of the camcheck fixture's checks: {', '.join(METHODS)} (ini camcheck_method, "
-        "default gradcam)",
-    )
-    group.addoption(
-        "--camcheck-min-lift", dest="camcheck_min_lift", metavar="X",
-        help=f"default min_lift of camcheck.attends_to (ini camcheck_min_lift, default {DEFAULT_RULE.min_lift})",
-    )
-    group.addoption(
-        "--camcheck-tolerance", dest="camcheck_tolerance", metavar="PX",
-        help=f"default pointing-game tolerance in px (ini camcheck_tolerance, default {DEFAULT_RULE.tolerance:g})",
-    )
-    group.addoption(
-        "--camcheck-update", dest="camcheck_update", action="store_true", default=None,
-        help="write the current maps as the new cam_regression baselines and pass, listing every file written "
-        "(ini camcheck_update)",
-    )
-    group.addoption("--camcheck-ssim-min", dest="camcheck_ssim_min", metavar="X",
-                    help=f"cam_regression: least SSIM with the baseline (ini camcheck_ssim_min, default "
-                    f"{DEFAULT_SSIM_MIN})")
-    group.addoption("--camcheck-spearman-min", dest="camcheck_spearman_min", metavar="X",
-                    help=f"cam_regression: least rank correlation with the baseline (ini camcheck_spearman_min, "
-                    f"default {DEFAULT_SPEARMAN_MIN})")
-    group.addoption("--camcheck-report", dest="camcheck_report", metavar="PATH.html",
-                    help="write one self-contained HTML page with every camcheck check of the run (ini camcheck_report)")
-    group.addoption("--camcheck-report-json", dest="camcheck_report_json", metavar="PATH",
-                    help="write every camcheck check of the run as JSON (ini camcheck_report_json)")
-    parser.addini("camcheck_update", "write current maps as the new cam_regression baselines", type="bool",
-                  default=False)
-    parser.addini("camcheck_ssim_min", "cam_regression: least SSIM with the baseline", default=str(DEFAULT_SSIM_MIN))
-    parser.addini("camcheck_spearman_min", "cam_regression: least rank correlation with the baseline",
-                  default=str(DEFAULT_SPEARMAN_MIN))
-    parser.addini("camcheck_report", "HTML report of every camcheck check (relative to rootdir)", default="")
-    parser.addini("camcheck_report_json", "JSON report of every camcheck check (relative to rootdir)", default="")
-    parser.addini("camcheck_device", f"torch device: {DEVICE_CHOICES}", default="auto")
-    parser.addini("camcheck_method", "CAM method of the camcheck fixture's checks", default="gradcam")
-    parser.addini("camcheck_min_lift", "default min_lift of camcheck.attends_to", default=str(DEFAULT_RULE.min_lift))
-    parser.addini("camcheck_tolerance", "default pointing-game tolerance in px", default=str(DEFAULT_RULE.tolerance))
-    parser.addini("camcheck_weights_dir", "folder searched first for weights files (relative to rootdir)", default="")
-    parser.addini("camcheck_offline", "never download weights; skip tests whose weights are missing", type="bool",
-                  default=False)
-    parser.addini("camcheck_images_dir", "folders of annotated images, one per line (relative to rootdir)",
-                  type="linelist", default=[])
-    parser.addini("camcheck_artifacts", "folder for overlay pictures (relative to rootdir)", default="")
-
-
-def _setting(config: pytest.Config, name: str, env: str) -> tuple[str, str, Path]:
-    """(value, the setting it came from, the folder relative paths start from), empty value when unset."""
-    given = config.getoption(name)
-    if given is not None:
-        return str(given), "--" + name.replace("_", "-"), config.invocation_params.dir
-    if os.environ.get(env):
-        return os.environ[env], env, config.invocation_params.dir
-    return str(config.getini(name)), f"ini {name}", config.rootpath
-
-
-def _folder(value: str, asked_by: str, base: Path) -> Path:
-    folder = base / Path(value).expanduser()
-    if not folder.is_dir():
-        raise CamCheckError(f"{asked_by}={value}: folder {folder.resolve()} does not exist; create it or fix the path")
-    return folder.resolve()
-
-
-def _offline(config: pytest.Config) -> bool:
-    if config.getoption("camcheck_offline"):
-        return True
-    if "CAMCHECK_OFFLINE" in os.environ:
-        value = os.environ["CAMCHECK_OFFLINE"].strip().lower()
-        if value not in _TRUE + _FALSE:
-            raise CamCheckError(f"CAMCHECK_OFFLINE={value} is not a yes/no value; use 1 or 0 (true/false, yes/no)")
-        return value in _TRUE
-    return bool(config.getini("camcheck_offline"))
+    for s in SETTINGS.values():
+        kwargs: dict[str, Any] = {"dest": s.ini, "help": s.help_text()}
+        if s.kind == "flag":
+            kwargs.update(action="store_true", default=None)
+        else:
+            kwargs.update(metavar=s.metavar, **({"action": "append", "default": []} if s.kind == "paths" else {}))
+        group.addoption(s.option, **kwargs)
+        parser.addini(s.ini, f"{s.help} (default {s.default_text}; paths relative to the rootdir)"
+                      if s.kind in ("path", "paths") else f"{s.help} (default {s.default_text})",
+                      type="linelist" if s.kind == "paths" else "string", default=[] if s.kind == "paths" else "")
 
 
 def _resolve(config: pytest.Config) -> CamcheckConfig:
-    asked, asked_by, _ = _setting(config, "camcheck_device", "CAMCHECK_DEVICE")
-    device = select_device(asked, Accelerators.probe(), worker=os.environ.get("PYTEST_XDIST_WORKER"),
-                           asked_by=asked_by)
-    weights, weights_by, weights_base = _setting(config, "camcheck_weights_dir", WEIGHTS_DIR_ENV)
-    artifacts, _, artifacts_base = _setting(config, "camcheck_artifacts", "CAMCHECK_ARTIFACTS")
-    images = [_folder(d, "--camcheck-images-dir", config.invocation_params.dir)
-              for d in config.getoption("camcheck_images_dir")]
-    images += [_folder(d, "ini camcheck_images_dir", config.rootpath) for d in config.getini("camcheck_images_dir")]
+    values = {}
+    for name, s in SETTINGS.items():
+        values[name] = resolve(s, option=config.getoption(s.ini), environ=os.environ, ini=config.getini(s.ini),
+                               invocation_dir=config.invocation_params.dir, rootdir=config.rootpath)
+    images = values["images_dir"].value
     if (config.rootpath / "fixtures").is_dir():
-        images.append((config.rootpath / "fixtures").resolve())
-    return CamcheckConfig(
-        device=device,
-        device_asked=parse_device(asked),
-        device_asked_by=asked_by,
-        offline=_offline(config),
-        weights_dir=_folder(weights, weights_by, weights_base) if weights else None,
-        images_dirs=tuple(dict.fromkeys(images)),
-        artifacts_dir=(artifacts_base / Path(artifacts).expanduser()).resolve() if artifacts else None,
-        method=_method(config),
-        rule=Rule(min_lift=_number(config, "camcheck_min_lift"), tolerance=_number(config, "camcheck_tolerance")),
+        images = tuple(dict.fromkeys((*images, (config.rootpath / "fixtures").resolve())))
+    device = values["device"]
+    settings = CamcheckConfig(
+        device=None,
+        device_asked=device.value,
+        device_asked_by=SETTINGS["device"].option if device.asked_by == "default" else device.asked_by,
+        offline=values["offline"].value,
+        weights_dir=values["weights_dir"].value,
+        images_dirs=images,
+        artifacts_dir=values["artifacts"].value,
+        method=values["method"].value,
+        rule=Rule(min_lift=values["min_lift"].value, tolerance=values["tolerance"].value),
+        update=values["update"].value,
+        ssim_min=values["ssim_min"].value,
+        spearman_min=values["spearman_min"].value,
+        report=values["report"].value,
+        report_json=values["report_json"].value,
     )
+    return settings if settings.device_asked == "auto" else _with_device(config, settings)
 
 
-def _method(config: pytest.Config) -> str:
-    value, asked_by, _ = _setting(config, "camcheck_method", "CAMCHECK_METHOD")
-    try:
-        return get_method(value).name
-    except CamCheckError as err:
-        raise CamCheckError(f"{asked_by}={value}: {err}") from None
+def _accelerators(config: pytest.Config) -> Accelerators:
+    """What this machine offers, probed once per session (it imports torch)."""
+    if _ACCELERATORS_KEY not in config.stash:
+        config.stash[_ACCELERATORS_KEY] = Accelerators.probe()
+    return config.stash[_ACCELERATORS_KEY]
 
 
-def _number(config: pytest.Config, name: str) -> float:
-    value, asked_by, _ = _setting(config, name, name.upper())
-    try:
-        number = float(value)
-    except ValueError:
-        number = float("nan")
-    if not number >= 0 or number == float("inf"):
-        raise CamCheckError(f"{asked_by}={value} is not a number >= 0; fix the setting")
-    return number
+def _with_device(config: pytest.Config, settings: CamcheckConfig) -> CamcheckConfig:
+    device = select_device(settings.device_asked, _accelerators(config), worker=os.environ.get("PYTEST_XDIST_WORKER"),
+                           asked_by=settings.device_asked_by)
+    return replace(settings, device=device)
+
+
+def session_config(config: pytest.Config) -> CamcheckConfig:
+    """The session's :class:`CamcheckConfig` with its device chosen (probing the accelerators the first time).
+
+    Example:
+        >>> session_config(request.config).device  # doctest: +SKIP
+        device(type='cpu')
+    """
+    settings = config.stash[CONFIG_KEY]
+    if settings.device is None:
+        settings = config.stash[CONFIG_KEY] = _with_device(config, settings)
+    return settings
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -241,52 +163,68 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     try:
         config.stash[CONFIG_KEY] = _resolve(config)
-        for name in ("camcheck_ssim_min", "camcheck_spearman_min"):
-            check_threshold(name, _option_or_ini(config, name))
     except CamCheckError as err:
         raise pytest.UsageError(str(err)) from None
     config.stash[REPORT_KEY] = CheckReport()
 
 
-def pytest_report_header(config: pytest.Config) -> list[str]:
-    settings = config.stash[CONFIG_KEY]
-    accelerators = Accelerators.probe()
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _device_lines(config: pytest.Config, settings: CamcheckConfig) -> list[str]:
+    accelerators = _accelerators(config)
+    import torch
+
     return header_lines(
-        settings.device,
-        settings.device_asked,
-        accelerators,
-        torch_version=torch.__version__,
-        torchvision_version=torchvision.__version__,
+        settings.device, settings.device_asked, accelerators,
+        torch_version=_version("torch"), torchvision_version=_version("torchvision"),
         gpu_names=tuple(torch.cuda.get_device_name(i) for i in range(accelerators.device_count)),
         cudnn_version=torch.backends.cudnn.version() if accelerators.cuda_available else None,
         xdist=getattr(config.option, "dist", "no") != "no",
     )
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_report_header(config: pytest.Config) -> list[str]:
     settings = config.stash[CONFIG_KEY]
-    reason = cuda_skip_reason(settings.device, Accelerators.probe(), asked_by=settings.device_asked_by)
+    if settings.device is not None:
+        return _device_lines(config, settings)
+    return [f"camcheck: torch {_version('torch')}, torchvision {_version('torchvision')}",
+            "camcheck: device auto (chosen when a camcheck fixture first needs it: cuda, else mps, else cpu)"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    marked = [item for item in items if item.get_closest_marker("camcheck_cuda") is not None]
+    if not marked:
+        return
+    settings = session_config(config)
+    reason = cuda_skip_reason(settings.device, _accelerators(config), asked_by=settings.device_asked_by)
     if reason is None:
         return
-    for item in items:
-        if item.get_closest_marker("camcheck_cuda") is not None:
-            item.add_marker(pytest.mark.skip(reason=reason))
+    for item in marked:
+        item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def _artifacts_dir(config: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    chosen = config.stash[CONFIG_KEY].artifacts_dir
+    return chosen if chosen is not None else tmp_path_factory.getbasetemp() / "camcheck"
 
 
 @pytest.fixture(scope="session")
 def camcheck_config(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> CamcheckConfig:
     """The session's camcheck settings (:class:`pytest_camcheck.plugin.CamcheckConfig`): device, offline,
-    weights_dir, images_dirs, and artifacts_dir (default ``<basetemp>/camcheck``, per xdist worker)."""
-    settings = request.config.stash[CONFIG_KEY]
-    if settings.artifacts_dir is None:
-        settings = replace(settings, artifacts_dir=tmp_path_factory.getbasetemp() / "camcheck")
-    return settings
+    weights_dir, images_dirs, artifacts_dir (default ``<basetemp>/camcheck``, per xdist worker), method, rule,
+    update, ssim_min, spearman_min, report and report_json."""
+    return replace(session_config(request.config), artifacts_dir=_artifacts_dir(request.config, tmp_path_factory))
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _camcheck_artifacts(camcheck_config: CamcheckConfig) -> Iterator[None]:
+def _camcheck_artifacts(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     before = context.artifacts_dir()
-    context.set_artifacts_dir(camcheck_config.artifacts_dir)
+    context.set_artifacts_dir(_artifacts_dir(request.config, tmp_path_factory))
     yield
     context.set_artifacts_dir(before)
 
@@ -311,6 +249,8 @@ def camcheck_model(camcheck_config: CamcheckConfig) -> Callable[..., nn.Module]:
 
     Example: ``compute_cam(camcheck_model("resnet18"), image, target="golden retriever")``
     """
+    from .zoo import ModelCache, WeightsUnavailable
+
     cache = ModelCache(device=camcheck_config.device, weights_dir=camcheck_config.weights_dir,
                        offline=camcheck_config.offline)
 
@@ -333,6 +273,8 @@ def camcheck_image(camcheck_config: CamcheckConfig) -> Callable[[str], SampleIma
     Example: ``camcheck_image("astronaut").regions["helmet"]``
     """
 
+    from .images import sample_image
+
     def image(name: str) -> SampleImage:
         return sample_image(name, search_dirs=camcheck_config.images_dirs)
 
@@ -348,6 +290,8 @@ def camcheck(camcheck_config: CamcheckConfig) -> CamCheck:
 
     Example: ``camcheck.attends_to(camcheck_model("camcheck-shapes"), scene.image, "circle", scene.box)``
     """
+    from .assertions import CamCheck
+
     return CamCheck(device=camcheck_config.device, method=camcheck_config.method, rule=camcheck_config.rule)
 
 
@@ -401,13 +345,10 @@ def cam_benchmark(request: pytest.FixtureRequest) -> CamBenchmark:
 
     Example: ``cam_benchmark(camcheck_model("camcheck-shapes"), scene.image, "circle", method="gradcam")``
     """
+    from .benchmarking import CamBenchmark
+
     xdist = request.config.pluginmanager.hasplugin("xdist") and getattr(request.config.option, "dist", "no") != "no"
     return CamBenchmark(request.getfixturevalue("benchmark"), xdist=xdist or bool(os.environ.get("PYTEST_XDIST_WORKER")))
-
-
-def _option_or_ini(config: pytest.Config, name: str) -> Any:
-    value = config.getoption(name)
-    return value if value is not None else config.getini(name)
 
 
 @pytest.fixture
@@ -421,16 +362,15 @@ def cam_regression(request: pytest.FixtureRequest, camcheck_config: CamcheckConf
 
     Example: ``cam_regression.check(camcheck_model("camcheck-shapes"), scene.image, "circle")``
     """
-    config = request.config
+    from .regression import CamRegression, baseline_location
+
     folder, name = baseline_location(request.path, request.node.name)
-    reg = CamRegression(folder, name, update=bool(_option_or_ini(config, "camcheck_update")),
-                        ssim_min=check_threshold("camcheck_ssim_min", _option_or_ini(config, "camcheck_ssim_min")),
-                        spearman_min=check_threshold("camcheck_spearman_min",
-                                                     _option_or_ini(config, "camcheck_spearman_min")),
-                        device=camcheck_config.device, method=camcheck_config.method,
-                        pass_pictures=bool(_option_or_ini(config, "camcheck_report")))
+    settings = camcheck_config
+    reg = CamRegression(folder, name, update=settings.update, ssim_min=settings.ssim_min,
+                        spearman_min=settings.spearman_min, device=settings.device, method=settings.method,
+                        pass_pictures=settings.report is not None)
     yield reg
-    config.stash[REPORT_KEY].add_written(reg.written)
+    request.config.stash[REPORT_KEY].add_written(reg.written)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -441,12 +381,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if hasattr(config, "workeroutput"):
         send_to_controller(report, config.workeroutput)
         return
-    for name, write in (("camcheck_report", report.write_html), ("camcheck_report_json", report.write_json)):
-        given = config.getoption(name)
-        if given:
-            write(config.invocation_params.dir / given)
-        elif config.getini(name):
-            write(config.rootpath / config.getini(name))
+    settings = config.stash[CONFIG_KEY]
+    for path, write in ((settings.report, report.write_html), (settings.report_json, report.write_json)):
+        if path is not None:
+            write(path)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -457,6 +395,10 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     if REPORT_KEY not in config.stash:
         return
+    settings = config.stash[CONFIG_KEY]
+    if settings.device is not None and settings.device_asked == "auto":  # chosen during the run, not in the header
+        for line in _device_lines(config, settings)[1:]:
+            terminalreporter.write_line(line)
     written = config.stash[REPORT_KEY].written
     if written:
         terminalreporter.write_sep("-", f"camcheck: {len(written)} baseline files written")

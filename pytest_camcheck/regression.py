@@ -56,7 +56,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import re
 import zipfile
 from collections import Counter
 from dataclasses import dataclass
@@ -70,6 +69,9 @@ from torch import nn
 
 from . import __version__, context
 from ._io import atomic_write
+from ._text import safe_name, target_text
+from ._values import check_threshold as _check_number
+from .settings import DEFAULT_SPEARMAN_MIN, DEFAULT_SSIM_MIN
 from .engine import CamResult, compute_cam
 from .engine.core import device_of
 from .errors import CamCheckError
@@ -79,8 +81,6 @@ from .render import overlay, save_png, side_by_side
 __all__ = ["DEFAULT_SPEARMAN_MIN", "DEFAULT_SSIM_MIN", "FORMAT_VERSION", "UPDATE_HINT", "Baseline", "CamRegression",
            "baseline_location", "check_threshold", "read_baseline", "write_baseline"]
 
-DEFAULT_SSIM_MIN = 0.95
-DEFAULT_SPEARMAN_MIN = 0.9
 FORMAT_VERSION = 1
 UPDATE_HINT = "rerun with --camcheck-update (ini camcheck_update = true)"
 PREVIEW_SIDE = 256
@@ -88,10 +88,6 @@ _MAX_STEM = 120
 _KEYS = ("heatmap", "format_version", "method", "layer", "target", "label", "image_size", "device",
          "torch_version", "camcheck_version")
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.") or "x"
 
 
 def baseline_location(module_path: str | os.PathLike[str], test_name: str) -> tuple[Path, str]:
@@ -103,7 +99,7 @@ def baseline_location(module_path: str | os.PathLike[str], test_name: str) -> tu
         (PosixPath('tests/test_model'), 'test_map_resnet18-cpu')
     """
     module = Path(module_path)
-    return module.parent / module.stem, _safe(test_name)
+    return module.parent / module.stem, safe_name(test_name)
 
 
 @dataclass(frozen=True)
@@ -206,35 +202,20 @@ def write_baseline(path: str | os.PathLike[str], result: CamResult, device: str,
 
 
 def check_threshold(name: str, value: Any) -> float:
-    """Validate a similarity threshold (``ssim_min``, ``spearman_min``): a number, or its text, in [-1, 1].
+    """Validate a similarity threshold (``ssim_min``, ``spearman_min``): a finite real number in [-1, 1].
 
     Example:
-        >>> check_threshold("ssim_min", "0.8")
+        >>> check_threshold("ssim_min", 0.8)
         0.8
     """
-    try:
-        number = float(value) if isinstance(value, str) else value
-    except ValueError:
-        number = None
-    if isinstance(number, bool) or not isinstance(number, (int, float)) or not -1 <= number <= 1:
-        default = DEFAULT_SSIM_MIN if name.startswith("ssim") else DEFAULT_SPEARMAN_MIN
-        raise CamCheckError(f"{name}={value!r} is not a valid threshold; pass a number between -1 and 1 "
-                            f"(default {default})")
-    return float(number)
+    default = DEFAULT_SSIM_MIN if "ssim" in name else DEFAULT_SPEARMAN_MIN
+    return _check_number(name, value, low=-1.0, high=1.0, default=default)
 
 
 def _tile(result: CamResult, heatmap: np.ndarray, **kwargs: Any) -> Image.Image:
     if result.image is not None:
         return overlay(result.image, heatmap, **kwargs)
     return overlay(np.zeros((*heatmap.shape, 3), np.uint8), heatmap, **(kwargs | {"alpha": 1.0}))
-
-
-def _target_text(result: CamResult) -> str:
-    if result.target < 0:
-        return "callable target"
-    label = f" {result.label!r}" if result.label else ""
-    prob = f", p={result.probability:.3f}" if result.probability is not None else ""
-    return f"class {result.target}{label} (score {result.score:.4g}{prob})"
 
 
 def _mark(value: float, minimum: float) -> str:
@@ -261,7 +242,7 @@ class CamRegression:
                  device: str | torch.device | None = None, method: str = "gradcam",
                  pass_pictures: bool = False) -> None:
         self.baseline_dir = Path(baseline_dir)
-        self.test_name = _safe(test_name)
+        self.test_name = safe_name(test_name)
         self.update = update
         self.ssim_min = check_threshold("ssim_min", ssim_min)
         self.spearman_min = check_threshold("spearman_min", spearman_min)
@@ -273,7 +254,7 @@ class CamRegression:
         """``<test>[-<basename>]-<method>-<layer>-t<target>[-<n>].npz``, n counting repeated identical checks in
         one test (2, 3...); over-long names are cut and given a hash."""
         target = "tcallable" if result.target < 0 else f"t{result.target}"
-        parts = [self.test_name, *([_safe(basename)] if basename else []), _safe(result.method), _safe(result.layer),
+        parts = [self.test_name, *([safe_name(basename)] if basename else []), safe_name(result.method), safe_name(result.layer),
                  target]
         stem = "-".join(parts)
         self._seen[stem] += 1
@@ -419,7 +400,7 @@ class CamRegression:
         recorded = f"recorded on {baseline.meta['device']} with torch {baseline.meta['torch_version']}"
         lines = [
             "camcheck regression failed: the map moved away from its baseline",
-            f"  method {result.method}, layer {result.layer}, {_target_text(result)}, image {w}x{h} px",
+            f"  method {result.method}, layer {result.layer}, {target_text(result)}, image {w}x{h} px",
             f"  SSIM {scores['ssim']:.4f}, required >= {thresholds['ssim_min']:g}"
             + _mark(scores["ssim"], thresholds["ssim_min"]),
             f"  Spearman {scores['spearman']:.4f}, required >= {thresholds['spearman_min']:g}"

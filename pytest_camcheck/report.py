@@ -27,8 +27,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable
 
-from PIL import Image
-
 from ._io import atomic_write
 from .context import CheckRecord
 from .errors import CamCheckError
@@ -361,6 +359,8 @@ def _metrics_html(metrics: dict[str, Any], thresholds: dict[str, Any]) -> str:
 def _thumbnail(path: str | None) -> str:
     if not path:
         return '<span class="none">no picture</span>'
+    from PIL import Image
+
     try:
         with Image.open(path) as img:
             img = img.convert("RGB")

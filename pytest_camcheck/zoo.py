@@ -39,6 +39,7 @@ from torch import nn
 from .devices import Accelerators, select_device
 from ._io import atomic_file
 from .errors import CamCheckError
+from .settings import SETTINGS
 
 __all__ = [
     "DOWNLOAD_TIMEOUT_S",
@@ -57,7 +58,7 @@ __all__ = [
     "sha256_of",
 ]
 
-WEIGHTS_DIR_ENV = "CAMCHECK_WEIGHTS_DIR"
+WEIGHTS_DIR_ENV = SETTINGS["weights_dir"].env
 DOWNLOAD_TIMEOUT_S = 20.0
 RANDOM_INIT_SEED = 0
 

@@ -247,16 +247,22 @@ def test_help_lists_the_options_in_one_group(pytester: pytest.Pytester) -> None:
 
 
 def test_report_header_shows_versions_and_device(pytester: pytest.Pytester) -> None:
-    import torchvision
+    from importlib.metadata import version
 
+    versions = f"camcheck: torch {version('torch')}, torchvision {version('torchvision')}"
     pytester.makepyfile("def test_nothing():\n    pass\n")
     result = run(pytester)
+    result.stdout.fnmatch_lines([versions, "camcheck: device auto (chosen when a camcheck fixture first needs it*"])
+    assert "camcheck: device cpu" not in result.stdout.str() and "camcheck: device cuda" not in result.stdout.str()
     device = "cpu" if NO_CUDA else "cuda:0"
-    result.stdout.fnmatch_lines([
-        f"camcheck: torch {torch.__version__}, torchvision {torchvision.__version__}",
-        f"camcheck: device {device} (asked: auto*",
-    ])
+    pytester.makepyfile("def test_device(camcheck_device):\n    pass\n")
+    result = run(pytester)  # chosen during the run: the terminal summary says which and why
+    result.stdout.fnmatch_lines([versions, "camcheck: device auto (chosen when*", "*",
+                                 f"camcheck: device {device} (asked: auto*"])
+    result = run(pytester, "--camcheck-device=cpu")  # named explicitly: checked and shown at start
+    result.stdout.fnmatch_lines([versions, "camcheck: device cpu (asked: cpu)", "*"])
     if not NO_CUDA:
+        result = run(pytester, "--camcheck-device=cuda")
         result.stdout.fnmatch_lines([f"camcheck: CUDA {torch.version.cuda}, cuDNN *, GPUs: cuda:0 *"])
 
 

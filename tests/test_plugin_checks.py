@@ -73,8 +73,10 @@ def test_settings_come_from_options_and_ini(session: pytest.Pytester) -> None:
 
 @pytest.mark.parametrize("args,message", [
     (["--camcheck-method=gradcam+++"], "--camcheck-method=gradcam+++: unknown method"),
-    (["--camcheck-min-lift=-1"], "--camcheck-min-lift=-1 is not a number >= 0"),
-    (["--camcheck-tolerance=wide"], "--camcheck-tolerance=wide is not a number >= 0"),
+    (["--camcheck-min-lift=-1"], "--camcheck-min-lift='-1' is not a valid threshold; pass a finite number >= 0 "
+                                 "(default 1.5)"),
+    (["--camcheck-tolerance=wide"], "--camcheck-tolerance='wide' is not a valid threshold; pass a finite number >= 0 "
+                                    "(default 15)"),
 ])
 def test_bad_settings_are_usage_errors(session: pytest.Pytester, args: list, message: str) -> None:
     session.makepyfile(test_checks="def test_x():\n    pass\n")

@@ -348,9 +348,11 @@ def test_thresholds_per_instance_and_per_call(tmp_path: Path, records: list) -> 
     assert records[-1].thresholds == {"ssim_min": -1.0, "spearman_min": -1.0}
     with pytest.raises(AssertionError):
         CamRegression(tmp_path, "test_x", ssim_min=-1, spearman_min=-1).check(other, image, 0, spearman_min=0.99)
-    assert check_threshold("spearman_min", "-0.5") == -0.5
-    for bad in (1.5, float("nan"), "high", True, None):
-        with pytest.raises(CamCheckError, match="pass a number between -1 and 1"):
+    assert check_threshold("spearman_min", np.float32(-0.5)) == -0.5
+    assert CamRegression(tmp_path, "test_x", ssim_min=np.float64(0.5), spearman_min=torch.tensor(0.25)).spearman_min == 0.25
+    for bad in (1.5, float("nan"), float("inf"), "0.8", True, None):
+        with pytest.raises(CamCheckError, match=r"is not a valid threshold; pass a finite number between -1 and 1 "
+                                                r"\(default 0.95\)"):
             CamRegression(tmp_path, "test_x", ssim_min=bad)
     with pytest.raises(CamCheckError, match="one image and one target at a time"):
         CamRegression(tmp_path, "test_x").check(net, image, [0, 1])
