@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .errors import GeometryError
 
-__all__ = ["Geometry", "geometry_neutral", "infer_geometry"]
+__all__ = ["Geometry", "center_crop_geometry", "describe_preprocess", "geometry_neutral", "infer_geometry"]
 
 
 @dataclass(frozen=True)
@@ -184,12 +184,30 @@ def _pair(size: Any) -> tuple[int, int]:
     return (int(size[0]), int(size[1]))
 
 
-def _center_crop(geom: Geometry, size: Any) -> Geometry:
+def center_crop_geometry(geom: Geometry, size: Any) -> Geometry:
+    """The geometry after torchvision's ``CenterCrop(size)`` (zero padding where the crop is larger, the offset
+    rounded), which timm's ``CenterCropOrPad`` follows too.
+
+    Example:
+        >>> center_crop_geometry(Geometry.identity((10, 10)), 4).input_size
+        (4, 4)
+    """
     ch, cw = _pair(size)
     h, w = geom.input_size
     top = -((ch - h) // 2) if ch > h else int(round((h - ch) / 2.0))
     left = -((cw - w) // 2) if cw > w else int(round((w - cw) / 2.0))
     return geom.cropped(top, left, (ch, cw))
+
+
+def describe_preprocess(step: Any) -> str:
+    """A preprocessing step as the user would recognise it in one line: its repr when short, else its class name.
+
+    Example:
+        >>> describe_preprocess(geometry_neutral(abs))
+        'geometry_neutral(<built-in function abs>)'
+    """
+    text = repr(step)
+    return text if len(text) <= 100 and "\n" not in text else type(step).__name__
 
 
 def _steps(preprocess: Any) -> list[Any]:
@@ -204,7 +222,8 @@ def infer_geometry(preprocess: Any, image_size: tuple[int, int]) -> Geometry:
     """Read the geometry of ``preprocess`` applied to an image of ``image_size`` (H, W).
 
     Understands torchvision v1 and v2 ``Compose``, ``Resize`` (int or (h, w), ``max_size``),
-    ``CenterCrop``, photometric steps, and the weights presets (``ResNet18_Weights.DEFAULT.transforms()``).
+    ``CenterCrop``, photometric steps, the weights presets (``ResNet18_Weights.DEFAULT.transforms()``), and through
+    :mod:`pytest_camcheck.integrations` timm's eval transforms and Hugging Face image processors.
 
     Example:
         >>> from torchvision import transforms as T
@@ -212,10 +231,12 @@ def infer_geometry(preprocess: Any, image_size: tuple[int, int]) -> Geometry:
         >>> g.input_size
         (224, 224)
     """
+    from .integrations import adapt_preprocess, step_geometry
+
     geom = Geometry.identity(image_size)
     if preprocess is None:
         return geom
-    for step in _steps(preprocess):
+    for step in _steps(adapt_preprocess(preprocess)):
         name = type(step).__name__
         if isinstance(step, _Neutral) or name in _NEUTRAL_NAMES:
             continue
@@ -223,17 +244,19 @@ def infer_geometry(preprocess: Any, image_size: tuple[int, int]) -> Geometry:
             resize = step.resize_size
             if resize is not None:
                 geom = geom.resized(_resize_output_size(geom.input_size, resize, None))
-            geom = _center_crop(geom, step.crop_size)
+            geom = center_crop_geometry(geom, step.crop_size)
         elif name == "Resize":
             geom = geom.resized(_resize_output_size(geom.input_size, step.size, getattr(step, "max_size", None)))
         elif name == "CenterCrop":
-            geom = _center_crop(geom, step.size)
+            geom = center_crop_geometry(geom, step.size)
         elif name.startswith("Random") or name in {"ColorJitter", "GaussianBlur", "AutoAugment", "RandAugment",
                                                   "TrivialAugmentWide", "AugMix", "ElasticTransform"}:
             raise GeometryError(f"preprocess step {name} cannot be used to explain a model: {_RANDOM_HINT}")
+        elif (moved := step_geometry(step, geom)) is not None:
+            geom = moved
         else:
             raise GeometryError(
-                f"cannot tell where preprocess step {step!r} moves pixels, so the heatmap could not be placed "
+                f"cannot tell where preprocess step {describe_preprocess(step)} moves pixels, so the heatmap could not be placed "
                 "in the original image. Fix: build preprocess from torchvision Resize / CenterCrop / ToTensor / "
                 "Normalize (v1 or v2, or a weights preset); or wrap a step that only changes colours or dtype "
                 "with pytest_camcheck.geometry_neutral(fn); or preprocess the image yourself and pass the tensor "

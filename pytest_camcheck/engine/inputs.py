@@ -14,6 +14,7 @@ from PIL import Image
 
 from ..errors import CamCheckWarning, InputError
 from ..geometry import Geometry, infer_geometry
+from ..integrations import adapt_preprocess
 
 
 @dataclass
@@ -120,7 +121,9 @@ def _tensor_batch(image: torch.Tensor, device: torch.device, dtype: torch.dtype)
 
 def prepare(image: Any, preprocess: Callable | None, *, explicit_preprocess: bool, device: torch.device,
             dtype: torch.dtype) -> Batch:
-    """Build the input batch: one image, a list of images, or a tensor of shape (C,H,W) / (N,C,H,W)."""
+    """Build the input batch: one image, a list of images, or a tensor of shape (C,H,W) / (N,C,H,W). A Hugging Face
+    image processor as ``preprocess`` gives each image's ``pixel_values``."""
+    preprocess = adapt_preprocess(preprocess)
     single = _is_single(image)
     if isinstance(image, torch.Tensor) and image.dim() == 4 and not explicit_preprocess and image.shape[0] > 0:
         return _tensor_batch(image, device, dtype)
