@@ -24,7 +24,11 @@ from .rule import DEFAULT_RULE, Rule, Verdict, required_lift
 __all__ = ["DEFAULT_RULE", "CamCheck", "Rule", "required_lift", "assert_attends_more_to", "assert_attends_to", "assert_not_attends_to"]
 
 
-def _single(result: CamResult | list[CamResult]) -> CamResult:
+def _single(result: CamResult | list[CamResult], image: Any) -> CamResult:
+    """The one result of a check; a batch of one image tensor (a Hugging Face processor's ``pixel_values`` of
+    shape (1, C, H, W)) with one target counts as one image."""
+    if isinstance(result, list) and len(result) == 1 and isinstance(image, torch.Tensor) and image.dim() == 4:
+        return result[0]
     if isinstance(result, list):
         raise CamCheckError(
             "attention assertions check one image and one target at a time; call them once per image/target "
@@ -37,6 +41,7 @@ def _picture(result: CamResult, image: Any) -> Image.Image:
     if result.image is not None:
         return result.image
     t = image.detach().float().cpu()
+    t = t[0] if t.dim() == 4 else t
     t = t[:3] if t.shape[0] >= 3 else t[:1].expand(3, -1, -1)
     t = (t - t.min()) / (t.max() - t.min() + 1e-12)
     return Image.fromarray((t.permute(1, 2, 0).numpy() * 255).astype(np.uint8))
@@ -94,7 +99,7 @@ _EMPTY_LINE = ("the map is EMPTY: the target has no positive evidence at this la
 
 def _run(check: str, model: torch.nn.Module, image: Any, target: Any, regions: Sequence[Region], tolerance: float,
          decide: Decide, explain: Explain, thresholds: dict[str, Any], cam_kwargs: dict[str, Any]) -> CamResult:
-    result = _single(compute_cam(model, image, target, **cam_kwargs))
+    result = _single(compute_cam(model, image, target, **cam_kwargs), image)
     masks = [to_mask(region, result.image_size) for region in regions]
     metrics = [measure(result.heatmap, mask, tolerance) for mask in masks]
     verdict = decide(metrics)

@@ -1,10 +1,15 @@
 """Model catalogue: torchvision classification models, the bundled models and the user's own, with what
 pytest-camcheck knows about each (class names and preprocessing).
 
-Information is kept beside the model (a weak reference), never written onto it.
+Information is kept beside the model (a weak reference). A model served here also carries one small picklable
+tag (``_camcheck_served``: how it was made), so that a ``copy.deepcopy`` or a pickle of it finds the same class
+names and preprocessing. Models of timm and Hugging Face need nothing attached: :func:`model_info` reads theirs
+from the model (:mod:`pytest_camcheck.integrations`), and wrappers (DataParallel, ``torch.compile``) answer for
+the module they wrap.
 
 Names are looked up in this order: models registered with :func:`register_model`, the bundled models
-(``camcheck-shapes``, ``camcheck-shapes-shortcut``), torchvision classification models (``resnet18``...).
+(``camcheck-shapes``, ``camcheck-shapes-shortcut``), ``timm:NAME`` and ``hf:REPO`` (from the local timm / Hugging
+Face caches only, hash-checked, never downloaded), torchvision classification models (``resnet18``...).
 Published torchvision weights are found by the file name torch.hub gives them (``resnet18-f37072fd.pth``) in
 ``weights_dir`` (or ``$CAMCHECK_WEIGHTS_DIR``), then in the torch hub cache (``torch.hub.get_dir()/checkpoints``),
 else downloaded there unless offline. Every file is read with ``torch.load(weights_only=True)`` and checked
@@ -26,6 +31,7 @@ import pickle
 import re
 import threading
 import urllib.request
+import uuid
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -78,9 +84,12 @@ class ModelInfo:
     name: str | None = None
     categories: Sequence[str] | None = None
     preprocess: Callable | None = None
+    preprocess_note: str | None = None
 
 
 _INFO: "weakref.WeakKeyDictionary[torch.nn.Module, ModelInfo]" = weakref.WeakKeyDictionary()
+_SERVED_TAG = "_camcheck_served"
+_SERVED: dict[str, ModelInfo] = {}
 
 
 def attach_info(model: torch.nn.Module, info: ModelInfo) -> None:
@@ -94,14 +103,57 @@ def attach_info(model: torch.nn.Module, info: ModelInfo) -> None:
 
 
 def model_info(model: torch.nn.Module) -> ModelInfo | None:
-    """Return what was attached to ``model`` with :func:`attach_info`, or ``None``.
+    """What is known about ``model``: what was attached with :func:`attach_info`, else what a served model's tag
+    says (copies and pickles of served models), else what timm or transformers say (ImageNet names and the data
+    config of a timm model, ``config.id2label`` of a Hugging Face one), else ``None``. A DataParallel or
+    ``torch.compile`` wrapper answers for the module it wraps.
 
     Example:
         >>> import torch
         >>> model_info(torch.nn.Identity()) is None
         True
     """
-    return _INFO.get(model)
+    from .integrations import library_info, unwrap_model
+
+    model = unwrap_model(model, refuse_script=False)
+    found = _INFO.get(model)
+    if found is not None:
+        return found
+    tag = model.__dict__.get(_SERVED_TAG) if isinstance(model, nn.Module) else None
+    if isinstance(tag, tuple) and len(tag) == 2:
+        found = _SERVED.get(tag[1]) or _info_from_recipe(tag[0])
+        if found is not None:
+            _INFO[model] = found
+            return found
+    return library_info(model)
+
+
+def _serve(model: nn.Module, info: ModelInfo, recipe: tuple) -> nn.Module:
+    """Attach ``info`` and tag the model with its recipe (plain strings: a copy or a pickle keeps it)."""
+    attach_info(model, info)
+    key = uuid.uuid4().hex
+    _SERVED[key] = info
+    model.__dict__[_SERVED_TAG] = (recipe, key)
+    return model
+
+
+def _info_from_recipe(recipe: tuple) -> ModelInfo | None:
+    """The information of a served model rebuilt from its tag's recipe (a pickle loaded in another process)."""
+    kind, name = recipe[0], recipe[1]
+    if kind == "torchvision":
+        from torchvision.models import get_model_weights
+
+        enum = get_model_weights(name)
+        described = enum[recipe[2]] if recipe[2] is not None else enum.DEFAULT
+        return ModelInfo(name=name, categories=tuple(described.meta["categories"]), preprocess=described.transforms())
+    if kind == "bundled":
+        from .bundled import bundled_categories, bundled_preprocess
+
+        return ModelInfo(name=name, categories=bundled_categories(name), preprocess=bundled_preprocess(name))
+    if kind == "registered" and name in _REGISTRY:
+        entry = _REGISTRY[name]
+        return ModelInfo(name=name, categories=entry.categories, preprocess=entry.preprocess)
+    return None
 
 
 class WeightsUnavailable(CamCheckError):
@@ -373,18 +425,40 @@ def _build_registered(entry: _Registered, device: torch.device) -> nn.Module:
                 f"{problems[:600]}. Fix: save the state_dict of the same architecture as the factory builds"
             ) from err
     known = model_info(model) or ModelInfo()
-    attach_info(model, ModelInfo(
+    _serve(model, ModelInfo(
         name=entry.name,
         categories=entry.categories if entry.categories is not None else known.categories,
         preprocess=entry.preprocess if entry.preprocess is not None else known.preprocess,
-    ))
+        preprocess_note=None if entry.preprocess is not None else known.preprocess_note,
+    ), ("registered", entry.name))
     return model.to(device).eval()
 
 
 def _build_bundled(name: str, device: torch.device) -> nn.Module:
     from .bundled import load_bundled
 
-    return load_bundled(name, device=device).eval()
+    model = load_bundled(name, device=device).eval()
+    return _serve(model, model_info(model) or ModelInfo(name=name), ("bundled", name))
+
+
+def _build_timm(name: str, weights: Any, device: torch.device, weights_dir: Path | None) -> nn.Module:
+    from .integrations.timm import load_timm, timm_info
+
+    model = load_timm(name, weights, device, weights_dir)
+    info = timm_info(model)
+    return _serve(model, ModelInfo(name=f"timm:{name}", categories=info.categories, preprocess=info.preprocess,
+                                   preprocess_note=info.preprocess_note), ("timm", name))
+
+
+def _build_hf(repo: str, weights: Any, device: torch.device) -> nn.Module:
+    from .integrations.hf import ImageProcessorPreprocess, hf_info, load_hf
+
+    model, processor = load_hf(repo, weights, device)
+    known = hf_info(model) or ModelInfo()
+    preprocess = ImageProcessorPreprocess(processor) if processor is not None else None
+    note = f"the image processor of {repo} ({type(processor).__name__})" if processor is not None else None
+    return _serve(model, ModelInfo(name=f"hf:{repo}", categories=known.categories, preprocess=preprocess,
+                                   preprocess_note=note), ("hf", repo))
 
 
 _SERVING = threading.Lock()
@@ -434,8 +508,9 @@ def _build_torchvision(name: str, weights: Any, device: torch.device, weights_di
         with _serving(weights, state):
             model = get_model(name, weights=weights)
     described = weights if weights is not None else get_model_weights(name).DEFAULT
-    attach_info(model, ModelInfo(name=name, categories=tuple(described.meta["categories"]),
-                                 preprocess=described.transforms()))
+    _serve(model, ModelInfo(name=name, categories=tuple(described.meta["categories"]),
+                            preprocess=described.transforms()),
+           ("torchvision", name, weights.name if weights is not None else None))
     return model.to(device).eval()
 
 
@@ -446,8 +521,8 @@ def _unknown(name: str) -> CamCheckError:
         f"unknown model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
         + f" Known: registered [{', '.join(registered) or 'none'}], bundled [{', '.join(bundled)}], and the "
         f"{len(torchvision_names)} torchvision classification models (torchvision.models.list_models(module="
-        "torchvision.models)). Fix: correct the name, or register your model with "
-        "pytest_camcheck.register_model(name, factory) in conftest.py"
+        "torchvision.models)), plus timm:NAME and hf:REPO from the local caches. Fix: correct the name, or "
+        "register your model with pytest_camcheck.register_model(name, factory) in conftest.py"
     )
 
 
@@ -458,12 +533,19 @@ def _recipe(name: str, weights: Any) -> tuple[tuple, Callable[[torch.device, Pat
                             "you already have needs no loading: pass it to compute_cam directly")
     if name in _REGISTRY or name in _bundled_names():
         if weights != "DEFAULT":
-            raise CamCheckError(f"weights= applies to torchvision models only; {name!r} always loads its own "
+            raise CamCheckError(f"weights= applies to torchvision, timm: and hf: models only; {name!r} always loads its own "
                                 "weights (bundled, or the checkpoint given to register_model): leave weights out")
         if name in _REGISTRY:
             entry = _REGISTRY[name]
             return ("registered", name, entry), lambda device, _dir, _offline: _build_registered(entry, device)
         return ("bundled", name), lambda device, _dir, _offline: _build_bundled(name, device)
+    if name.startswith("timm:") and len(name) > 5:
+        arch = name[5:]
+        return ("timm", arch, weights), lambda device, weights_dir, _offline: _build_timm(arch, weights, device,
+                                                                                             weights_dir)
+    if name.startswith("hf:") and len(name) > 3:
+        repo = name[3:]
+        return ("hf", repo, weights), lambda device, _dir, _offline: _build_hf(repo, weights, device)
     if name not in _torchvision_names():
         raise _unknown(name)
     member = _torchvision_weights(name, weights)
@@ -488,9 +570,10 @@ def load_model(
     """A model by name, in eval mode on ``device`` (CPU by default; ``auto``, ``cuda``, ``cuda:N``, ``mps``
     accepted), with its categories and preprocessing attached.
 
-    ``weights`` (torchvision models only): ``"DEFAULT"``, a weights name (``"IMAGENET1K_V1"``) or enum member,
-    or ``None`` for a random initialisation with a fixed seed (categories and preprocessing still those of the
-    default weights). Raises :class:`WeightsUnavailable` when the weights file is missing and cannot be
+    ``weights``: ``"DEFAULT"``, a weights name (``"IMAGENET1K_V1"``, torchvision only) or enum member, or ``None``
+    for a random initialisation with a fixed seed (categories and preprocessing still those of the default
+    weights). ``"timm:NAME"`` (``timm:resnet18.a1_in1k``) and ``"hf:REPO"`` (``hf:google/vit-base-patch16-224``)
+    read their weights from the local Hugging Face / torch hub caches only. Raises :class:`WeightsUnavailable` when the weights file is missing and cannot be
     downloaded, :class:`CamCheckError` for an unknown name (with close matches) or a wrong hash.
 
     Example:

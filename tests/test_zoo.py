@@ -224,7 +224,7 @@ def test_weights_names_are_checked() -> None:
     with pytest.raises(CamCheckError, match=r"VGG16_Weights.IMAGENET1K_FEATURES holds feature-extraction weights"):
         load_model("vgg16", weights="IMAGENET1K_FEATURES")
     register_model("tiny", TinyNet)
-    with pytest.raises(CamCheckError, match=r"weights= applies to torchvision models only; 'tiny'"):
+    with pytest.raises(CamCheckError, match=r"weights= applies to torchvision, timm: and hf: models only; 'tiny'"):
         load_model("tiny", weights=None)
 
 

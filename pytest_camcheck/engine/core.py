@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence, overload
 
 import numpy as np
 import torch
@@ -14,8 +15,9 @@ from PIL import Image
 from torch import nn
 
 from ..errors import CamCheckError, LayerError, MethodError, TargetError
-from ..geometry import Geometry
-from ..zoo import model_info
+from ..geometry import Geometry, describe_preprocess
+from ..integrations import check_input_size, unwrap_layer, unwrap_model
+from ..zoo import ModelInfo, model_info
 from .capture import Capture, capture_layer, evaluation_mode, model_lock, raised_by_model, run_model as _forward
 from .inputs import Batch, prepare
 from .layers import auto_layer, is_spatial, resolve_layer
@@ -31,7 +33,8 @@ EMPTY_RELATIVE = 1e-5
 @dataclass
 class CamResult:
     """One map: ``heatmap`` (float32, original image H x W, in [0, 1]), ``raw`` (the low-resolution map before
-    ReLU and normalisation), the target explained and how the map was made. ``orientation`` is the EXIF
+    ReLU and normalisation), the target explained and how the map was made (``preprocessing`` says which
+    preprocessing made the input: the one given, the model's own such as a timm data config, or none). ``orientation`` is the EXIF
     orientation applied to the picture (1: none, 6: a phone photo turned upright): the map and ``image_size`` are
     in the pixels people see.
 
@@ -54,6 +57,7 @@ class CamResult:
     top: list[tuple[int, str | None, float]] = field(default_factory=list)
     image: Image.Image | None = field(default=None, repr=False)
     orientation: int = 1
+    preprocessing: str = ""
 
     def __repr__(self) -> str:
         label = f" ({self.label})" if self.label else ""
@@ -500,6 +504,49 @@ def _tops(logits: torch.Tensor | None, categories: Sequence[str] | None, k: int 
     return tops, probs
 
 
+def _preprocessing_note(explicit: bool, info: ModelInfo | None, preprocess: Any, batch: Batch) -> str:
+    if explicit:
+        return f"given: {describe_preprocess(preprocess)}"
+    if all(p is None for p in batch.pictures):
+        return "none: the tensor is fed as it is"
+    if preprocess is None:
+        return "ToTensor only: no preprocessing is known for this model"
+    return (info.preprocess_note if info is not None and info.preprocess_note
+            else f"the model's own ({info.name if info is not None and info.name else 'attached'}): "
+                 f"{describe_preprocess(preprocess)}")
+
+
+ImageLike = Image.Image | np.ndarray | str | Path
+
+
+@overload
+def compute_cam(model: nn.Module, image: ImageLike, target: int | str | Callable[[Any], Any] | None = None, *,
+                method: str = ..., layer: str | nn.Module | None = ..., preprocess: Callable | None = ...,
+                device: str | torch.device | None = ..., categories: Sequence[str] | None = ...,
+                output: Pick = ...) -> CamResult: ...
+
+
+@overload
+def compute_cam(model: nn.Module, image: ImageLike, target: Sequence[Target], *, method: str = ...,
+                layer: str | nn.Module | None = ..., preprocess: Callable | None = ...,
+                device: str | torch.device | None = ..., categories: Sequence[str] | None = ...,
+                output: Pick = ...) -> list[CamResult]: ...
+
+
+@overload
+def compute_cam(model: nn.Module, image: Sequence[ImageLike | torch.Tensor], target: Target | Sequence[Target] = None,
+                *, method: str = ..., layer: str | nn.Module | None = ..., preprocess: Callable | None = ...,
+                device: str | torch.device | None = ..., categories: Sequence[str] | None = ...,
+                output: Pick = ...) -> list[CamResult]: ...
+
+
+@overload
+def compute_cam(model: nn.Module, image: torch.Tensor, target: Target | Sequence[Target] = None, *,
+                method: str = ..., layer: str | nn.Module | None = ..., preprocess: Callable | None = ...,
+                device: str | torch.device | None = ..., categories: Sequence[str] | None = ...,
+                output: Pick = ...) -> CamResult | list[CamResult]: ...
+
+
 def compute_cam(
     model: nn.Module,
     image: Any,
@@ -515,10 +562,13 @@ def compute_cam(
     """Explain ``target`` for ``image`` with a class activation map in the image's own pixels.
 
     ``image``: a PIL image, an HxWx3 uint8 array, a path, or a preprocessed (C, H, W) tensor; a list of them
-    or an (N, C, H, W) tensor gives a list of results from one batched pass. ``target``: class index, class
+    or an (N, C, H, W) tensor gives a list of results from one batched pass, also for N = 1 (a Hugging Face
+    processor's ``pixel_values`` of shape (1, 3, H, W) gives a list of one result: take ``[0]``, or pass
+    ``pixel_values[0]``). ``target``: class index, class
     name, ``None`` (top-1) or a callable on one image's model output returning a scalar; one image with a list
-    of targets gives one result per target from one forward pass. ``preprocess``: torchvision transforms
-    (undone exactly for the heatmap) or ``None`` (what is known for the model, else ToTensor only).
+    of targets gives one result per target from one forward pass. ``preprocess``: torchvision transforms,
+    timm's eval transforms or a Hugging Face image processor (undone exactly for the heatmap), or ``None`` (what
+    is known for the model: a served model's, a timm model's data config; else ToTensor only).
     ``method``: "cam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "scorecam", "eigencam",
     "ablationcam". ``layer``: ``None`` (auto), a dotted name or a module. ``device``: must be the model's
     device if given (the model is never moved). ``categories``: class names, one per output (a name matches
@@ -527,6 +577,8 @@ def compute_cam(
     could be the logits. The model is left exactly as it was: training flags, parameters, ``requires_grad``,
     ``.grad``, buffers and hooks. Calls on one model from several threads are serialised by a per-model lock
     (:func:`~pytest_camcheck.engine.capture.model_lock`), so their maps equal the single-threaded ones.
+    DataParallel, DistributedDataParallel and ``torch.compile`` models are explained through the module they
+    wrap; TorchScript models are refused.
 
     Example:
         >>> import torch, torchvision
@@ -537,6 +589,8 @@ def compute_cam(
     """
     if not isinstance(model, nn.Module):
         raise CamCheckError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    layer = unwrap_layer(model, layer)
+    model = unwrap_model(model)
     spec = get_method(method)
     model_device = device_of(model)
     if device is not None:
@@ -557,6 +611,7 @@ def compute_cam(
     if preprocess is None and info is not None:
         preprocess = info.preprocess
     batch = prepare(image, preprocess, explicit_preprocess=explicit, device=model_device, dtype=dtype_of(model))
+    check_input_size(model, tuple(batch.x.shape[-2:]))
     jobs = _jobs(target, batch)
 
     with model_lock(model), evaluation_mode(model):
@@ -590,6 +645,7 @@ def compute_cam(
         values = probs[[jobs[j][0] for j in asked], [scorers[j].index for j in asked]].tolist()
         for j, v in zip(asked, values):
             chosen[j] = v
+    note = _preprocessing_note(explicit, info, preprocess, batch)
     results = []
     for j, (i, _) in enumerate(jobs):
         index = scorers[j].index
@@ -607,6 +663,7 @@ def compute_cam(
             top=tops[i] if tops else [],
             image=batch.pictures[i],
             orientation=batch.orientations[i] if batch.orientations else 1,
+            preprocessing=note,
         ))
     if not batch.batched and len(results) == 1 and not isinstance(target, (list, tuple)):
         return results[0]
