@@ -102,8 +102,8 @@ def test_timm_random_transforms_are_refused() -> None:
 
 
 def hf_processors() -> dict[str, object]:
-    from transformers import (ConvNextImageProcessor, ConvNextImageProcessorPil, DeiTImageProcessor,
-                              ViTImageProcessor, ViTImageProcessorPil)
+    from transformers import (CLIPImageProcessor, ConvNextImageProcessor, ConvNextImageProcessorPil,
+                              DeiTImageProcessor, ViTImageProcessor, ViTImageProcessorPil)
 
     plain = dict(do_normalize=False)
     return {
@@ -113,6 +113,7 @@ def hf_processors() -> dict[str, object]:
         "convnext-crop-pct": ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875, **plain),
         "convnext-crop-pct-pil": ConvNextImageProcessorPil(size={"shortest_edge": 36}, crop_pct=0.8, **plain),
         "convnext-warp": ConvNextImageProcessor(size={"shortest_edge": 384}, **plain),
+        "clip": CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 26, "width": 29}, **plain),
         # crops larger than the resized picture, with odd padding: the two backends pad differently
         "deit-pad": DeiTImageProcessor(size={"height": 30, "width": 25}, crop_size={"height": 37, "width": 28},
                                        **plain),
