@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from .engine import METHODS, CamResult, compute_cam
     from .errors import CamCheckError
     from .geometry import geometry_neutral
+    from .quality import (FaithfulnessResult, SanityResult, StabilityResult, assert_faithful, assert_sane,
+                          assert_stable)
     from .regions import Box
     from .rule import Rule
     from .zoo import load_model, register_model
@@ -25,11 +27,17 @@ _WHERE = {
     "Box": "regions",
     "CamCheckError": "errors",
     "CamResult": "engine",
+    "FaithfulnessResult": "quality",
     "METHODS": "engine",
     "Rule": "rule",
+    "SanityResult": "quality",
+    "StabilityResult": "quality",
     "assert_attends_more_to": "assertions",
     "assert_attends_to": "assertions",
+    "assert_faithful": "quality",
     "assert_not_attends_to": "assertions",
+    "assert_sane": "quality",
+    "assert_stable": "quality",
     "compute_cam": "engine",
     "geometry_neutral": "geometry",
     "load_model": "zoo",

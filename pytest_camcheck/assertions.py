@@ -301,3 +301,24 @@ class CamCheck:
         __tracebackhide__ = True
         kwargs = {"min_ratio": self.rule.min_ratio} | kwargs
         return assert_attends_more_to(model, image, target, region, other_region, **self._kw(kwargs))
+
+    def sane(self, model: torch.nn.Module, image: Any, target: Any = None, **kwargs: Any) -> Any:
+        """:func:`pytest_camcheck.assert_sane` with the bound defaults."""
+        __tracebackhide__ = True
+        from .quality import assert_sane
+
+        return assert_sane(model, image, target, **self._kw(kwargs))
+
+    def faithful(self, model: torch.nn.Module, image: Any, target: Any = None, **kwargs: Any) -> Any:
+        """:func:`pytest_camcheck.assert_faithful` with the bound defaults."""
+        __tracebackhide__ = True
+        from .quality import assert_faithful
+
+        return assert_faithful(model, image, target, **self._kw(kwargs))
+
+    def stable(self, model: torch.nn.Module, image: Any, target: Any = None, **kwargs: Any) -> Any:
+        """:func:`pytest_camcheck.assert_stable` with the bound defaults."""
+        __tracebackhide__ = True
+        from .quality import assert_stable
+
+        return assert_stable(model, image, target, **self._kw(kwargs))

@@ -193,3 +193,59 @@ def save_png(img: Image.Image, path: str | os.PathLike[str]) -> Path:
     with atomic_file(target) as out:
         img.save(out, format="PNG")
     return target
+
+
+PLOT_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40))
+
+
+def plot_curves(
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    x_label: str = "",
+    y_range: tuple[float, float] = (0.0, 1.0),
+    limit: float | None = None,
+    size: tuple[int, int] = (240, 160),
+) -> Image.Image:
+    """A small line plot (PIL RGB image) of named curves ``{name: (xs, ys)}``: axes, y range, a dashed grey
+    line at ``limit`` (a threshold), a legend. For failure pictures and the report; no plotting library needed.
+
+    Example:
+        >>> plot_curves({"map": ([0, 0.5, 1], [1.0, 0.2, 0.1])}, x_label="share deleted").size
+        (240, 160)
+    """
+    if not series:
+        raise CamCheckError("plot_curves needs at least one curve; pass {name: (xs, ys)}")
+    low, high = y_range
+    if not high > low:
+        raise CamCheckError(f"y_range {y_range} is empty; pass (low, high) with high > low")
+    width, height = size
+    left, right, top, bottom = 30, 8, 8, 22
+    img = Image.new("RGB", size, (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    xs_all = [float(x) for xs, _ in series.values() for x in xs]
+    x0, x1 = (min(xs_all), max(xs_all)) if xs_all else (0.0, 1.0)
+    x1 = x1 if x1 > x0 else x0 + 1.0
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        y = min(max(y, low), high)
+        return (left + (x - x0) / (x1 - x0) * (width - left - right),
+                top + (high - y) / (high - low) * (height - top - bottom))
+
+    draw.rectangle([left, top, width - right, height - bottom], outline=(120, 120, 120))
+    for value in (low, high):
+        draw.text((2, at(x0, value)[1] - 5), f"{value:g}", fill=(80, 80, 80), font=font)
+    draw.text((left, height - bottom + 4), x_label, fill=(80, 80, 80), font=font)
+    if limit is not None and low <= limit <= high:
+        y = at(x0, limit)[1]
+        for x in range(left, width - right, 6):
+            draw.line([(x, y), (min(x + 3, width - right), y)], fill=(150, 150, 150))
+    for k, (name, (xs, ys)) in enumerate(series.items()):
+        colour = PLOT_COLOURS[k % len(PLOT_COLOURS)]
+        points = [at(float(x), float(y)) for x, y in zip(xs, ys) if math.isfinite(float(y))]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        for px, py in points:
+            draw.ellipse([px - 1.5, py - 1.5, px + 1.5, py + 1.5], fill=colour)
+        draw.text((width - right - 70, top + 2 + 11 * k), name, fill=colour, font=font)
+    return img

@@ -11,7 +11,7 @@ import torch
 import torchvision
 from torch import nn
 
-from pytest_camcheck import CamCheckError, compute_cam
+from pytest_camcheck import CamCheckError, assert_faithful, assert_sane, assert_stable, compute_cam
 from pytest_camcheck.engine.methods import METHODS
 
 from .models import SmallCNN
@@ -214,3 +214,53 @@ def test_the_fast_module_listing_equals_modules_with_shared_and_missing_children
         net = getattr(torchvision.models, name)()
         assert set(map(id, all_modules(net))) == set(map(id, net.modules()))
         assert len(all_modules(net)) == len(list(net.modules()))
+
+
+QUALITY_CALLS = {
+    "sane": lambda m, x, **kw: assert_sane(m, x, kw.pop("target", 1), **kw),
+    "faithful": lambda m, x, **kw: assert_faithful(m, x, kw.pop("target", 1), steps=3, orderings=1, **kw),
+    "stable": lambda m, x, **kw: assert_stable(m, x, kw.pop("target", 1), samples=2, **kw),
+}
+QUALITY_FAILURES = {
+    "passes": ({}, None),
+    "layer": (dict(layer="no.such.layer"), CamCheckError),
+    "target": (dict(target=99), CamCheckError),
+    "raising": (dict(target=lambda out: 1 / 0), (ZeroDivisionError, CamCheckError)),
+    "assertion": ({"sane": dict(max_similarity=-1.0), "faithful": dict(min_gain=1.0),
+                   "stable": dict(min_similarity=1.0, noise=0.5)}, AssertionError),
+}
+FINE_LAYER = {"smallcnn": "features", "resnet18": "layer3"}  # a grid fine enough that noise 0.5 moves the map
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+QUALITY_CASES = [("smallcnn", c, f) for c in sorted(QUALITY_CALLS) for f in sorted(QUALITY_FAILURES)] + [
+    ("resnet18", "sane", "passes"), ("resnet18", "sane", "assertion"), ("resnet18", "stable", "assertion")]
+
+
+@pytest.mark.parametrize("arch,check,case", QUALITY_CASES)
+def test_quality_checks_leave_the_model_untouched(models: dict, arch: str, check: str, case: str,
+                                                  one_thread: None) -> None:
+    """Sanity randomises a copy, faithfulness and stability only run the model: passing, refused or failing,
+    the user's model is as it was."""
+    model, size = models[arch], ARCHS[arch][1]
+    kwargs, raised = QUALITY_FAILURES[case]
+    kwargs = dict(kwargs.get(check, {}) if case == "assertion" else kwargs)
+    if case == "assertion" and check == "stable":
+        kwargs["layer"] = FINE_LAYER[arch]
+    before = snapshot(model)
+    if raised is None:
+        try:
+            QUALITY_CALLS[check](model, torch.rand(3, size, size), **kwargs)
+        except AssertionError:
+            pass  # a random-init model may fail a quality check; the model's state is what is tested here
+    else:
+        with pytest.raises(raised):
+            QUALITY_CALLS[check](model, torch.rand(3, size, size), **kwargs)
+    assert_same(before, snapshot(model))

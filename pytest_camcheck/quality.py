@@ -1,0 +1,817 @@
+"""Explanation quality: is the map itself trustworthy?
+
+Three checks, each a measurement (:func:`sanity`, :func:`faithfulness`, :func:`stability`, which return their
+result whatever it says) and an assertion on it (:func:`assert_sane`, :func:`assert_faithful`,
+:func:`assert_stable`, which record the check and raise ``AssertionError`` with the curve and a picture when it
+does not hold):
+
+- **sanity** (Adebayo et al. 2018, cascading model-parameter randomisation): on a deep copy of the model, the
+  parameters are re-initialised group by group from the output down (the groups are the model's top-level blocks,
+  the largest split further, 5-16 steps), seeded. The map after full randomisation must differ from the original:
+  Spearman rank correlation at most ``max_similarity`` (SSIM reported). A randomised BatchNorm gets its
+  freshly-initialised state (running mean 0, variance 1, weight 1, bias 0) and a randomised LayerNorm weight 1 and
+  bias 0, as in a new network, so no step divides by statistics of activations that no longer exist.
+- **faithfulness** (deletion / insertion curves, Petsiuk et al. 2018): the image's pixels are replaced by a
+  baseline ("blur", "mean" or "zero") most relevant first (deletion), or put onto the baseline most relevant first
+  (insertion), in ``steps`` equal shares; the curve is the target's **softmax probability** (a single-logit head:
+  its sigmoid), its area under the curve (AUC, x from 0 to 1) is compared with the mean AUC of ``orderings`` seeded
+  random orderings of the same pixels. ``gain`` = random AUC - map AUC for deletion, map AUC - random AUC for
+  insertion (in probability units); the check holds when ``gain >= min_gain``.
+- **stability** (max-sensitivity, Yeh et al. 2019): maps of ``samples`` seeded perturbations drawn uniformly from
+  the L-infinity ball of radius ``noise`` (pixel units in [0, 1]; for an 8-bit picture whole grey levels up to
+  ``noise * 255``) must each keep SSIM >= ``min_similarity`` with the clean map, and the predicted class must not
+  change (reported separately: an unstable prediction is not an unstable map). captum's max-sensitivity (largest
+  relative L2 change of the map) is reported too.
+
+Every perturbation is made in the pixels of the image handed over (a picture, or a tensor in its own units) and
+passed through the same preprocessing as the map's own input, so a PIL image with torchvision transforms works.
+The user's model is never changed: sanity works on a deep copy (with the original's categories and preprocessing
+attached to it), the others only run it.
+
+The defaults come from measurements on the bundled models and held-out scenes (README, "Explanation quality";
+``python benchmarks/calibrate_quality.py``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from . import context
+from .engine import CamResult, compute_cam
+from .engine.capture import evaluation_mode, run_model
+from .engine.core import device_of, dtype_of
+from .engine.inputs import prepare
+from .engine.targets import check_logits, logits_of, resolve_target
+from .errors import CamCheckError
+from .metrics import check_heatmap, map_similarity
+from .zoo import attach_info, model_info
+
+__all__ = [
+    "BASELINES", "DEFAULT_MAX_SIMILARITY", "DEFAULT_MIN_GAIN", "DEFAULT_MIN_SIMILARITY", "DEFAULT_NOISE",
+    "FaithfulnessResult", "METRICS", "SanityResult", "SanityStep", "StabilityResult", "assert_faithful",
+    "assert_sane", "assert_stable", "cascade_groups", "faithfulness", "sanity", "stability",
+]
+
+DEFAULT_MAX_SIMILARITY = 0.7
+DEFAULT_MIN_GAIN = 0.1
+DEFAULT_NOISE = 0.02
+DEFAULT_MIN_SIMILARITY = 0.95
+DEFAULT_ORDERINGS = 4
+BASELINES = ("blur", "mean", "zero")
+METRICS = ("deletion", "insertion")
+BLUR_SIGMA = 0.1  # of the image's short side
+MIN_STEPS, MAX_STEPS = 5, 16
+FORWARD_CHUNK = 64
+
+
+# ----------------------------------------------------------------------------------------------------- inputs
+
+def _number(name: str, value: Any, *, low: float | None = None, high: float | None = None,
+            low_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise CamCheckError(f"{name}={value!r} is not a finite number; pass a number"
+                            + (f" in [{low}, {high}]" if low is not None and high is not None else ""))
+    bad = (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high)
+    if bad:
+        where = f"> {low}" if low_open else f">= {low}"
+        where = where if high is None else f"{where} and <= {high}"
+        raise CamCheckError(f"{name}={value!r} is out of range; pass a number {where}")
+    return float(value)
+
+
+def _count(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise CamCheckError(f"{name}={value!r} is not valid; pass an integer >= {low}")
+    return int(value)
+
+
+def _seed(value: Any) -> int:
+    return _count("seed", value, 0)
+
+
+def _one_image(image: Any) -> None:
+    if isinstance(image, (list, tuple)) or (isinstance(image, torch.Tensor) and image.dim() == 4):
+        raise CamCheckError(
+            "explanation-quality checks take one image at a time; call them once per image (a batch or a list "
+            "was given)"
+        )
+    if not isinstance(image, (torch.Tensor,)) and callable(image):
+        raise CamCheckError(f"image of type {type(image).__name__} is not an image; pass a picture or a tensor")
+
+
+def _no_list_target(target: Any) -> None:
+    if isinstance(target, (list, tuple)) or (isinstance(target, torch.Tensor) and target.numel() > 1):
+        raise CamCheckError("explanation-quality checks explain one target at a time; pass one class, name or None")
+
+
+class _Source:
+    """The image as handed over (an 8-bit RGB picture or a tensor in its own units) and how a batch of
+    perturbed copies of it becomes model input: the same preprocessing as ``compute_cam`` uses."""
+
+    def __init__(self, model: nn.Module, image: Any, cam_kwargs: dict[str, Any]) -> None:
+        info = model_info(model)
+        self.explicit = cam_kwargs.get("preprocess") is not None
+        self.preprocess = cam_kwargs.get("preprocess") if self.explicit else (info.preprocess if info else None)
+        self.categories = cam_kwargs.get("categories") or (info.categories if info else None)
+        self.device, self.dtype = device_of(model), dtype_of(model)
+        self.pick = cam_kwargs.get("output")
+        batch = prepare(image, self.preprocess, explicit_preprocess=self.explicit, device=self.device,
+                        dtype=self.dtype)
+        self.clean_input = batch.x
+        self.picture = batch.pictures[0]
+        self.size = batch.geometries[0].image_size
+        # a picture's pixels: (H, W, 3) uint8, the layout PIL reads without a copy; a tensor's: (C, H, W) float
+        self.is_picture = self.picture is not None
+        if self.is_picture:
+            self.pixels = torch.from_numpy(np.array(self.picture, dtype=np.uint8))
+        else:
+            self.pixels = image.detach().to("cpu", torch.float32).clone()
+
+    def masks(self, masks: torch.Tensor) -> torch.Tensor:
+        """Boolean (K, H, W) masks shaped to select pixels of a (K, ...) stack of copies."""
+        return masks[..., None] if self.is_picture else masks[:, None]
+
+    def images(self, pixels: torch.Tensor) -> Any:
+        """What ``compute_cam`` takes for a stack of copies: PIL images, or a (K, C, H, W) tensor."""
+        if self.is_picture:
+            return [Image.fromarray(a) for a in pixels.numpy()]
+        return pixels
+
+    def inputs(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The model input for a stack of copies, preprocessed like the clean image."""
+        if self.is_picture:
+            if self.preprocess is None:
+                x = pixels.permute(0, 3, 1, 2).float() / 255.0
+            else:
+                x = torch.stack([self.preprocess(im) for im in self.images(pixels)])
+        elif self.explicit:
+            x = torch.stack([self.preprocess(t) for t in pixels])
+        else:
+            x = pixels
+        return x.to(device=self.device, dtype=self.dtype)
+
+    def logits(self, output: Any) -> torch.Tensor:
+        if self.pick is None:
+            return logits_of(output)
+        if callable(self.pick):
+            return self.pick(output)
+        return output[self.pick]
+
+
+def _probabilities(model: nn.Module, source: _Source, x: torch.Tensor, index: int) -> np.ndarray:
+    """The probability of class ``index`` for every input of ``x``, in batched forwards under inference mode."""
+    out = []
+    with evaluation_mode(model), torch.inference_mode():
+        for start in range(0, x.shape[0], FORWARD_CHUNK):
+            logits = source.logits(run_model(model, x[start:start + FORWARD_CHUNK]))
+            check_logits(logits)
+            rows = logits.float()
+            if rows.shape[1] == 1:
+                p1 = torch.sigmoid(rows[:, 0])
+                out.append(p1 if index == 1 else 1 - p1)
+            else:
+                out.append(torch.softmax(rows, dim=1)[:, index])
+    return torch.cat(out).cpu().numpy().astype(np.float64)
+
+
+# ----------------------------------------------------------------------------------------------------- sanity
+
+@dataclass
+class _Unit:
+    name: str
+    module: nn.Module | None
+    params: list[nn.Parameter]
+    extra: list[nn.Parameter] = field(default_factory=list)  # a parent's own parameters, randomised with it
+
+    @property
+    def size(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+
+def _units(module: nn.Module, prefix: str, extra: Sequence[nn.Parameter] = ()) -> list[_Unit]:
+    """The parameter-holding children of ``module`` in registration order. The module's own parameters
+    (class tokens, position embeddings: input-side parts) and ``extra`` go with its first such child, or form
+    a unit of their own when it has none."""
+    own = list(extra) + [p for p in module._parameters.values() if p is not None]
+    out = []
+    for name, child in module._modules.items():
+        if child is not None:
+            params = list(child.parameters())
+            if params:
+                out.append(_Unit(f"{prefix}{name}", child, params))
+    if own and out:
+        out[0].extra, out[0].params = own, own + out[0].params
+    elif own:
+        out.append(_Unit(prefix.rstrip(".") or "(parameters)", None, own))
+    return out
+
+
+def cascade_groups(model: nn.Module) -> list[str]:
+    """The groups :func:`sanity` randomises, input side first (it randomises them from the last).
+
+    The model's top-level blocks holding parameters; while there are fewer than 5, or the largest holds more than
+    half of the parameters, a block is split into its own blocks, largest first, as long as that makes at most
+    16 groups. A module's own parameters (e.g. a ViT's class token) go with its first block.
+
+    Example:
+        >>> import torchvision
+        >>> cascade_groups(torchvision.models.resnet18())
+        ['conv1', 'bn1', 'layer1', 'layer2', 'layer3', 'layer4.0', 'layer4.1', 'fc']
+    """
+    return [u.name for u in _groups(model)]
+
+
+def _groups(model: nn.Module) -> list[_Unit]:
+    groups = _units(model, "")
+    if not groups:
+        raise CamCheckError("the model has no parameters, so there is nothing to randomise; sanity needs a model "
+                            "whose map is computed from learned weights")
+    total = sum(g.size for g in groups)
+    while True:
+        for i in sorted(range(len(groups)), key=lambda k: -groups[k].size):
+            unit = groups[i]
+            subs = _units(unit.module, unit.name + ".", unit.extra) if unit.module is not None else []
+            if len(subs) == 1:
+                groups[i] = subs[0]
+                break
+            wanted = len(groups) < MIN_STEPS or unit.size > 0.5 * total
+            if len(subs) >= 2 and wanted and len(groups) - 1 + len(subs) <= MAX_STEPS:
+                groups[i:i + 1] = subs
+                break
+        else:
+            return groups
+
+
+def _randomise(unit: _Unit, generator_seed: int, device: torch.device) -> None:
+    """Re-initialise a group as a new network would be: every module with ``reset_parameters`` (BatchNorm: running
+    statistics too), every other parameter from a normal distribution of its own spread. Seeded; the caller's
+    random number generators are left as they were."""
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        torch.manual_seed(generator_seed)
+        covered: set[int] = set()
+        modules = list(unit.module.modules()) if unit.module is not None else []
+        for m in modules:
+            if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
+                m.reset_parameters()
+                covered.update(id(p) for p in m._parameters.values() if p is not None)
+        for p in unit.params:
+            if id(p) not in covered:  # parameters no reset_parameters covers, e.g. a class token
+                spread = float(p.float().std()) if p.numel() > 1 else 0.0
+                p.normal_(0.0, spread if spread > 0 and math.isfinite(spread) else 0.02)
+
+
+class SanityStep(NamedTuple):
+    """One step of the cascade: ``layers`` are the groups randomised so far (the last one at this step)."""
+
+    step: int
+    layers: tuple[str, ...]
+    spearman: float
+    ssim: float
+
+
+@dataclass
+class SanityResult:
+    """What :func:`sanity` measured: the curve from the original (step 0) to full randomisation, the final
+    similarity (``similarity`` = Spearman, ``ssim``), the threshold and the verdict, and the maps of every step.
+
+    Example:
+        >>> r = assert_sane(model, image, "circle")  # doctest: +SKIP
+        >>> [round(s.spearman, 2) for s in r.curve]  # doctest: +SKIP
+    """
+
+    passed: bool
+    similarity: float
+    ssim: float
+    max_similarity: float
+    curve: list[SanityStep]
+    original: CamResult
+    maps: list[np.ndarray] = field(repr=False)
+    seed: int = 0
+
+    @property
+    def groups(self) -> list[str]:
+        """The groups in the order they were randomised (output side first)."""
+        return [s.layers[-1] for s in self.curve[1:]]
+
+
+def sanity(model: nn.Module, image: Any, target: Any = None, *, max_similarity: float = DEFAULT_MAX_SIMILARITY,
+           seed: int = 0, **cam_kwargs: Any) -> SanityResult:
+    """Measure the cascading randomisation check without asserting (see :func:`assert_sane`).
+
+    Example:
+        >>> import torch, torchvision
+        >>> net = torchvision.models.resnet18(num_classes=4).eval()
+        >>> r = sanity(net, torch.rand(3, 64, 64), 1)
+        >>> len(r.curve), r.curve[0].spearman
+        (9, 1.0)
+    """
+    max_similarity = _number("max_similarity", max_similarity, low=-1.0, high=1.0)
+    seed = _seed(seed)
+    _one_image(image)
+    _no_list_target(target)
+    if not isinstance(model, nn.Module):
+        raise CamCheckError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    original = compute_cam(model, image, target, **cam_kwargs)
+    assert isinstance(original, CamResult)
+    try:
+        twin = copy.deepcopy(model)
+    except Exception as err:  # noqa: BLE001 - any failure to copy is the same problem for the user
+        raise CamCheckError(
+            f"the model cannot be deep-copied ({type(err).__name__}: {err}); sanity randomises a copy and never the "
+            "model itself. Fix: make the model deep-copyable (no open files, locks or generators as attributes)"
+        ) from err
+    info = model_info(model)
+    if info is not None:
+        attach_info(twin, info)
+    kwargs = dict(cam_kwargs, layer=original.layer)
+    fixed_target = original.target if original.target >= 0 else target
+    groups = _groups(twin)
+    device = device_of(twin)
+    curve = [SanityStep(0, (), 1.0, 1.0)]
+    maps = [original.heatmap]
+    done: list[str] = []
+    for step, unit in enumerate(reversed(groups), start=1):
+        _randomise(unit, seed * 1000 + step, device)
+        done.append(unit.name)
+        try:
+            r = compute_cam(twin, image, fixed_target, **kwargs)
+        except CamCheckError as err:
+            raise CamCheckError(
+                f"sanity step {step} (randomised {unit.name!r}) failed: {err}. The randomised copy could not be "
+                "explained; if this is a numerical overflow, run the model in float32"
+            ) from err
+        assert isinstance(r, CamResult)
+        s = map_similarity(original.heatmap, r.heatmap)
+        curve.append(SanityStep(step, tuple(done), s["spearman"], s["ssim"]))
+        maps.append(r.heatmap)
+    last = curve[-1]
+    passed = not original.empty and last.spearman <= max_similarity
+    return SanityResult(passed, last.spearman, last.ssim, max_similarity, curve, original, maps, seed)
+
+
+def _sanity_message(r: SanityResult) -> list[str]:
+    lines = []
+    if r.original.empty:
+        lines.append("the original map is EMPTY (no positive evidence), so randomisation cannot be judged")
+    lines.append(f"after randomising all {len(r.curve) - 1} groups the map still has Spearman {r.similarity:.3f} "
+                 f"(SSIM {r.ssim:.3f}) with the original; allowed <= {r.max_similarity:g}"
+                 + ("  <-- too similar: the map does not depend on the weights" if r.similarity > r.max_similarity
+                    else ""))
+    lines.append("cascade (output side first):  step | randomised | spearman | ssim")
+    for s in r.curve:
+        lines.append(f"  {s.step:4d} | {(s.layers[-1] if s.layers else '(original)'):<24} | {s.spearman:8.3f} | "
+                     f"{s.ssim:6.3f}")
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------- faithfulness
+
+@dataclass
+class FaithfulnessResult:
+    """What :func:`faithfulness` measured: the curves (``fractions`` of pixels perturbed, the map's
+    ``curve`` and the ``random_curve`` mean of ``orderings`` random orderings, all the target's softmax
+    probability), their AUCs, ``gain`` (positive: the map beats random), the threshold and the verdict.
+
+    Example:
+        >>> r = assert_faithful(model, image, "circle")  # doctest: +SKIP
+        >>> r.auc, r.random_auc, r.gain  # doctest: +SKIP
+    """
+
+    passed: bool
+    metric: str
+    baseline: str
+    gain: float
+    min_gain: float
+    auc: float
+    random_auc: float
+    random_aucs: list[float]
+    fractions: list[float]
+    curve: list[float]
+    random_curve: list[float]
+    target: int
+    label: str | None
+    heatmap: np.ndarray = field(repr=False)
+    result: CamResult | None = field(default=None, repr=False)
+    seed: int = 0
+
+
+def _baseline(source: _Source, kind: str) -> torch.Tensor:
+    """The baseline image in the source's own layout: its Gaussian blur, its mean colour, or zeros."""
+    pixels = source.pixels
+    if kind == "zero":
+        return torch.zeros_like(pixels)
+    chw = pixels.permute(2, 0, 1).float() if source.is_picture else pixels
+    h, w = chw.shape[-2:]
+    sigma = max(1.0, BLUR_SIGMA * min(h, w))
+    kernel = min(2 * math.ceil(3 * sigma) + 1, 2 * ((min(h, w) - 1) // 2) + 1)
+    if kind == "mean" or kernel < 3:
+        out = chw.mean(dim=(1, 2), keepdim=True).expand_as(chw)
+    else:
+        import torchvision.transforms.functional as TF
+
+        out = TF.gaussian_blur(chw[None], [kernel, kernel], [sigma, sigma])[0]
+    if source.is_picture:
+        return out.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
+    return out.clone()
+
+
+def _ranks(heatmap: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Rank of every pixel, most relevant first; ties in random (seeded) order."""
+    flat = heatmap.ravel()
+    order = np.lexsort((rng.random(flat.size), -flat))
+    ranks = np.empty(flat.size, dtype=np.int64)
+    ranks[order] = np.arange(flat.size)
+    return ranks.reshape(heatmap.shape)
+
+
+def _check_given_map(heatmap: Any, size: tuple[int, int]) -> np.ndarray:
+    if isinstance(heatmap, torch.Tensor):
+        heatmap = heatmap.detach().cpu().numpy()
+    if isinstance(heatmap, np.ndarray) and heatmap.ndim == 2 and heatmap.size and np.issubdtype(heatmap.dtype,
+                                                                                               np.floating):
+        if not np.isfinite(heatmap).all():
+            raise CamCheckError("heatmap= contains NaN or infinite values; fix the map (e.g. a division by zero "
+                                "upstream)")
+        low, high = float(heatmap.min()), float(heatmap.max())
+        if low < 0 or high > 1:  # another library's scale: only the order of the pixels matters here
+            heatmap = (heatmap - low) / (high - low) if high > low else np.zeros_like(heatmap)
+    h = check_heatmap(heatmap, "heatmap=")
+    if h.shape != tuple(size):
+        raise CamCheckError(
+            f"heatmap= has shape {h.shape} but the image is {size[0]}x{size[1]} (height x width); pass a map in the "
+            "original image's pixels (resize a low-resolution map first, e.g. skimage.transform.resize)"
+        )
+    return h
+
+
+def faithfulness(model: nn.Module, image: Any, target: Any = None, *, metric: str = "deletion", steps: int = 20,
+                 baseline: str = "blur", min_gain: float = DEFAULT_MIN_GAIN, heatmap: Any = None,
+                 orderings: int = DEFAULT_ORDERINGS, seed: int = 0, **cam_kwargs: Any) -> FaithfulnessResult:
+    """Measure the deletion or insertion check without asserting (see :func:`assert_faithful`).
+
+    Example:
+        >>> import torch, torchvision
+        >>> net = torchvision.models.resnet18(num_classes=4).eval()
+        >>> r = faithfulness(net, torch.rand(3, 64, 64), 1, steps=4)
+        >>> len(r.curve), r.fractions[-1]
+        (5, 1.0)
+    """
+    if metric not in METRICS:
+        raise CamCheckError(f"unknown metric {metric!r}; use one of: {', '.join(METRICS)}")
+    if baseline not in BASELINES:
+        raise CamCheckError(f"unknown baseline {baseline!r}; use one of: {', '.join(BASELINES)}")
+    steps = _count("steps", steps, 2)
+    orderings = _count("orderings", orderings, 1)
+    min_gain = _number("min_gain", min_gain, low=-1.0, high=1.0)
+    seed = _seed(seed)
+    _one_image(image)
+    _no_list_target(target)
+    if callable(target) and not isinstance(target, (str, int)):
+        raise CamCheckError("faithfulness curves are the target class's softmax probability, which a callable "
+                            "target has not; pass a class index or name (or None for the top-1 class)")
+    if not isinstance(model, nn.Module):
+        raise CamCheckError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    source = _Source(model, image, cam_kwargs)
+    result = None
+    if heatmap is None:
+        result = compute_cam(model, image, target, **cam_kwargs)
+        assert isinstance(result, CamResult)
+        index, label, h = result.target, result.label, result.heatmap
+        if index < 0:
+            raise CamCheckError("faithfulness needs class logits; the model output has none for this target")
+    else:
+        h = _check_given_map(heatmap, source.size)
+        with evaluation_mode(model), torch.inference_mode():
+            logits = source.logits(run_model(model, source.clean_input))
+        check_logits(logits)
+        index = resolve_target(target, logits[0], source.categories).index
+        from .engine.targets import label_of
+
+        label = label_of(index, source.categories)
+    rng = np.random.default_rng(seed)
+    ranks = [_ranks(h, rng)] + [rng.permutation(h.size).reshape(h.shape) for _ in range(orderings)]
+    pixels = source.pixels
+    base = _baseline(source, baseline)
+    counts = [round(k * h.size / steps) for k in range(1, steps)]
+    rank_t = torch.from_numpy(np.stack(ranks))  # (O, H, W)
+    thresholds = torch.tensor(counts)[None, :, None, None]  # (1, K, 1, 1)
+    first = rank_t[:, None] < thresholds  # (O, K, H, W): pixels taken first at each interior step
+    changed = first if metric == "deletion" else ~first
+    stack = torch.where(source.masks(changed.reshape(-1, *h.shape)), base[None], pixels[None])
+    start, end = (pixels, base) if metric == "deletion" else (base, pixels)
+    batch = torch.cat([start[None], stack, end[None]])
+    probs = _probabilities(model, source, source.inputs(batch), index)
+    inner = probs[1:-1].reshape(len(ranks), steps - 1)
+    curves = np.concatenate([np.full((len(ranks), 1), probs[0]), inner, np.full((len(ranks), 1), probs[-1])], axis=1)
+    aucs = [float(np.trapezoid(c, dx=1.0 / steps)) for c in curves]
+    random_auc = float(np.mean(aucs[1:]))
+    gain = random_auc - aucs[0] if metric == "deletion" else aucs[0] - random_auc
+    return FaithfulnessResult(
+        passed=gain >= min_gain, metric=metric, baseline=baseline, gain=gain, min_gain=min_gain, auc=aucs[0],
+        random_auc=random_auc, random_aucs=aucs[1:], fractions=[k / steps for k in range(steps + 1)],
+        curve=curves[0].tolist(), random_curve=curves[1:].mean(axis=0).tolist(), target=index, label=label,
+        heatmap=h, result=result, seed=seed,
+    )
+
+
+def _faithful_message(r: FaithfulnessResult) -> list[str]:
+    better = "lower" if r.metric == "deletion" else "higher"
+    lines = [
+        f"{r.metric} with baseline {r.baseline!r}: the map's AUC {r.auc:.3f} vs random orderings' {r.random_auc:.3f} "
+        f"(each: {', '.join(f'{a:.3f}' for a in r.random_aucs)}); {better} is better",
+        f"gain {r.gain:+.3f}, required >= {r.min_gain:g}" + ("  <-- the map does not beat random" if not r.passed
+                                                             else ""),
+        f"curve of p(class {r.target}{' ' + repr(r.label) if r.label else ''}) (softmax probability):",
+        "  fraction: " + " ".join(f"{f:.2f}" for f in r.fractions),
+        "  map:      " + " ".join(f"{p:.2f}" for p in r.curve),
+        "  random:   " + " ".join(f"{p:.2f}" for p in r.random_curve),
+    ]
+    if r.result is not None and r.result.empty:
+        lines.insert(0, "the map is EMPTY (no positive evidence): its ordering is random")
+    return lines
+
+
+# -------------------------------------------------------------------------------------------------- stability
+
+@dataclass
+class StabilityResult:
+    """What :func:`stability` measured: the SSIM and Spearman of each perturbed map with the clean map, the
+    smallest SSIM (``similarity``), captum's max-sensitivity (``sensitivity``: the largest ||map' - map|| / ||map||),
+    the prediction of each perturbed image, and the verdicts: ``map_stable``, ``prediction_stable``, ``passed``.
+
+    Example:
+        >>> r = assert_stable(model, image, "circle")  # doctest: +SKIP
+        >>> r.similarity, r.predictions  # doctest: +SKIP
+    """
+
+    passed: bool
+    map_stable: bool
+    prediction_stable: bool
+    similarity: float
+    min_similarity: float
+    noise: float
+    ssims: list[float]
+    spearmans: list[float]
+    sensitivity: float
+    prediction: int | None
+    predictions: list[int | None]
+    clean: CamResult
+    perturbed: list[CamResult] = field(repr=False)
+    seed: int = 0
+
+
+def _perturb(source: _Source, noise: float, samples: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    pixels = source.pixels
+    if source.is_picture:
+        levels = math.floor(noise * 255 + 1e-9)
+        if levels < 1:
+            raise CamCheckError(
+                f"noise={noise:g} is less than one grey level (1/255 = {1 / 255:.4f}) of this 8-bit picture, so no "
+                "pixel could change; pass noise >= 1/255, or the image as a float tensor"
+            )
+        offsets = torch.randint(-levels, levels + 1, (samples, *pixels.shape), generator=gen, dtype=torch.int16)
+        return (pixels[None].to(torch.int16) + offsets).clamp_(0, 255).to(torch.uint8)
+    return pixels[None] + (torch.rand((samples, *pixels.shape), generator=gen) * 2 - 1) * noise
+
+
+def stability(model: nn.Module, image: Any, target: Any = None, *, noise: float = DEFAULT_NOISE, samples: int = 8,
+              min_similarity: float = DEFAULT_MIN_SIMILARITY, seed: int = 0, **cam_kwargs: Any) -> StabilityResult:
+    """Measure the stability check without asserting (see :func:`assert_stable`).
+
+    Example:
+        >>> import torch, torchvision
+        >>> net = torchvision.models.resnet18(num_classes=4).eval()
+        >>> r = stability(net, torch.rand(3, 64, 64), 1, samples=2)
+        >>> len(r.ssims)
+        2
+    """
+    noise = _number("noise", noise, low=0.0, low_open=True)
+    samples = _count("samples", samples, 1)
+    min_similarity = _number("min_similarity", min_similarity, low=-1.0, high=1.0)
+    seed = _seed(seed)
+    _one_image(image)
+    _no_list_target(target)
+    if not isinstance(model, nn.Module):
+        raise CamCheckError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    source = _Source(model, image, cam_kwargs)
+    noisy = _perturb(source, noise, samples, seed)
+    images = source.images(torch.cat([source.pixels[None], noisy]))
+    results = compute_cam(model, images, target, **cam_kwargs)
+    assert isinstance(results, list)
+    clean, perturbed = results[0], results[1:]
+    if target is None:  # each image's own top-1 was explained; the clean one's class is the one to compare
+        moved = [j for j, r in enumerate(perturbed) if r.target != clean.target]
+        if moved:
+            again = compute_cam(model, source.images(noisy[moved]), clean.target, **cam_kwargs)
+            for j, r in zip(moved, again if isinstance(again, list) else [again]):
+                perturbed[j] = r
+    prediction = clean.top[0][0] if clean.top else None
+    predictions = [r.top[0][0] if r.top else None for r in perturbed]
+    sims = [map_similarity(clean.heatmap, r.heatmap) for r in perturbed]
+    ssims = [s["ssim"] for s in sims]
+    norm = float(np.linalg.norm(clean.heatmap.astype(np.float64)))
+    changes = [float(np.linalg.norm(r.heatmap.astype(np.float64) - clean.heatmap)) for r in perturbed]
+    sensitivity = max(changes) / norm if norm > 0 else math.inf
+    map_stable = not clean.empty and min(ssims) >= min_similarity
+    prediction_stable = all(p == prediction for p in predictions)
+    return StabilityResult(
+        passed=map_stable and prediction_stable, map_stable=map_stable, prediction_stable=prediction_stable,
+        similarity=min(ssims), min_similarity=min_similarity, noise=noise, ssims=ssims,
+        spearmans=[s["spearman"] for s in sims], sensitivity=sensitivity, prediction=prediction,
+        predictions=predictions, clean=clean, perturbed=perturbed, seed=seed,
+    )
+
+
+def _stable_message(r: StabilityResult) -> list[str]:
+    lines = []
+    if r.clean.empty:
+        lines.append("the clean map is EMPTY (no positive evidence), so its stability cannot be judged")
+    lines += [
+        f"{len(r.ssims)} perturbations within +-{r.noise:g} (pixel units in [0, 1]):",
+        "  SSIM with the clean map: " + " ".join(f"{s:.3f}" for s in r.ssims),
+        "  Spearman:                " + " ".join(f"{s:.3f}" for s in r.spearmans),
+        f"smallest SSIM {r.similarity:.3f}, required >= {r.min_similarity:g}"
+        + ("" if r.map_stable else "  <-- the MAP is unstable"),
+        f"max-sensitivity (largest ||map' - map|| / ||map||) {r.sensitivity:.3f}",
+        f"prediction: clean {r.prediction}, perturbed {r.predictions}"
+        + ("" if r.prediction_stable else "  <-- the PREDICTION changes (the model is unstable here, not only the map)"),
+    ]
+    return lines
+
+
+# ------------------------------------------------------------------------------------------- assert and record
+
+def _strip(check: str, picture: Image.Image, maps: Sequence[np.ndarray], labels: Sequence[str],
+           plot: Image.Image) -> tuple[Any, str]:
+    from .render import overlay, save_png, side_by_side
+
+    try:
+        tiles = [overlay(picture, m) for m in maps]
+        tiles = [t.resize((max(1, t.width * 160 // t.height), 160)) for t in tiles]
+        sheet = side_by_side(tiles + [plot], list(labels) + ["curve"])
+        path = save_png(sheet, context.artifact_path(check))
+    except OSError as err:
+        return None, f"not written ({err})"
+    return path, str(path)
+
+
+def _finish(check: str, passed: bool, head: str, lines: list[str], make_picture: Callable[[], tuple[Any, str]],
+            result: CamResult | None, target: int, label: str | None, metrics: dict[str, Any],
+            thresholds: dict[str, Any]) -> None:
+    __tracebackhide__ = True
+    picture, picture_text = (None, "") if passed else make_picture()
+    message = "" if passed else "\n".join([f"camcheck {check} failed", f"  {head}", *[f"  {x}" for x in lines],
+                                           f"  picture: {picture_text}"])
+    context.record(context.CheckRecord(
+        check=check, passed=passed, method=result.method if result else "given heatmap",
+        layer=result.layer if result else "", target=target, label=label,
+        probability=result.probability if result else None, metrics=metrics, thresholds=thresholds,
+        overlay=picture, message=message,
+    ))
+    if not passed:
+        raise AssertionError(message)
+
+
+def _head(result: CamResult) -> str:
+    label = f" {result.label!r}" if result.label else ""
+    what = "callable target" if result.target < 0 else f"class {result.target}{label}"
+    return f"method {result.method}, layer {result.layer}, {what}"
+
+
+def assert_sane(model: nn.Module, image: Any, target: Any = None, *,
+                max_similarity: float = DEFAULT_MAX_SIMILARITY, seed: int = 0, **cam_kwargs: Any) -> SanityResult:
+    """Assert that the map depends on the model's weights (cascading randomisation, Adebayo et al. 2018).
+
+    A deep copy of the model is randomised group by group from the output down (:func:`cascade_groups`),
+    seeded by ``seed``; the map of the same target after full randomisation must have a Spearman rank correlation
+    of at most ``max_similarity`` with the original map. The model itself is never changed. Other keywords go to
+    :func:`compute_cam` (the layer is fixed to the original map's). Returns the :class:`SanityResult`.
+
+    Example:
+        >>> from pytest_camcheck import load_model
+        >>> from pytest_camcheck.scenes import make_scene
+        >>> scene = make_scene(1_000_000)
+        >>> assert_sane(load_model("camcheck-shapes"), scene.image, scene.name).passed
+        True
+    """
+    __tracebackhide__ = True
+    r = sanity(model, image, target, max_similarity=max_similarity, seed=seed, **cam_kwargs)
+
+    def picture() -> tuple[Any, str]:
+        from .render import plot_curves
+
+        steps = [s.step for s in r.curve]
+        plot = plot_curves({"spearman": (steps, [s.spearman for s in r.curve]),
+                            "ssim": (steps, [s.ssim for s in r.curve])},
+                           x_label="groups randomised", y_range=(-1.0, 1.0), limit=r.max_similarity)
+        labels = ["original"] + [f"{s.step}: {s.layers[-1]}"[:28] for s in r.curve[1:]]
+        return _strip("sane", _picture_of_result(r.original, image), r.maps, labels, plot)
+
+    metrics = {"similarity": r.similarity, "ssim": r.ssim, "steps": len(r.curve) - 1,
+               "curve": [[s.step, s.layers[-1] if s.layers else "", s.spearman, s.ssim] for s in r.curve]}
+    _finish("sane", r.passed, _head(r.original), _sanity_message(r), picture, r.original, r.original.target,
+            r.original.label, metrics, {"max_similarity": r.max_similarity, "seed": r.seed})
+    return r
+
+
+def assert_faithful(model: nn.Module, image: Any, target: Any = None, *, metric: str = "deletion", steps: int = 20,
+                    baseline: str = "blur", min_gain: float = DEFAULT_MIN_GAIN, heatmap: Any = None,
+                    orderings: int = DEFAULT_ORDERINGS, seed: int = 0, **cam_kwargs: Any) -> FaithfulnessResult:
+    """Assert that the pixels the map ranks first are the ones the model needs (deletion / insertion curves).
+
+    ``metric``: "deletion" (replace the most relevant pixels by the baseline first; the probability should fall
+    fast) or "insertion" (put them onto the baseline image first; it should rise fast). ``baseline``: "blur"
+    (Gaussian blur, sigma 10% of the short side), "mean" (the image's mean colour) or "zero". The curve, over
+    ``steps`` equal shares of the pixels, is the target's softmax probability; the check holds when the map's AUC
+    beats the mean AUC of ``orderings`` random orderings (seeded by ``seed``) by ``min_gain``. ``heatmap``: judge a
+    map from anywhere (any scale: only its order of pixels counts; shape of the original image) instead of computing
+    one. Other keywords go to :func:`compute_cam`. Returns the :class:`FaithfulnessResult`.
+
+    Example:
+        >>> from pytest_camcheck import load_model
+        >>> from pytest_camcheck.scenes import make_scene
+        >>> scene = make_scene(1_000_000)
+        >>> assert_faithful(load_model("camcheck-shapes"), scene.image, scene.name).gain > 0.1
+        True
+    """
+    __tracebackhide__ = True
+    r = faithfulness(model, image, target, metric=metric, steps=steps, baseline=baseline, min_gain=min_gain,
+                     heatmap=heatmap, orderings=orderings, seed=seed, **cam_kwargs)
+
+    def picture() -> tuple[Any, str]:
+        from .render import plot_curves
+
+        plot = plot_curves({"map": (r.fractions, r.curve), "random": (r.fractions, r.random_curve)},
+                           x_label=f"share of pixels ({r.metric})", y_range=(0.0, 1.0))
+        return _strip("faithful", _picture_of_result(r.result, image), [r.heatmap], ["map"], plot)
+
+    metrics = {"gain": r.gain, "auc": r.auc, "random_auc": r.random_auc, "metric": r.metric, "baseline": r.baseline,
+               "curve": r.curve, "random_curve": r.random_curve}
+    head = _head(r.result) if r.result is not None else f"given heatmap, class {r.target}"
+    _finish("faithful", r.passed, head, _faithful_message(r), picture, r.result, r.target, r.label, metrics,
+            {"min_gain": r.min_gain, "steps": len(r.fractions) - 1, "orderings": len(r.random_aucs), "seed": r.seed})
+    return r
+
+
+def assert_stable(model: nn.Module, image: Any, target: Any = None, *, noise: float = DEFAULT_NOISE,
+                  samples: int = 8, min_similarity: float = DEFAULT_MIN_SIMILARITY, seed: int = 0,
+                  **cam_kwargs: Any) -> StabilityResult:
+    """Assert that the map holds under imperceptible input changes (and say whether the prediction does).
+
+    ``samples`` perturbations, uniform in the L-infinity ball of radius ``noise`` (pixel units in [0, 1]; whole grey
+    levels for an 8-bit picture; a tensor's own units for a tensor), seeded by ``seed``, are explained in one
+    batched :func:`compute_cam` call with the clean image; each map must keep SSIM >= ``min_similarity`` with the
+    clean map and the predicted class must stay the same. Returns the :class:`StabilityResult`.
+
+    Example:
+        >>> from pytest_camcheck import load_model
+        >>> from pytest_camcheck.scenes import make_scene
+        >>> scene = make_scene(1_000_000)
+        >>> assert_stable(load_model("camcheck-shapes"), scene.image, scene.name).similarity > 0.8
+        True
+    """
+    __tracebackhide__ = True
+    r = stability(model, image, target, noise=noise, samples=samples, min_similarity=min_similarity, seed=seed,
+                  **cam_kwargs)
+
+    def picture() -> tuple[Any, str]:
+        from .render import plot_curves
+
+        worst = sorted(range(len(r.ssims)), key=lambda j: r.ssims[j])[:3]
+        idx = list(range(1, len(r.ssims) + 1))
+        plot = plot_curves({"ssim": (idx, r.ssims)}, x_label="perturbation", y_range=(0.0, 1.0),
+                           limit=r.min_similarity)
+        maps = [r.clean.heatmap] + [r.perturbed[j].heatmap for j in worst]
+        labels = ["clean"] + [f"#{j + 1} ssim {r.ssims[j]:.2f}" for j in worst]
+        return _strip("stable", _picture_of_result(r.clean, image), maps, labels, plot)
+
+    metrics = {"similarity": r.similarity, "sensitivity": r.sensitivity, "prediction_stable": r.prediction_stable,
+               "ssims": r.ssims, "predictions": r.predictions}
+    _finish("stable", r.passed, _head(r.clean), _stable_message(r), picture, r.clean, r.clean.target, r.clean.label,
+            metrics, {"min_similarity": r.min_similarity, "noise": r.noise, "samples": len(r.ssims), "seed": r.seed})
+    return r
+
+
+def _picture_of_result(result: CamResult | None, image: Any) -> Image.Image:
+    """The picture the maps are drawn on: the original picture, or a tensor image min-max scaled to 8 bits."""
+    from .images import load_image
+
+    if result is not None and result.image is not None:
+        return result.image
+    if isinstance(image, torch.Tensor):
+        t = image.detach().float().cpu()
+        t = t[:3] if t.shape[0] >= 3 else t[:1].expand(3, -1, -1)
+        t = (t - t.min()) / (t.max() - t.min() + 1e-12)
+        return Image.fromarray((t.permute(1, 2, 0).numpy() * 255).astype(np.uint8))
+    return load_image(image)

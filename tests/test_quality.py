@@ -1,0 +1,306 @@
+"""Explanation-quality checks: sanity (randomisation), faithfulness (deletion / insertion), stability.
+
+Behaviour claims are measured on held-out scenes (seeds from HELD_OUT + 310_000, which neither training nor the
+calibration in benchmarks/calibrate_quality.py used), with deliberately broken explanations as negative controls.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from torch import nn
+
+from benchmarks.quality_controls import EdgeExplained, NoisyGradients, inverted_map, random_map
+from pytest_camcheck import (CamCheckError, assert_faithful, assert_sane, assert_stable, compute_cam, context,
+                             quality)
+from pytest_camcheck.bundled import ShapesNet, load_bundled
+from pytest_camcheck.scenes import HELD_OUT, make_scene
+from pytest_camcheck.zoo import ModelInfo, attach_info
+
+from .models import SmallCNN
+
+SEEDS = range(HELD_OUT + 310_000, HELD_OUT + 310_012)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small models on small images: one intra-op thread is faster than two fighting over a loaded machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def shapes() -> nn.Module:
+    return load_bundled("camcheck-shapes")
+
+
+@pytest.fixture(scope="module")
+def scenes() -> list:
+    return [make_scene(s) for s in SEEDS]
+
+
+@pytest.fixture(scope="module")
+def small() -> nn.Module:
+    torch.manual_seed(0)
+    return SmallCNN().eval()
+
+
+# ------------------------------------------------------------------------------------------------- bad input
+
+X = torch.rand(3, 32, 32)
+BAD = [
+    (assert_stable, dict(noise=-0.1), "noise=-0.1 is out of range"),
+    (assert_stable, dict(noise=0), "noise=0 is out of range"),
+    (assert_stable, dict(noise=float("nan")), "not a finite number"),
+    (assert_stable, dict(samples=0), "samples=0 is not valid"),
+    (assert_stable, dict(min_similarity=2), "min_similarity=2 is out of range"),
+    (assert_faithful, dict(steps=1), "steps=1 is not valid"),
+    (assert_faithful, dict(steps=2.5), "steps=2.5 is not valid"),
+    (assert_faithful, dict(steps=True), "steps=True is not valid"),
+    (assert_faithful, dict(baseline="black"), "unknown baseline 'black'; use one of: blur, mean, zero"),
+    (assert_faithful, dict(metric="morf"), "unknown metric 'morf'"),
+    (assert_faithful, dict(orderings=0), "orderings=0 is not valid"),
+    (assert_faithful, dict(heatmap=np.zeros((31, 32), np.float32)), r"heatmap= has shape \(31, 32\) but the image"),
+    (assert_faithful, dict(heatmap=np.full((32, 32), np.nan, np.float32)), "heatmap= contains NaN"),
+    (assert_faithful, dict(heatmap=np.zeros((32, 32, 1), np.float32)), "expected 2-D"),
+    (assert_faithful, dict(heatmap=np.zeros((32, 32), np.int64)), "dtype int64"),
+    (assert_faithful, dict(heatmap=[[0.0]]), "not a numpy array"),
+    (assert_faithful, dict(target=lambda out: out.sum()), "callable target"),
+    (assert_sane, dict(max_similarity=1.5), "max_similarity=1.5 is out of range"),
+    (assert_sane, dict(seed=-1), "seed=-1 is not valid"),
+    (assert_sane, dict(target=[0, 1]), "one target at a time"),
+]
+
+
+@pytest.mark.parametrize("check,kwargs,message", BAD, ids=[f"{c.__name__}-{m[:20]}" for c, _, m in BAD])
+def test_bad_input_is_a_camcheck_error(small: nn.Module, check, kwargs: dict, message: str) -> None:
+    kwargs = dict(kwargs)
+    target = kwargs.pop("target", 0)
+    with pytest.raises(CamCheckError, match=message):
+        check(small, X, target, **kwargs)
+
+
+@pytest.mark.parametrize("check", [assert_sane, assert_faithful, assert_stable])
+def test_a_batch_is_refused(small: nn.Module, check) -> None:
+    with pytest.raises(CamCheckError, match="one image at a time"):
+        check(small, torch.rand(2, 3, 32, 32), 0)
+
+
+def test_noise_below_one_grey_level_of_a_picture_is_refused(small: nn.Module) -> None:
+    picture = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(CamCheckError, match="less than one grey level"):
+        assert_stable(small, picture, 0, noise=0.003)
+
+
+# ------------------------------------------------------------------------------------------------ the cascade
+
+@pytest.mark.parametrize("make,expected", [
+    (lambda: torchvision.models.resnet18(), 8),
+    (lambda: torchvision.models.resnet50(), 9),
+    (lambda: torchvision.models.vit_b_16(), 15),
+    (lambda: torchvision.models.convnext_tiny(), 9),
+    (lambda: torchvision.models.mobilenet_v3_small(), 15),
+    (lambda: ShapesNet(), 7),
+])
+def test_cascade_groups_follow_top_level_blocks(make, expected: int) -> None:
+    with torch.device("meta"):  # the structure is all that counts
+        net = make()
+    groups = quality.cascade_groups(net)
+    assert len(groups) == expected and 5 <= len(groups) <= 16
+    assert len(set(groups)) == len(groups)
+
+
+def test_cascade_covers_every_parameter_once() -> None:
+    with torch.device("meta"):
+        net = torchvision.models.vit_b_16()
+    units = quality._groups(net)
+    ids = [id(p) for u in units for p in u.params]
+    assert len(ids) == len(set(ids)) == len(list(net.parameters()))
+
+
+class _Fragile(nn.Module):
+    """Trained-looking BatchNorm statistics (tiny running variance) after every conv: with the statistics kept,
+    re-initialised convolutions upstream overflow to inf and NaN within a few blocks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers = []
+        for _ in range(16):
+            bn = nn.BatchNorm2d(8)
+            bn.running_var.fill_(1e-8)
+            layers += [nn.Conv2d(8, 8, 3, padding=1), bn]
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(self.stem(x)).mean(dim=(2, 3)))
+
+
+def test_no_step_yields_nan_and_norms_are_reset_not_kept() -> None:
+    torch.manual_seed(3)
+    net = _Fragile().eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.mul_(1e-4)  # keeps the original model finite despite the tiny variances
+    r = quality.sanity(net, torch.rand(3, 24, 24), 0, layer="features.2")
+    assert all(math.isfinite(s.spearman) and math.isfinite(s.ssim) for s in r.curve)
+    # the same randomisation with the statistics kept overflows: the reset is what prevents it
+    twin = quality.copy.deepcopy(net)
+    with torch.no_grad():
+        for m in twin.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_uniform_(m.weight)
+        out = twin(torch.rand(1, 3, 24, 24))
+    assert not torch.isfinite(out).all()
+
+
+def test_sanity_fixes_the_original_target_and_leaves_the_global_rng_alone(shapes: nn.Module) -> None:
+    scene = make_scene(SEEDS[0])
+    state = torch.random.get_rng_state()
+    top = quality.sanity(shapes, scene.image, None)
+    assert torch.equal(state, torch.random.get_rng_state())
+    named = quality.sanity(shapes, scene.image, top.original.target)
+    assert [s.spearman for s in top.curve] == [s.spearman for s in named.curve]
+    other = quality.sanity(shapes, scene.image, None, seed=1)
+    assert [s.spearman for s in other.curve] != [s.spearman for s in top.curve]
+
+
+def test_sanity_carries_categories_and_preprocessing_to_the_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy that lost the model's info would refuse the class name or see an unprocessed picture."""
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=3).eval()
+    prep = torchvision.transforms.Compose([torchvision.transforms.Resize(64), torchvision.transforms.ToTensor()])
+    attach_info(net, ModelInfo("toy", ("cat", "dog", "fox"), prep))
+    monkeypatch.setattr(quality.copy, "deepcopy", lambda m: _plain_copy(m))
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 100, 3), dtype=np.uint8))
+    r = quality.sanity(net, picture, "dog")
+    assert r.original.label == "dog" and len(r.maps) == 9
+    assert all(m.shape == (80, 100) for m in r.maps)
+
+
+def _plain_copy(model: nn.Module) -> nn.Module:
+    twin = torchvision.models.resnet18(num_classes=3).eval()
+    twin.load_state_dict(model.state_dict())
+    return twin  # no info attached, as a copy made by a library that does not know about it
+
+
+# ------------------------------------------------------------------------------------------------ faithfulness
+
+def test_a_given_heatmap_is_judged_like_the_computed_one(shapes: nn.Module) -> None:
+    scene = make_scene(SEEDS[1])
+    computed = quality.faithfulness(shapes, scene.image, scene.label, steps=8, orderings=2)
+    given = quality.faithfulness(shapes, scene.image, scene.label, steps=8, orderings=2,
+                                 heatmap=computed.heatmap * 7.0 - 2.0)  # another scale: only the order counts
+    assert given.curve == computed.curve and given.gain == computed.gain
+
+
+def test_insertion_runs_the_other_way(shapes: nn.Module) -> None:
+    scene = make_scene(SEEDS[2])
+    d = quality.faithfulness(shapes, scene.image, scene.label, steps=6, orderings=1, baseline="mean")
+    i = quality.faithfulness(shapes, scene.image, scene.label, steps=6, orderings=1, baseline="mean",
+                             metric="insertion")
+    assert d.curve[0] == pytest.approx(i.curve[-1]) and d.curve[-1] == pytest.approx(i.curve[0])
+
+
+def test_a_tensor_image_is_perturbed_in_its_own_units(small: nn.Module) -> None:
+    x = torch.rand(3, 32, 32)
+    r = quality.faithfulness(small, x, 1, steps=4, orderings=1, baseline="zero")
+    with torch.inference_mode():
+        p = torch.softmax(small(torch.stack([x, torch.zeros_like(x)])), dim=1)[:, 1]
+    assert r.curve[0] == pytest.approx(float(p[0]), abs=1e-6) and r.curve[-1] == pytest.approx(float(p[1]), abs=1e-6)
+
+
+def test_a_picture_goes_through_the_users_preprocessing() -> None:
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=3).eval()
+    prep = torchvision.transforms.Compose([torchvision.transforms.Resize(48), torchvision.transforms.CenterCrop(48),
+                                           torchvision.transforms.ToTensor(),
+                                           torchvision.transforms.Normalize([0.5] * 3, [0.2] * 3)])
+    picture = Image.fromarray(np.random.default_rng(1).integers(0, 255, (60, 90, 3), dtype=np.uint8))
+    r = quality.faithfulness(net, picture, 2, steps=3, orderings=1, baseline="zero", preprocess=prep)
+    assert r.heatmap.shape == (60, 90)
+    with torch.inference_mode():
+        x = torch.stack([prep(picture), prep(Image.new("RGB", (90, 60)))])
+        p = torch.softmax(net(x), dim=1)[:, 2]
+    assert r.curve[0] == pytest.approx(float(p[0]), abs=1e-5) and r.curve[-1] == pytest.approx(float(p[1]), abs=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------- stability
+
+def test_perturbations_stay_in_the_ball_and_change_pixels(shapes: nn.Module) -> None:
+    scene = make_scene(SEEDS[3])
+    source = quality._Source(shapes, scene.image, {})
+    noisy = quality._perturb(source, 0.02, 6, 0)
+    diff = (noisy.int() - source.pixels.int()[None]).abs()
+    assert int(diff.max()) == math.floor(0.02 * 255) and float((diff > 0).float().mean()) > 0.5
+    x = torch.rand(3, 8, 8)
+    t = quality._perturb(quality._Source(SmallCNN().eval(), x, {}), 0.05, 4, 0)
+    assert float((t - x).abs().max()) <= 0.05 and float((t - x).abs().max()) > 0.04
+
+
+# -------------------------------------------------------------------------------------- failures and records
+
+def test_failures_explain_with_the_curve_and_a_picture(shapes: nn.Module, tmp_path) -> None:
+    scene = make_scene(SEEDS[4])
+    seen: list = []
+    context.set_artifacts_dir(tmp_path)
+    context.add_listener(seen.append)
+    try:
+        with pytest.raises(AssertionError, match=r"(?s)camcheck sane failed.*cascade.*fc.*picture: .*\.png"):
+            assert_sane(EdgeExplained(shapes), scene.image, scene.label, layer="edges")
+        with pytest.raises(AssertionError, match=r"(?s)camcheck faithful failed.*gain.*softmax probability"):
+            assert_faithful(shapes, scene.image, scene.label, steps=5, orderings=1,
+                            heatmap=inverted_map(compute_cam(shapes, scene.image, scene.label).heatmap))
+        with pytest.raises(AssertionError, match=r"(?s)camcheck stable failed.*the MAP is unstable"):
+            assert_stable(shapes, scene.image, scene.label, samples=2, min_similarity=1.0)
+    finally:
+        context.remove_listener(seen.append)
+        context.set_artifacts_dir(None)
+    assert [r.check for r in seen] == ["sane", "faithful", "stable"] and not any(r.passed for r in seen)
+    for rec in seen:
+        with Image.open(rec.overlay) as img:
+            assert img.width > 2 * img.height  # the maps and the curve side by side
+    assert seen[0].metrics["similarity"] == pytest.approx(1.0) and len(seen[0].metrics["curve"]) == 8
+
+
+# --------------------------------------------------------------------------- behaviour on held-out scenes
+
+def test_sanity_passes_gradcam_and_fails_an_edge_detector(shapes: nn.Module, scenes: list) -> None:
+    edges = EdgeExplained(shapes)
+    good = [quality.sanity(shapes, s.image, s.label) for s in scenes]
+    broken = [quality.sanity(edges, s.image, s.label, layer="edges") for s in scenes]
+    assert np.mean([r.passed for r in good]) >= 0.8, [r.similarity for r in good]  # calibration: 97.5%
+    assert not any(r.passed for r in broken) and min(r.similarity for r in broken) > 0.99
+
+
+def test_stability_passes_gradcam_and_fails_a_noisy_method(shapes: nn.Module, scenes: list) -> None:
+    noisy = NoisyGradients(shapes, scale=2.0)
+    good = [quality.stability(shapes, s.image, s.label, samples=4) for s in scenes]
+    broken = [quality.stability(noisy, s.image, s.label, samples=4, layer="features") for s in scenes]
+    assert np.mean([r.passed for r in good]) >= 0.8, [r.similarity for r in good]  # calibration: 97.5%
+    assert np.mean([r.passed for r in broken]) <= 0.1, [r.similarity for r in broken]  # calibration: 2.5%
+    assert all(r.prediction_stable for r in broken)  # the map moves, not the prediction: reported apart
+
+
+def test_faithfulness_passes_gradcam_and_fails_inverted_and_random_maps(shapes: nn.Module, scenes: list) -> None:
+    good, inverted, rand = [], [], []
+    for s in scenes[:6]:
+        f = quality.faithfulness(shapes, s.image, s.label, steps=16, orderings=3)
+        good.append(f.gain)
+        inverted.append(quality.faithfulness(shapes, s.image, s.label, steps=16, orderings=3,
+                                             heatmap=inverted_map(f.heatmap)).gain)
+        rand.append(quality.faithfulness(shapes, s.image, s.label, steps=16, orderings=3,
+                                         heatmap=random_map(f.heatmap.shape, s.seed)).gain)
+    limit = quality.DEFAULT_MIN_GAIN
+    assert np.mean(np.array(good) >= limit) >= 4 / 6 and np.median(good) > 2 * limit, good
+    assert max(inverted) < 0, inverted
+    assert np.mean(np.array(rand) >= limit) <= 1 / 6 and abs(np.median(rand)) < limit, rand
