@@ -46,7 +46,7 @@ from torch import nn
 
 from . import context
 from .engine import CamResult, compute_cam
-from .engine.capture import evaluation_mode, run_model
+from .engine.capture import evaluation_mode, model_lock, run_model
 from .engine.core import device_of, dtype_of
 from .engine.inputs import prepare
 from .engine.targets import check_logits, logits_of, resolve_target
@@ -159,27 +159,30 @@ class _Source:
         return x.to(device=self.device, dtype=self.dtype)
 
     def logits(self, output: Any) -> torch.Tensor:
-        if self.pick is None:
-            return logits_of(output)
-        if callable(self.pick):
-            return self.pick(output)
-        return output[self.pick]
+        """The logits in a model output, found as ``compute_cam`` finds them (``output=``, class names)."""
+        return logits_of(output, self.pick, len(self.categories) if self.categories else None)
+
+    def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Logits of ``x`` in batched forwards under inference mode, the model in eval mode and locked for the
+        duration as ``compute_cam`` does."""
+        out = []
+        with model_lock(model), evaluation_mode(model), torch.inference_mode():
+            for start in range(0, x.shape[0], FORWARD_CHUNK):
+                logits = self.logits(run_model(model, x[start:start + FORWARD_CHUNK]))
+                check_logits(logits)
+                out.append(logits)
+        return torch.cat(out) if len(out) > 1 else out[0]
 
 
 def _probabilities(model: nn.Module, source: _Source, x: torch.Tensor, index: int) -> np.ndarray:
     """The probability of class ``index`` for every input of ``x``, in batched forwards under inference mode."""
-    out = []
-    with evaluation_mode(model), torch.inference_mode():
-        for start in range(0, x.shape[0], FORWARD_CHUNK):
-            logits = source.logits(run_model(model, x[start:start + FORWARD_CHUNK]))
-            check_logits(logits)
-            rows = logits.float()
-            if rows.shape[1] == 1:
-                p1 = torch.sigmoid(rows[:, 0])
-                out.append(p1 if index == 1 else 1 - p1)
-            else:
-                out.append(torch.softmax(rows, dim=1)[:, index])
-    return torch.cat(out).cpu().numpy().astype(np.float64)
+    rows = source.forward(model, x).float()
+    if rows.shape[1] == 1:
+        p1 = torch.sigmoid(rows[:, 0])
+        p = p1 if index == 1 else 1 - p1
+    else:
+        p = torch.softmax(rows, dim=1)[:, index]
+    return p.cpu().numpy().astype(np.float64)
 
 
 # ----------------------------------------------------------------------------------------------------- sanity
@@ -324,7 +327,8 @@ def sanity(model: nn.Module, image: Any, target: Any = None, *, max_similarity: 
     original = compute_cam(model, image, target, **cam_kwargs)
     assert isinstance(original, CamResult)
     try:
-        twin = copy.deepcopy(model)
+        with model_lock(model):  # another thread's call would leave its hooks and eval flags in the copy
+            twin = copy.deepcopy(model)
     except Exception as err:  # noqa: BLE001 - any failure to copy is the same problem for the user
         raise CamCheckError(
             f"the model cannot be deep-copied ({type(err).__name__}: {err}); sanity randomises a copy and never the "
@@ -491,9 +495,7 @@ def faithfulness(model: nn.Module, image: Any, target: Any = None, *, metric: st
             raise CamCheckError("faithfulness needs class logits; the model output has none for this target")
     else:
         h = _check_given_map(heatmap, source.size)
-        with evaluation_mode(model), torch.inference_mode():
-            logits = source.logits(run_model(model, source.clean_input))
-        check_logits(logits)
+        logits = source.forward(model, source.clean_input)
         index = resolve_target(target, logits[0], source.categories).index
         from .engine.targets import label_of
 
