@@ -23,6 +23,7 @@ TARGETS = [
     ("scorecam", "Score-CAM >= 2x faster than both"),
     ("classes", "maps for 10 classes of one image <= 1.5x one class"),
     ("assert", "assert_attends_to <= 1.1x compute_cam"),
+    ("quality", "assert_sane / assert_faithful / assert_stable <= 1.2x the least work their definitions need"),
 ]
 
 
@@ -68,6 +69,8 @@ def verdicts(row: dict[str, Any]) -> list[tuple[str, bool, str]]:
         out.append(("classes", row["ours_s"] <= 1.5 * row["one_class_s"], "<= 1.5x one class"))
     elif case == "assert":
         out.append(("assert", row["ours_s"] <= 1.1 * row["compute_cam_s"], "<= 1.1x compute_cam"))
+    elif case == "quality":
+        out.append(("quality", row["ours_over_least"] <= 1.2, "<= 1.2x least work"))
     return out
 
 
@@ -151,6 +154,15 @@ def render(loaded: dict[str, Any], command: str, notes: str = "") -> str:
         for r in sorted(asserts, key=lambda r: r["model"]):
             lines.append(f"| {r['model']} | {_ms(r['ours_s'])} | {_ms(r['compute_cam_s'])} | "
                          f"{_x(r['ours_s'] / r['compute_cam_s'])} | {_targets(r)} |")
+        lines.append("")
+    quality = [r for r in rows if r["case"] == "quality"]
+    if quality:
+        lines += ["## Explanation-quality checks against the least work they need", "",
+                  "| model | check | least work | ours ms | least ms | ratio | target |",
+                  "| --- | --- | --- | ---: | ---: | ---: | --- |"]
+        for r in sorted(quality, key=lambda r: (r["model"], r["check"])):
+            lines.append(f"| {r['model']} | {r['check']} | {r['least']} | {_ms(r['ours_s'])} | {_ms(r['least_s'])} | "
+                         f"{_x(r['ours_over_least'])} | {_targets(r)} |")
         lines.append("")
     if notes:
         lines += ["## Notes", "", notes.strip(), ""]

@@ -1,0 +1,97 @@
+"""What the explanation-quality checks cost against the least work their definitions need, timed in the same test
+(interleaved round by round, as in ``test_cost.py``):
+
+- ``assert_faithful``: one map plus (1 + orderings) x steps bare forwards, batched (in chunks of 64 as ours), on
+  inputs built beforehand;
+- ``assert_sane``: (groups + 1) Grad-CAM calls of the model on the image;
+- ``assert_stable``: one Grad-CAM call on a batch of the clean image and ``samples`` copies.
+
+What ours does on top (perturbing in the image's pixels, the preprocessing of every copy, the deep copy and
+re-initialisation, the similarities) is what the ratio measures; the target is 1.2x.
+
+Run: ``pytest benchmarks/test_quality_cost.py --benchmark-only --benchmark-json=quality.json``.
+``CAMCHECK_BENCH_QUALITY_MODELS`` (default camcheck-shapes,resnet18) chooses the models: the bundled model on a
+scene picture through its own preprocessing, torchvision models on a 224 x 224 tensor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image
+
+from pytest_camcheck import assert_faithful, assert_sane, assert_stable, compute_cam, quality
+from pytest_camcheck.scenes import HELD_OUT, make_scene
+
+from .conftest import model
+from .test_cost import DEVICE, Companion, _env, _measure, _rounds
+
+MODELS = _env("CAMCHECK_BENCH_QUALITY_MODELS", "camcheck-shapes,resnet18")
+STEPS, ORDERINGS, SAMPLES = 20, quality.DEFAULT_ORDERINGS, 8
+
+
+def _image(name: str) -> Any:
+    if name.startswith("camcheck-"):
+        return Image.fromarray(make_scene(HELD_OUT + 330_000).image)
+    return torch.rand(3, 224, 224, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+
+
+def _least_forwards(net: torch.nn.Module, x: torch.Tensor) -> Companion:
+    def call(_: Any) -> object:
+        with torch.inference_mode():
+            return [net(x[i:i + quality.FORWARD_CHUNK]) for i in range(0, x.shape[0], quality.FORWARD_CHUNK)]
+    return Companion("least", call)
+
+
+def _record(benchmark: Any, least: str) -> None:
+    info = benchmark.extra_info
+    info["least"] = least
+    info["least_s"] = info["least_s"] if "least_s" in info else None
+    paired = info.get("ours_next_to_least_s", info["ours_s"])
+    info["ours_over_least"] = paired / info["least_s"]
+    info.pop("least_over_ours", None)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_faithful_cost(benchmark: Any, name: str) -> None:
+    net, image = model(name, DEVICE), _image(name)
+    benchmark.group = f"quality {DEVICE}"
+    target = compute_cam(net, image).target
+    x = quality._Source(net, image, {}).clean_input
+    batch = x.expand((1 + ORDERINGS) * STEPS, -1, -1, -1).clone()
+    map_call = Companion("map", lambda _: compute_cam(net, image, target))
+    forwards = _least_forwards(net, batch)
+    least = Companion("least", lambda _: (map_call.call(None), forwards.call(None)))
+    rounds, warmup = _rounds(0.5, False)
+    _measure(benchmark, lambda: assert_faithful(net, image, target, steps=STEPS, min_gain=-1.0), [least],
+             rounds, warmup, dict(case="quality", check="faithful", model=name, steps=STEPS, orderings=ORDERINGS))
+    _record(benchmark, f"1 map + {(1 + ORDERINGS) * STEPS} forwards")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_sane_cost(benchmark: Any, name: str) -> None:
+    net, image = model(name, DEVICE), _image(name)
+    benchmark.group = f"quality {DEVICE}"
+    first = compute_cam(net, image)
+    calls = len(quality.cascade_groups(net)) + 1
+    least = Companion("least", lambda _: [compute_cam(net, image, first.target)] + [
+        compute_cam(net, image, first.target, layer=first.layer) for _ in range(calls - 1)])  # as ours: auto, then fixed
+    rounds, warmup = _rounds(0.5, False)
+    _measure(benchmark, lambda: assert_sane(net, image, first.target, max_similarity=1.0), [least], rounds, warmup,
+             dict(case="quality", check="sane", model=name, steps=calls - 1))
+    _record(benchmark, f"{calls} Grad-CAM calls")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_stable_cost(benchmark: Any, name: str) -> None:
+    net, image = model(name, DEVICE), _image(name)
+    benchmark.group = f"quality {DEVICE}"
+    target = compute_cam(net, image).target
+    batch = [image] * (SAMPLES + 1) if isinstance(image, Image.Image) else image.expand(SAMPLES + 1, -1, -1, -1)
+    least = Companion("least", lambda _: compute_cam(net, batch, target))
+    rounds, warmup = _rounds(0.5, False)
+    _measure(benchmark, lambda: assert_stable(net, image, target, samples=SAMPLES, min_similarity=-1.0), [least],
+             rounds, warmup, dict(case="quality", check="stable", model=name, samples=SAMPLES))
+    _record(benchmark, f"1 Grad-CAM call on {SAMPLES + 1} images")
