@@ -304,3 +304,34 @@ def test_faithfulness_passes_gradcam_and_fails_inverted_and_random_maps(shapes: 
     assert np.mean(np.array(good) >= limit) >= 4 / 6 and np.median(good) > 2 * limit, good
     assert max(inverted) < 0, inverted
     assert np.mean(np.array(rand) >= limit) <= 1 / 6 and abs(np.median(rand)) < limit, rand
+
+
+FIXTURE_TEST = """
+import torch
+from tests_models import SmallCNN
+
+def test_quality(camcheck):
+    torch.manual_seed(0)
+    model, x = SmallCNN().eval(), torch.rand(3, 32, 32)
+    assert camcheck.sane(model, x, 1, max_similarity=1.0).curve[0].step == 0
+    assert len(camcheck.faithful(model, x, 1, steps=3, orderings=1, min_gain=-1.0).curve) == 4
+    camcheck.stable(model, x, 1, samples=2, min_similarity=1.0, noise=0.5)
+"""
+
+
+def test_the_fixture_records_the_checks_in_junit(pytester: pytest.Pytester, request: pytest.FixtureRequest) -> None:
+    import json
+    import shutil
+    import xml.etree.ElementTree as ET
+    from pathlib import Path
+
+    shutil.copy(Path(request.config.rootpath) / "tests" / "models.py", pytester.path / "tests_models.py")
+    pytester.makepyfile(test_q=FIXTURE_TEST)
+    result = pytester.runpytest("--junitxml=out.xml", "-p", "no:cacheprovider", "--camcheck-device=cpu")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*camcheck stable failed*", "*smallest SSIM*"])
+    props = [(p.get("name"), json.loads(p.get("value"))) for p in ET.parse(pytester.path / "out.xml").iter("property")]
+    assert [name for name, _ in props] == ["camcheck.sane", "camcheck.faithful", "camcheck.stable"]
+    assert [v["passed"] for _, v in props] == [True, True, False]
+    assert props[2][1]["threshold.min_similarity"] == 1.0 and props[2][1]["overlay"].endswith(".png")
+    assert len(props[1][1]["curve"]) == 4 and "similarity" in props[0][1]
