@@ -6,6 +6,12 @@ the file is then published under its name in one step: ``os.replace`` when an ex
 hard link (which never replaces) otherwise. A failure at any point leaves the target as it was and removes the
 temporary file.
 
+Nothing is ever written through a symbolic link: a target path that is a link (working or dangling) is refused
+with :class:`~pytest_camcheck.errors.FileRefused` naming it, and the temporary file is opened with ``O_EXCL |
+O_NOFOLLOW``. A folder that cannot be created or written is refused the same way. Reading a ``.npz`` archive
+(:func:`read_npz`) checks each member's ``.npy`` header (dtype and shape) against a byte limit before anything is
+decompressed, so a zip bomb costs a few kilobytes of memory, not gigabytes.
+
 Example:
     >>> import tempfile
     >>> with tempfile.TemporaryDirectory() as tmp:
@@ -16,13 +22,65 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
-__all__ = ["atomic_file", "atomic_write", "temp_path"]
+from .errors import FileRefused
+
+__all__ = ["atomic_file", "atomic_write", "refuse_link", "remove_dangling_link", "read_npz", "temp_path"]
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def refuse_link(path: str | os.PathLike[str], what: str = "file") -> None:
+    """Raise FileRefused when ``path`` is a symbolic link (writing there would write to wherever it points).
+
+    Example:
+        >>> refuse_link("no/such/file.png")
+    """
+    if os.path.islink(path):
+        points = os.readlink(path)
+        state = "a link to" if os.path.exists(path) else "a dangling link to"
+        raise FileRefused(
+            f"the {what} {path} is {state} {points!r}; pytest-camcheck never writes through symbolic links. Fix: "
+            f"remove the link (rm {str(path)!r}) or replace it with a regular file"
+        )
+
+
+def remove_dangling_link(path: str | os.PathLike[str]) -> bool:
+    """Remove ``path`` when it is a symbolic link to nothing (what ``--camcheck-update`` may repair); True when
+    one was removed.
+
+    Example:
+        >>> remove_dangling_link("no/such/file.npz")
+        False
+    """
+    if os.path.islink(path) and not os.path.exists(path):
+        os.unlink(path)
+        return True
+    return False
+
+
+def _refused(err: OSError, target: Path) -> FileRefused:
+    folder = target.parent
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = f"make the folder writable (chmod u+w {str(folder)!r}) or point the path elsewhere"
+        problem = f"folder {folder} is not writable"
+    elif err.errno in (errno.ENOTDIR, errno.EEXIST) and not folder.is_dir():
+        fix = "remove or rename the file that stands where a folder is needed, or choose another path"
+        problem = f"{folder} (or a folder above it) is not a folder"
+    elif err.errno == errno.EISDIR or target.is_dir():
+        fix = "remove the folder or choose a file name"
+        problem = f"{target} is a folder"
+    else:
+        fix = "check the path and the disk"
+        problem = f"{type(err).__name__}: {err.strerror or err}"
+    return FileRefused(f"cannot write {target}: {problem}. Fix: {fix}")
 
 
 def temp_path(target: Path) -> Path:
@@ -66,15 +124,29 @@ def atomic_file(path: str | os.PathLike[str], *, replace: bool = True) -> Iterat
         b'chunk'
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    refuse_link(target)
+    if target.is_dir():
+        raise FileRefused(f"cannot write {target}: it is a folder. Fix: remove the folder or choose a file name")
     temp = temp_path(target)
     try:
-        with open(temp, "xb") as out:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except FileRefused:
+        raise
+    except OSError as err:
+        raise _refused(err, target) from err
+    try:
+        with os.fdopen(fd, "wb") as out:
             yield out
             out.flush()
             os.fsync(out.fileno())
+        refuse_link(target)  # planted while the bytes were written; a rename would only replace the link itself
         if not _publish(temp, target, replace):
             raise FileExistsError(f"{target} exists and was kept")
+    except (FileExistsError, FileRefused):
+        raise
+    except PermissionError as err:
+        raise _refused(err, target) from err
     finally:
         temp.unlink(missing_ok=True)
 
@@ -97,3 +169,52 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, *, replace: bool = T
             raise
         return False
     return True
+
+
+NPY_HEADER_LIMIT = 4096
+
+
+def read_npz(path: str | os.PathLike[str], limit: Callable[[str, tuple[int, ...], Any], str | None], *,
+             max_members: int = 64) -> dict[str, Any]:
+    """The arrays of an ``.npz`` archive, each member's ``.npy`` header read first and passed to
+    ``limit(name, shape, dtype)``, which returns why the member is refused (or None); nothing is decompressed
+    beyond the header of a refused member. Pickled (object) arrays are refused. Raises ValueError saying what
+    is wrong; the caller names the file and the fix.
+
+    Example:
+        >>> import io, numpy as np, tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     np.savez(f"{tmp}/a.npz", x=np.zeros(3))
+        ...     read_npz(f"{tmp}/a.npz", lambda name, shape, dtype: None)["x"].shape
+        (3,)
+    """
+    import numpy as np
+
+    fmt = np.lib.format
+    out: dict[str, Any] = {}
+    with zipfile.ZipFile(path) as archive:
+        members = archive.infolist()
+        if len(members) > max_members:
+            raise ValueError(f"the archive has {len(members)} members, more than a baseline ever holds")
+        for info in members:
+            name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            with archive.open(info) as member:
+                version = fmt.read_magic(member)
+                if version == (1, 0):
+                    shape, fortran, dtype = fmt.read_array_header_1_0(member, max_header_size=NPY_HEADER_LIMIT)
+                elif version == (2, 0):
+                    shape, fortran, dtype = fmt.read_array_header_2_0(member, max_header_size=NPY_HEADER_LIMIT)
+                else:
+                    raise ValueError(f"member {name!r} has .npy format version {version}, not 1.0 or 2.0")
+                if dtype.hasobject:
+                    raise ValueError(f"member {name!r} holds Python objects (pickled data), which are never loaded")
+                why = limit(name, tuple(shape), dtype)
+                if why:
+                    raise ValueError(f"member {name!r} ({dtype}, shape {tuple(shape)}) {why}")
+                size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                data = member.read(size)
+                if len(data) != size:
+                    raise ValueError(f"member {name!r} is truncated ({len(data)} of {size} bytes)")
+            array = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+            out[name] = array.copy() if not array.flags.writeable else array
+    return out

@@ -45,3 +45,9 @@ class AnnotationError(CamCheckError):
 
 class CamCheckWarning(UserWarning):
     """Something works but is probably not what was meant (e.g. a full-resolution photo fed to the model)."""
+
+
+class FileRefused(CamCheckError, OSError):
+    """A file cannot be written or read safely: its path is a symbolic link, its folder is read-only, or its
+    contents would take too much memory. Also an ``OSError``, so code that tolerates unwritable files keeps
+    tolerating it."""

@@ -364,9 +364,9 @@ def cam_regression(request: pytest.FixtureRequest, camcheck_config: CamcheckConf
     """
     from .regression import CamRegression, baseline_location
 
-    folder, name = baseline_location(request.path, request.node.name)
+    folder, _ = baseline_location(request.path, request.node.name)
     settings = camcheck_config
-    reg = CamRegression(folder, name, update=settings.update, ssim_min=settings.ssim_min,
+    reg = CamRegression(folder, request.node.name, update=settings.update, ssim_min=settings.ssim_min,
                         spearman_min=settings.spearman_min, device=settings.device, method=settings.method,
                         pass_pictures=settings.report is not None)
     yield reg

@@ -54,13 +54,14 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import re
 import io
 import os
 import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -68,13 +69,13 @@ from PIL import Image
 from torch import nn
 
 from . import __version__, context
-from ._io import atomic_write
+from ._io import atomic_write, read_npz, refuse_link, remove_dangling_link
 from ._text import safe_name, target_text
 from ._values import check_threshold as _check_number
 from .settings import DEFAULT_SPEARMAN_MIN, DEFAULT_SSIM_MIN
 from .engine import CamResult, compute_cam
 from .engine.core import device_of
-from .errors import CamCheckError
+from .errors import CamCheckError, FileRefused
 from .metrics import check_heatmap, map_similarity
 from .render import overlay, save_png, side_by_side
 
@@ -90,16 +91,39 @@ _KEYS = ("heatmap", "format_version", "method", "layer", "target", "label", "ima
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
+_PLAIN = re.compile(r"[a-z0-9_]+(?:\.[a-z0-9_]+)*")
+
+
+def file_stem(parts: list[str], limit: int = 120) -> str:
+    """A file name stem for ``parts`` (test id, basename, method, layer, target...) that two different lists never
+    share, on any file system: parts made of lower-case letters, digits, ``_`` and inner dots are joined with
+    ``-`` as they are; when any part holds anything else (brackets, spaces, slashes, ``-``, upper case, which
+    case-insensitive file systems fold, non-ASCII) it is shown with those characters replaced by ``_`` and the
+    stem ends with a hash of all the parts as given. Stems longer than ``limit`` are cut and hashed.
+
+    Example:
+        >>> file_stem(["test_map", "gradcam", "layer4", "t3"])
+        'test_map-gradcam-layer4-t3'
+        >>> file_stem(["test_map[a b]", "gradcam"]) != file_stem(["test_map[a_b]", "gradcam"])
+        True
+    """
+    stem = "-".join(safe_name(p) for p in parts)
+    if all(_PLAIN.fullmatch(p) and safe_name(p) == p for p in parts) and len(stem) <= limit:
+        return stem
+    digest = hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{stem[:limit - 13]}-{digest}"
+
+
 def baseline_location(module_path: str | os.PathLike[str], test_name: str) -> tuple[Path, str]:
-    """(baseline folder, file-safe test name) of a test: ``<module dir>/<module stem>/`` and the test's name with
-    its parameters, characters other than letters, digits, ``_ . -`` replaced by ``_``.
+    """(baseline folder, the test's part of its baseline file names) of a test: ``<module dir>/<module stem>/``
+    and :func:`file_stem` of the test's name with its parameters.
 
     Example:
         >>> baseline_location("tests/test_model.py", "test_map[resnet18-cpu]")
-        (PosixPath('tests/test_model'), 'test_map_resnet18-cpu')
+        (PosixPath('tests/test_model'), 'test_map_resnet18-cpu-37817b2e5794')
     """
     module = Path(module_path)
-    return module.parent / module.stem, safe_name(test_name)
+    return module.parent / module.stem, file_stem([test_name])
 
 
 @dataclass(frozen=True)
@@ -127,9 +151,38 @@ def _broken(path: Path, problem: str) -> CamCheckError:
     )
 
 
-def read_baseline(path: str | os.PathLike[str]) -> Baseline:
-    """Read and validate a baseline ``.npz`` (``allow_pickle=False``); a corrupt or foreign file raises
-    CamCheckError naming the file and the fix.
+class _OtherSize(Exception):
+    """The baseline's map header gives another size than the image's."""
+
+
+MAX_MAP_PIXELS = 2**26  # 64 megapixels: a map larger than any image a classifier is explained on
+_META_BYTES = 64 * 1024
+
+
+def _member_limit(expected: tuple[int, int] | None) -> Callable[[str, tuple[int, ...], Any], str | None]:
+    """What a baseline's members may hold, decided from their .npy headers before decompression: the map is
+    a 2-D float array of the image's size (when known, else at most MAX_MAP_PIXELS), metadata a few bytes."""
+
+    def limit(name: str, shape: tuple[int, ...], dtype: np.dtype) -> str | None:
+        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if name != "heatmap":
+            return None if size <= _META_BYTES else f"would take {size} bytes; metadata takes a few"
+        if len(shape) != 2 or dtype.kind not in "fiub":
+            return "is not a 2-D numeric map"
+        if expected is not None and tuple(shape) != tuple(expected):
+            raise _OtherSize(shape)
+        if shape[0] * shape[1] > MAX_MAP_PIXELS or dtype.itemsize > 8:
+            return f"would take {size} bytes, more than a map of {MAX_MAP_PIXELS} pixels"
+        return None
+
+    return limit
+
+
+def read_baseline(path: str | os.PathLike[str], expected_shape: tuple[int, int] | None = None) -> Baseline:
+    """Read and validate a baseline ``.npz`` (no pickles); a corrupt or foreign file raises CamCheckError naming
+    the file and the fix. Each member's ``.npy`` header is checked before it is decompressed (a zip bomb is
+    refused in milliseconds): the map must be 2-D, of ``expected_shape`` (height, width) when given, else at most
+    :data:`MAX_MAP_PIXELS`.
 
     Example:
         >>> read_baseline("tests/test_model/test_map-gradcam-layer4-t3.npz").meta["layer"]  # doctest: +SKIP
@@ -137,14 +190,21 @@ def read_baseline(path: str | os.PathLike[str]) -> Baseline:
     """
     path = Path(path)
     try:
-        data = np.load(path, allow_pickle=False)
-        if isinstance(data, np.lib.npyio.NpzFile):
-            with data:
-                arrays = {key: data[key] for key in data.files}
+        with open(path, "rb") as head:
+            single = head.read(6) == b"\x93NUMPY"
+        if single:
+            raise _broken(path, "is not a camcheck baseline (a single array, not an .npz archive)")
+        arrays = read_npz(path, _member_limit(expected_shape))
+    except _OtherSize as other:
+        (mh, mw), (h, w) = other.args[0], expected_shape
+        raise CamCheckError(
+            f"baseline {path} holds a map of {mw}x{mh} px but the image is now {w}x{h} px (width x height). Fix: "
+            f"check the same image as before, or, if the image changed on purpose, {UPDATE_HINT}"
+        ) from None
+    except CamCheckError:
+        raise
     except Exception as err:  # noqa: BLE001 - any failure to parse the file means it is not a valid baseline
         raise _broken(path, f"cannot be read ({type(err).__name__}: {err})") from err
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise _broken(path, "is not a camcheck baseline (a single array, not an .npz archive)")
     missing = [key for key in _KEYS if key not in arrays]
     if missing:
         raise _broken(path, f"is not a camcheck baseline: it lacks {', '.join(missing)} (it has "
@@ -225,7 +285,8 @@ def _mark(value: float, minimum: float) -> str:
 class CamRegression:
     """Compare maps with baselines in ``baseline_dir`` (the ``cam_regression`` fixture; see the module doc).
 
-    ``test_name`` names the files (see :func:`baseline_location`); ``update`` writes missing, unreadable and
+    ``test_name`` (the test's name with its parameters, as pytest gives it) names the files, see
+    :func:`file_stem`; ``update`` writes missing, unreadable and
     failing baselines and passes; ``ssim_min`` / ``spearman_min`` are the default thresholds of :meth:`check`;
     ``device`` and ``method`` are the defaults of ``compute_cam`` (as in the ``camcheck`` fixture);
     ``pass_pictures`` also writes the baseline | current | difference picture for passing checks (for the HTML
@@ -242,27 +303,26 @@ class CamRegression:
                  device: str | torch.device | None = None, method: str = "gradcam",
                  pass_pictures: bool = False) -> None:
         self.baseline_dir = Path(baseline_dir)
-        self.test_name = safe_name(test_name)
+        self.test_name = test_name
         self.update = update
         self.ssim_min = check_threshold("ssim_min", ssim_min)
         self.spearman_min = check_threshold("spearman_min", spearman_min)
         self.device, self.method, self.pass_pictures = device, method, pass_pictures
         self.written: list[Path] = []
+        self.removed: list[Path] = []
         self._seen: Counter[str] = Counter()
 
     def _path(self, result: CamResult, basename: str | None) -> Path:
         """``<test>[-<basename>]-<method>-<layer>-t<target>[-<n>].npz``, n counting repeated identical checks in
-        one test (2, 3...); over-long names are cut and given a hash."""
+        one test (2, 3...); names with other characters than lower-case letters, digits and ``_`` end with a hash
+        of the exact test id and parts, so two tests never share a file (see :func:`file_stem`)."""
         target = "tcallable" if result.target < 0 else f"t{result.target}"
-        parts = [self.test_name, *([safe_name(basename)] if basename else []), safe_name(result.method), safe_name(result.layer),
-                 target]
-        stem = "-".join(parts)
-        self._seen[stem] += 1
-        if self._seen[stem] > 1:
-            stem += f"-{self._seen[stem]}"
-        if len(stem) > _MAX_STEM:
-            stem = f"{stem[:_MAX_STEM - 9]}-{hashlib.sha1(stem.encode()).hexdigest()[:8]}"
-        return self.baseline_dir / f"{stem}.npz"
+        parts = [self.test_name, *([basename] if basename else []), result.method, result.layer, target]
+        key = "\0".join(parts)
+        self._seen[key] += 1
+        if self._seen[key] > 1:
+            parts.append(str(self._seen[key]))
+        return self.baseline_dir / f"{file_stem(parts, _MAX_STEM)}.npz"
 
     def check(self, model: nn.Module, image: Any, target: Any = None, *, basename: str | None = None,
               ssim_min: float | None = None, spearman_min: float | None = None, **cam_kwargs: Any) -> CamResult:
@@ -308,18 +368,25 @@ class CamRegression:
         raise AssertionError(message)
 
     def _load(self, path: Path, result: CamResult) -> Baseline | None:
-        """The baseline to compare with, or None when it is to be (re)written."""
+        """The baseline to compare with, or None when it is to be (re)written. A symbolic link at the baseline's
+        path (or its preview's) is refused; a dangling one is removed under ``--camcheck-update`` (it points
+        nowhere, so nothing is lost)."""
+        for file in (path, path.with_suffix(".png")):
+            if os.path.islink(file) and not os.path.exists(file):
+                if self.update:
+                    remove_dangling_link(file)
+                    self.removed.append(file)
+                else:
+                    raise FileRefused(
+                        f"baseline {file} is a dangling symbolic link (to {os.readlink(file)!r}); pytest-camcheck "
+                        f"never writes through links. Fix: remove the link (rm {str(file)!r}), or {UPDATE_HINT}, "
+                        "which removes dangling links at baseline paths and writes the baseline"
+                    )
+            refuse_link(file, "baseline")
         if not path.exists():
             return None
         try:
-            baseline = read_baseline(path)
-            shape = tuple(result.heatmap.shape)
-            if tuple(baseline.heatmap.shape) != shape:
-                raise CamCheckError(
-                    f"baseline {path} holds a map of {baseline.heatmap.shape[1]}x{baseline.heatmap.shape[0]} px "
-                    f"but the image is now {shape[1]}x{shape[0]} px (width x height). Fix: check the same image as "
-                    f"before, or, if the image changed on purpose, {UPDATE_HINT}"
-                )
+            baseline = read_baseline(path, tuple(result.heatmap.shape))
             recorded = (baseline.meta["method"], baseline.meta["layer"], baseline.meta["target"])
             if recorded != (result.method, result.layer, result.target):
                 raise _broken(path, f"holds the map of method {recorded[0]}, layer {recorded[1]}, target "
@@ -351,6 +418,8 @@ class CamRegression:
                        f"they should not share it")
         elif self.update:
             what = "replaced" if existed else "created"
+            if path in self.removed:
+                what += " in place of a dangling link"
             message = f"camcheck regression: baseline {what}: {path} (preview {preview})"
         else:
             message = (f"camcheck regression: baseline not found, created: {path}\n  preview: {preview}\n"

@@ -179,9 +179,9 @@ def side_by_side(images: Sequence[Image.Image], labels: Sequence[str]) -> Image.
 
 
 def save_png(img: Image.Image, path: str | os.PathLike[str]) -> Path:
-    """Write a PNG atomically (temporary file in the same folder, then os.replace), creating parent folders.
-
-    Returns the absolute path.
+    """Write a PNG atomically (temporary file in the same folder, then os.replace), creating parent folders; a
+    path that is a symbolic link, or a folder that cannot be written, raises FileRefused (an OSError and a
+    CamCheckError) naming it. Returns the absolute path.
 
     Example:
         >>> import tempfile
@@ -189,7 +189,7 @@ def save_png(img: Image.Image, path: str | os.PathLike[str]) -> Path:
         ...     save_png(Image.new("RGB", (2, 2)), Path(tmp) / "out" / "map.png").name
         'map.png'
     """
-    target = Path(path).expanduser().resolve()
+    target = Path(path).expanduser().absolute()  # not resolve(): a link at the path is refused, never followed
     with atomic_file(target) as out:
         img.save(out, format="PNG")
     return target

@@ -303,7 +303,7 @@ def receive_from_worker(report: CheckReport, workeroutput: dict[str, Any]) -> bo
 
 
 def _write_text(path: str | os.PathLike[str], text: str) -> Path:
-    target = Path(path).expanduser().resolve()
+    target = Path(path).expanduser().absolute()
     atomic_write(target, text.encode("utf-8"))
     return target
 

@@ -88,7 +88,7 @@ def test_first_run_creates_and_fails_then_passes(tmp_path: Path, records: list) 
     folder, net, image = tmp_path / "test_mod", model(), SCENES[0].image
     with pytest.raises(AssertionError) as err:
         CamRegression(folder, "test_x[a b]").check(net, image, 0)
-    npz = folder / "test_x_a_b-gradcam-features-t0.npz"
+    (npz,) = folder.glob("test_x_a_b-gradcam-features-t0-*.npz")  # readable, then a hash of the exact test id
     assert str(npz) in str(err.value) and "review and commit it" in str(err.value)
     assert sorted(p.name for p in folder.iterdir()) == [npz.name, npz.with_suffix(".png").name]
     assert records[-1].passed is False and records[-1].overlay == npz.with_suffix(".png")
@@ -368,8 +368,9 @@ def test_tensor_input_without_picture_and_pass_pictures(tmp_path: Path, records:
 
 
 def test_baseline_location() -> None:
-    assert baseline_location(Path("/r/tests/test_m.py"), "test_a[x/y-1.5]") == (Path("/r/tests/test_m"),
-                                                                                  "test_a_x_y-1.5")
+    folder, name = baseline_location(Path("/r/tests/test_m.py"), "test_a[x/y-1.5]")
+    assert folder == Path("/r/tests/test_m") and name.startswith("test_a_x_y-1.5-") and len(name) == 15 + 12
+    assert baseline_location(Path("t.py"), "test_plain")[1] == "test_plain"
 
 
 # --- end to end, through pytest ---------------------------------------------------------------------------------
@@ -420,7 +421,7 @@ def test_fixture_first_run_pass_drift_update(suite: pytest.Pytester, monkeypatch
     folder = suite.path / "test_maps"
     result = suite.runpytest(*ARGS)
     result.assert_outcomes(failed=3)
-    result.stdout.fnmatch_lines(["*baseline not found, created: *test_maps*test_map_0-gradcam-features-t0.npz*",
+    result.stdout.fnmatch_lines(["*baseline not found, created: *test_maps*test_map_0-gradcam-features-t0-*.npz*",
                                  "*review and commit it*"])
     assert len(list(folder.glob("*.npz"))) == 3 and len(list(folder.glob("*.png"))) == 3
     suite.runpytest(*ARGS).assert_outcomes(passed=2, failed=1)
@@ -437,7 +438,7 @@ def test_fixture_first_run_pass_drift_update(suite: pytest.Pytester, monkeypatch
 
     result = suite.runpytest(*ARGS, "--camcheck-update")
     result.assert_outcomes(passed=3)
-    result.stdout.fnmatch_lines(["*camcheck: 8 baseline files written*", "*test_map_1-gradcam-features-t0.npz"])
+    result.stdout.fnmatch_lines(["*camcheck: 8 baseline files written*", "*test_map_1-gradcam-features-t0-*.npz"])
     assert digest(folder).keys() == before.keys() and digest(folder) != before
 
     monkeypatch.delenv("DRIFT")
