@@ -32,7 +32,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 from .errors import FileRefused
 
-__all__ = ["atomic_file", "atomic_write", "refuse_link", "remove_dangling_link", "read_npz", "temp_path"]
+__all__ = ["atomic_file", "atomic_write", "check_output_file", "refuse_link", "remove_dangling_link", "read_npz", "temp_path"]
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
@@ -64,6 +64,38 @@ def remove_dangling_link(path: str | os.PathLike[str]) -> bool:
         os.unlink(path)
         return True
     return False
+
+
+def check_output_file(path: Path, asked_by: str) -> Path:
+    """Check, before a run, that ``path`` can be written at its end: not a folder, not a symbolic link, under a
+    folder that exists (or can be created) and is writable. Raises FileRefused naming the setting, the path and
+    the fix; returns ``path``.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     check_output_file(Path(tmp) / "new" / "report.html", "--camcheck-report").name
+        'report.html'
+    """
+    def refuse(problem: str, fix: str) -> FileRefused:
+        return FileRefused(f"{asked_by}={path}: {problem}. Fix: {fix}")
+
+    if os.path.islink(path):
+        raise refuse("the path is a symbolic link, and pytest-camcheck never writes through links",
+                     "give the link's target itself, or another path")
+    if path.is_dir():
+        raise refuse("it is a folder", f"give a file name, e.g. {path / 'camcheck-report'}")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        if os.path.islink(folder):
+            raise refuse(f"{folder} is a dangling symbolic link", "remove the link or give another path")
+        folder = folder.parent
+    if not folder.is_dir():
+        raise refuse(f"{folder} is a file, not a folder", "give a path inside a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise refuse(f"folder {folder} is not writable", f"make it writable (chmod u+w {str(folder)!r}) or write "
+                     "the report elsewhere")
+    return path
 
 
 def _refused(err: OSError, target: Path) -> FileRefused:

@@ -116,7 +116,7 @@ def _run(check: str, model: torch.nn.Module, image: Any, target: Any, regions: S
     context.record(context.CheckRecord(
         check=check, passed=passed, method=result.method, layer=result.layer, target=result.target,
         label=result.label, probability=result.probability, metrics=flat, thresholds=thresholds,
-        overlay=picture, message=message,
+        overlay=picture, message=message, image=context.describe_image(image),
     ))
     if not passed:
         raise AssertionError(message)

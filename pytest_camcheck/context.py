@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from ._text import safe_name
 
-__all__ = ["CheckRecord", "add_listener", "artifact_path", "artifacts_dir", "record", "remove_listener",
+__all__ = ["CheckRecord", "add_listener", "describe_image", "artifact_path", "artifacts_dir", "record", "remove_listener",
            "set_artifacts_dir"]
 
 
@@ -41,6 +41,34 @@ class CheckRecord:
     overlay: Path | None = None
     message: str = ""
     test_id: str = field(default_factory=lambda: current_test_id())
+    image: str = ""
+
+
+def describe_image(image: Any) -> str:
+    """Which image a check used, for the report: a sample image's name, a file's path, else its kind and size.
+
+    Example:
+        >>> describe_image("photos/dog.jpg"), describe_image(None)
+        ('photos/dog.jpg', '')
+    """
+    if image is None:
+        return ""
+    if isinstance(image, (str, os.PathLike)):
+        return os.fspath(image)
+    info = getattr(image, "info", None)
+    if isinstance(info, dict) and info.get("camcheck_name"):
+        return str(info["camcheck_name"])
+    if getattr(image, "filename", ""):
+        return str(image.filename)
+    if isinstance(image, (list, tuple)):
+        return f"{len(image)} images"
+    size = getattr(image, "size", None)
+    shape = getattr(image, "shape", None)
+    if shape is not None:
+        return f"{type(image).__name__} of shape {tuple(shape)}"
+    if isinstance(size, tuple):
+        return f"PIL image {size[0]}x{size[1]} px"
+    return type(image).__name__
 
 
 _state: dict[str, Any] = {"artifacts_dir": None}

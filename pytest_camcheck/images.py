@@ -277,6 +277,8 @@ class SampleImage:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "regions", Regions(self.regions, owner=self.name))
+        if isinstance(self.image, Image.Image):  # so that reports can say which sample a check used
+            self.image.info.setdefault("camcheck_name", self.name)
 
     @property
     def size(self) -> tuple[int, int]:

@@ -83,6 +83,7 @@ class CamcheckConfig:
 CONFIG_KEY = pytest.StashKey[CamcheckConfig]()
 RECORDS_KEY = pytest.StashKey[list]()
 REPORT_KEY = pytest.StashKey[CheckReport]()
+_REPORT_PROBLEMS_KEY = pytest.StashKey[list]()
 _ACCELERATORS_KEY = pytest.StashKey[Accelerators]()
 
 
@@ -96,7 +97,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             kwargs.update(metavar=s.metavar, **({"action": "append", "default": []} if s.kind == "paths" else {}))
         group.addoption(s.option, **kwargs)
         parser.addini(s.ini, f"{s.help} (default {s.default_text}; paths relative to the rootdir)"
-                      if s.kind in ("path", "paths") else f"{s.help} (default {s.default_text})",
+                      if s.kind in ("path", "file", "paths") else f"{s.help} (default {s.default_text})",
                       type="linelist" if s.kind == "paths" else "string", default=[] if s.kind == "paths" else "")
 
 
@@ -382,9 +383,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         send_to_controller(report, config.workeroutput)
         return
     settings = config.stash[CONFIG_KEY]
+    problems = config.stash.setdefault(_REPORT_PROBLEMS_KEY, [])
     for path, write in ((settings.report, report.write_html), (settings.report_json, report.write_json)):
         if path is not None:
-            write(path)
+            try:
+                write(path)
+            except (OSError, CamCheckError) as err:  # the run's outcome and summary matter more than the report
+                problems.append(f"camcheck: the report was not written: {err}")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -399,6 +404,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if settings.device is not None and settings.device_asked == "auto":  # chosen during the run, not in the header
         for line in _device_lines(config, settings)[1:]:
             terminalreporter.write_line(line)
+    for problem in config.stash.get(_REPORT_PROBLEMS_KEY, []):
+        terminalreporter.write_line(problem, yellow=True, bold=True)
     written = config.stash[REPORT_KEY].written
     if written:
         terminalreporter.write_sep("-", f"camcheck: {len(written)} baseline files written")

@@ -310,6 +310,7 @@ class CamRegression:
         self.device, self.method, self.pass_pictures = device, method, pass_pictures
         self.written: list[Path] = []
         self.removed: list[Path] = []
+        self._image = ""
         self._seen: Counter[str] = Counter()
 
     def _path(self, result: CamResult, basename: str | None) -> Path:
@@ -342,6 +343,7 @@ class CamRegression:
                                              self.spearman_min if spearman_min is None else spearman_min),
         }
         kwargs = {"method": self.method} | ({"device": self.device} if self.device is not None else {}) | cam_kwargs
+        self._image = context.describe_image(image)
         result = compute_cam(model, image, target, **kwargs)
         if isinstance(result, list):
             raise CamCheckError("cam_regression.check compares one image and one target at a time; call it once per "
@@ -491,5 +493,5 @@ class CamRegression:
         context.record(context.CheckRecord(
             check="regression", passed=passed, method=result.method, layer=result.layer, target=result.target,
             label=result.label, probability=result.probability, metrics=scores, thresholds=thresholds,
-            overlay=picture, message=message,
+            overlay=picture, message=message, image=self._image,
         ))

@@ -220,8 +220,10 @@ class CheckReport:
         return _write_text(path, self.to_json())
 
     def rows(self) -> list[dict[str, Any]]:
-        """What the HTML page shows, in order: one row per check (with ``outcome``, its test's outcome) and one
-        per camcheck test that recorded no check; failed checks and failed or erroring tests first.
+        """What the HTML page shows, in order: one row per check (with ``outcome``, its test's outcome and the
+        image it used), one per camcheck test that recorded no check, and one per failed, erroring or xpassed test
+        of the run (camcheck or not) that no failed check explains, with its error text; failed checks and failed
+        or erroring tests first.
 
         Example:
             >>> CheckReport().rows()
@@ -232,10 +234,11 @@ class CheckReport:
             info = self.tests.get(check.get("test_id", ""), {"outcome": "unknown", "message": ""})
             rows.append(check | {"outcome": info["outcome"]})
         checked = {c.get("test_id") for c in self.checks}
+        explained = {c.get("test_id") for c in self.checks if c.get("passed") is False}
         for test_id, info in self.tests.items():
-            if info["camcheck"] and test_id not in checked:
+            if (info["camcheck"] and test_id not in checked) or (info["outcome"] in _BAD and test_id not in explained):
                 rows.append({"test_id": test_id, "outcome": info["outcome"], "check": None, "passed": None,
-                             "message": info["message"]})
+                             "message": info["message"], "checked": test_id in checked})
 
         def order(item: tuple[int, dict[str, Any]]) -> tuple[bool, int, int]:
             index, row = item
@@ -385,11 +388,17 @@ def _target_html(row: dict[str, Any]) -> str:
 
 def _row_html(row: dict[str, Any]) -> str:
     outcome = row["outcome"]
-    verdict = {True: "check passed", False: "check FAILED", None: "no check recorded"}[row["passed"]]
+    if row["passed"] is None:
+        verdict = "the test's own result (no camcheck check recorded)" if not row.get("checked") else (
+            "the test's own result (its checks are listed separately)")
+    elif row["passed"]:
+        verdict = "check passed"
+    else:
+        verdict = "check FAILED" + ("; the test still passed (it caught the failure)" if outcome == "passed" else "")
     message = (f"<details{' open' if row['passed'] is not True else ''}><summary>message</summary>"
                f"<pre>{_e(row['message'])}</pre></details>") if row.get("message") else ""
     return f"""<section class="row" data-outcome="{_e(outcome)}">
-<div class="head"><span class="badge o-{_e(outcome)}">{_e(outcome)}</span>
+<div class="head"><span class="badge o-{_e(outcome)}">test {_e(outcome)}</span>
 <span class="verdict{' bad' if row['passed'] is False else ''}">{_e(verdict)}</span>
 <code class="test">{_e(row['test_id'] or '(outside a test)')}</code></div>
 {_check_html(row) if row["passed"] is not None else ""}
@@ -398,8 +407,9 @@ def _row_html(row: dict[str, Any]) -> str:
 
 
 def _check_html(row: dict[str, Any]) -> str:
-    return f"""<table><tr><th>check</th><td>{_e(row['check'])}</td><th>method</th><td>{_e(row['method'])}</td>
-<th>layer</th><td>{_e(row['layer'])}</td><th>target</th><td>{_target_html(row)}</td></tr></table>
+    return f"""<table><tr><th>check</th><td>{_e(row['check'])}</td><th>image</th><td>{_e(row.get('image') or 'not named')}</td>
+<th>method</th><td>{_e(row['method'])}</td><th>layer</th><td>{_e(row['layer'])}</td><th>target</th>
+<td>{_target_html(row)}</td></tr></table>
 <div class="metrics">{_metrics_html(row.get("metrics") or {}, row.get("thresholds") or {})}</div>
 {_thumbnail(row.get('overlay'))}"""
 

@@ -76,8 +76,10 @@ def _text(text: str, asked_by: str) -> str:
 @dataclass(frozen=True)
 class Setting:
     """One setting. ``kind``: ``"value"`` (text parsed by ``parse``), ``"flag"`` (an option without value; yes/no
-    in the environment and ini), ``"path"`` (a path; ``must_exist`` folders are checked) or ``"paths"`` (a
-    repeatable option, ``os.pathsep``-separated in the environment, one per line in the ini file; they add up).
+    in the environment and ini), ``"path"`` (a folder; ``must_exist`` ones are checked), ``"file"`` (a file
+    written at the end of the run, checked at start-up: not a folder or a link, in a writable folder) or
+    ``"paths"`` (a repeatable option, ``os.pathsep``-separated in the environment, one per line in the ini file;
+    they add up).
     ``default`` is the parsed default; ``default_text`` how help and README show it.
 
     Example:
@@ -147,9 +149,9 @@ SETTINGS: Mapping[str, Setting] = {s.name: s for s in (
     Setting("spearman_min", "value", DEFAULT_SPEARMAN_MIN, f"{DEFAULT_SPEARMAN_MIN:g}",
             "cam_regression: least rank correlation with the baseline", metavar="X",
             parse=_threshold(-1.0, 1.0, DEFAULT_SPEARMAN_MIN)),
-    Setting("report", "path", None, "off", "write one self-contained HTML page with every camcheck check of the run",
+    Setting("report", "file", None, "off", "write one self-contained HTML page with every camcheck check of the run",
             metavar="PATH.html"),
-    Setting("report_json", "path", None, "off", "write every camcheck check of the run as JSON", metavar="PATH"),
+    Setting("report_json", "file", None, "off", "write every camcheck check of the run as JSON", metavar="PATH"),
 )}
 
 
@@ -179,6 +181,10 @@ def _parse(setting: Setting, text: Any, asked_by: str, base: Path) -> Any:
         return text if isinstance(text, bool) else parse_yes_no(str(text), asked_by)
     if setting.kind == "path":
         return _folder(str(text), asked_by, base, setting.must_exist)
+    if setting.kind == "file":
+        from ._io import check_output_file
+
+        return check_output_file(Path(os.path.abspath(base / Path(str(text)).expanduser())), asked_by)
     return setting.parse(str(text).strip() if setting.kind == "value" else str(text), asked_by)
 
 

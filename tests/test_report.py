@@ -125,8 +125,8 @@ def test_rows_put_failures_first_and_show_camcheck_tests_without_checks(tmp_path
     report.add_outcome("t.py::plain", "failed")
     rows = report.rows()
     assert [(r["test_id"], r["outcome"]) for r in rows] == [
-        ("t.py::bad", "failed"), ("t.py::err", "error"), ("t.py::xf", "xfailed"), ("t.py::ok", "passed"),
-        ("", "unknown"),
+        ("t.py::bad", "failed"), ("t.py::plain", "failed"), ("t.py::err", "error"), ("t.py::xf", "xfailed"),
+        ("t.py::ok", "passed"), ("", "unknown"),
     ]
 
 

@@ -1,0 +1,136 @@
+"""The run report in real sessions: bad report paths stop the run at start-up naming the path, a report that
+cannot be written at the end costs one warning line (never the exit code or the summary), and the page lists
+every failed test with its error text and the image of every check."""
+
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+
+import pytest
+
+from pytest_camcheck._io import check_output_file
+from pytest_camcheck.errors import FileRefused
+
+ARGS = ("-p", "no:cacheprovider", "-p", "no:benchmark", "-p", "no:unraisableexception", "--camcheck-device=cpu")
+
+
+@pytest.fixture
+def passing(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makepyfile(test_one="def test_ok():\n    assert True\n")
+    return pytester
+
+
+@pytest.mark.parametrize("case,option", [("a folder", "--camcheck-report"), ("a file as parent", "--camcheck-report-json"),
+                                         ("a symbolic link", "--camcheck-report"),
+                                         ("a dangling link", "--camcheck-report-json")])
+def test_an_unwritable_report_path_is_a_usage_error_naming_it(passing: pytest.Pytester, option: str,
+                                                              case: str) -> None:
+    root = passing.path
+    (root / "afile").write_text("x")
+    (root / "folder").mkdir()
+    (root / "elsewhere.html").write_text("the user's file")
+    (root / "link.html").symlink_to(root / "elsewhere.html")
+    (root / "dangling.html").symlink_to(root / "gone" / "x.html")
+    path = {"a folder": "folder", "a file as parent": "afile/report.html", "a symbolic link": "link.html",
+            "a dangling link": "dangling.html"}[case]
+    result = passing.runpytest(*ARGS, f"{option}={path}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{option}={root / path}*Fix:*"])
+    assert (root / "elsewhere.html").read_text() == "the user's file"
+
+
+def test_a_missing_report_folder_is_created(passing: pytest.Pytester) -> None:
+    result = passing.runpytest(*ARGS, "--camcheck-report=out/deep/report.html", "--camcheck-report-json=out/r.json")
+    assert result.ret == 0
+    assert (passing.path / "out" / "deep" / "report.html").is_file() and (passing.path / "out" / "r.json").is_file()
+
+
+def test_a_read_only_report_folder_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)  # read-only even for root
+    with pytest.raises(FileRefused, match=rf"--camcheck-report={tmp_path}/r.html: folder {tmp_path} is not writable"):
+        check_output_file(tmp_path / "r.html", "--camcheck-report")
+
+
+def test_a_report_that_cannot_be_written_at_the_end_is_one_warning_line(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_one="""
+        import shutil
+        from pathlib import Path
+
+        def test_ok():
+            shutil.rmtree("out")
+            Path("out").write_text("a file where the report folder was")
+    """)
+    (pytester.path / "out").mkdir()
+    result = pytester.runpytest(*ARGS, "--camcheck-report=out/report.html")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["*camcheck: the report was not written: cannot write *report.html*Fix:*",
+                                 "*1 passed*"])
+    assert len([line for line in result.outlines if "the report was not written" in line]) == 1
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+FAILING = """
+import pytest
+
+@pytest.mark.parametrize("i", range(20))
+def test_key(i):
+    {}[f"missing-{i}"]
+
+def test_assert():
+    assert 1 == 2, "plain failure"
+
+@pytest.fixture
+def broken():
+    raise RuntimeError("fixture broke")
+
+def test_error(broken):
+    pass
+
+@pytest.mark.xfail(strict=True)
+def test_xpass():
+    pass
+
+def test_fine():
+    pass
+"""
+
+CHECKS = """
+import numpy as np
+import torch
+from pytest_camcheck import Box
+from pytest_camcheck.images import scene_image
+from tests_models import SmallCNN
+
+torch.manual_seed(0)
+NET = SmallCNN(classes=3).eval()
+
+def test_loop(camcheck):
+    for seed in (1000001, 1000002):
+        scene = scene_image(seed)
+        camcheck.not_attends_to(NET, scene.image, 0, Box(0, 0, 2, 2), layer="features")
+
+def test_path(camcheck, tmp_path):
+    from PIL import Image
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(path)
+    camcheck.not_attends_to(NET, str(path), 0, Box(0, 0, 2, 2), layer="features")
+"""
+
+
+def test_the_page_lists_every_failed_test_with_its_error_and_each_checks_image(pytester: pytest.Pytester,
+                                                                               request: pytest.FixtureRequest) -> None:
+    import shutil
+
+    shutil.copy(Path(request.config.rootpath) / "tests" / "models.py", pytester.path / "tests_models.py")
+    pytester.makepyfile(test_failing=FAILING, test_checks=CHECKS)
+    result = pytester.runpytest(*ARGS, "--camcheck-report=report.html")
+    result.assert_outcomes(failed=22, passed=3, errors=1)
+    page = html.unescape((pytester.path / "report.html").read_text())
+    for i in range(20):
+        assert f"test_key[{i}]" in page and f"KeyError: 'missing-{i}'" in page
+    assert "plain failure" in page and "fixture broke" in page and "test_xpass" in page
+    assert "test_fine" not in page  # passing tests without checks only count
+    assert "shapes-single-1000001" in page and "shapes-single-1000002" in page and "photo.png" in page
+    assert ">test failed<" in page and ">test error<" in page and ">test passed<" in page
