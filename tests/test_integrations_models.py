@@ -97,6 +97,8 @@ def test_timm_imagenet_models_get_imagenet_names() -> None:
     assert (r.target, r.label) == (207, "golden retriever")
     assert model_info(timm.create_model("test_resnet", pretrained=False, num_classes=21843)).categories[1] == "benthos"
     assert model_info(timm.create_model("test_resnet", pretrained=False, num_classes=10)).categories is None
+    model.reset_classifier(10)  # what is remembered for the model follows its head
+    assert model_info(model).categories is None
 
 
 # --- the model's own preprocessing and fixed input sizes ---------------------------------------------------------

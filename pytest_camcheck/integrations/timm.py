@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import functools
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +93,13 @@ def _data_config(model: nn.Module) -> dict[str, Any]:
     return resolve_data_config({}, model=model)
 
 
+_INFO_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Any]]" = weakref.WeakKeyDictionary()
+
+
 def timm_info(model: nn.Module) -> Any:
     """Class names (ImageNet for 1000 / 21843 classes) and the model's own eval preprocessing
-    (``create_transform(**resolve_data_config({}, model=model))``) for a timm model.
+    (``create_transform(**resolve_data_config({}, model=model))``) for a timm model; remembered per model while
+    its class count and ``pretrained_cfg`` stay the same (building the transforms costs a few hundred us).
 
     Example:
         >>> import timm
@@ -102,6 +107,10 @@ def timm_info(model: nn.Module) -> Any:
         >>> info.categories[1], info.preprocess_note.startswith("timm data config")
         ('goldfish', True)
     """
+    key = (getattr(model, "num_classes", None), id(getattr(model, "pretrained_cfg", None)))
+    cached = _INFO_CACHE.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1]
     from timm.data import create_transform
 
     from ..zoo import ModelInfo
@@ -113,12 +122,14 @@ def timm_info(model: nn.Module) -> Any:
             f"{config.get('interpolation')}, mean {tuple(round(v, 3) for v in config['mean'])}, "
             f"std {tuple(round(v, 3) for v in config['std'])})")
     num_classes = getattr(model, "num_classes", None)
-    return ModelInfo(
+    info = ModelInfo(
         name=getattr(model, "pretrained_cfg", {}).get("architecture"),
         categories=imagenet_categories(num_classes) if isinstance(num_classes, int) else None,
         preprocess=create_transform(**config),
         preprocess_note=note,
     )
+    _INFO_CACHE[model] = (key, info)
+    return info
 
 
 def check_input_size(model: nn.Module, size: tuple[int, int]) -> None:
