@@ -243,10 +243,12 @@ def camcheck_model(camcheck_config: CamcheckConfig) -> Callable[..., nn.Module]:
     device, with its categories and preprocessing attached, built once per session (per xdist worker) and shared:
     deep-copy it before changing it.
 
-    ``name``: a torchvision classification model ("resnet18"), a bundled model ("camcheck-shapes") or one
-    registered with ``pytest_camcheck.register_model``. ``weights`` (torchvision only): "DEFAULT", a name
+    ``name``: a torchvision classification model ("resnet18"), a bundled model ("camcheck-shapes"), one
+    registered with ``pytest_camcheck.register_model``, or "timm:NAME" / "hf:REPO" read from the local Hugging
+    Face (and torch hub) caches, hash-checked and never downloaded. ``weights``: "DEFAULT", a torchvision name
     such as "IMAGENET1K_V1", or None for a random initialisation with a fixed seed. Missing weights that cannot
-    be downloaded (``--camcheck-offline``, no network) skip the test, naming the file and where to put it.
+    be downloaded (``--camcheck-offline``, no network, or not in the cache) skip the test, naming the file and
+    where to put it.
 
     Example: ``compute_cam(camcheck_model("resnet18"), image, target="golden retriever")``
     """

@@ -187,3 +187,10 @@ def test_a_processor_that_cannot_be_undone_is_refused_by_compute_cam() -> None:
 
     with pytest.raises(CamCheckError, match="LevitImageProcessor"):
         compute_cam(torch.nn.Conv2d(3, 2, 3), Image.new("RGB", (64, 64)), preprocess=LevitImageProcessor())
+
+
+def test_a_float_tensor_is_not_given_to_a_processor_that_rescales() -> None:
+    from transformers import ViTImageProcessor
+
+    with pytest.raises(CamCheckError, match="would be scaled twice"):
+        compute_cam(torch.nn.Conv2d(3, 2, 3), torch.rand(3, 40, 40), preprocess=ViTImageProcessor())

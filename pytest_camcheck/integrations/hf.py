@@ -127,6 +127,13 @@ class ImageProcessorPreprocess:
         self.processor = processor
 
     def __call__(self, image: Any) -> torch.Tensor:
+        if isinstance(image, torch.Tensor) and image.is_floating_point() and getattr(self.processor, "do_rescale",
+                                                                                     False):
+            raise InputError(
+                f"{type(self.processor).__name__} rescales pixels by {self.processor.rescale_factor:.4g}, so a float "
+                "tensor given to it (already in [0, 1] or normalised) would be scaled twice. Fix: pass the PIL "
+                "image or uint8 array with preprocess=processor, or the processed pixel_values without preprocess"
+            )
         out = self.processor(images=image, return_tensors="pt")
         pixels = out["pixel_values"] if "pixel_values" in out else None
         if not isinstance(pixels, torch.Tensor) or pixels.dim() != 4 or pixels.shape[0] != 1:
