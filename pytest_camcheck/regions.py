@@ -169,7 +169,21 @@ class RelativeBox:
 Region = Union[Box, RelativeBox, tuple, list, np.ndarray, torch.Tensor]
 
 
+def _plain(region: Any) -> Any:
+    """A 1-D tensor is a box given as a tensor, (x0, y0, x1, y1); a meta tensor has no values to use."""
+    if isinstance(region, torch.Tensor):
+        if region.device.type == "meta":
+            raise RegionError(
+                f"the region is a tensor on the meta device (shape {tuple(region.shape)}, no values). Fix: pass a "
+                "box (x0, y0, x1, y1) or a boolean mask with data"
+            )
+        if region.dim() == 1:
+            return region.detach().cpu().tolist()
+    return region
+
+
 def _as_box(region: Any) -> Box | RelativeBox:
+    region = _plain(region)
     if isinstance(region, (Box, RelativeBox)):
         return region
     if isinstance(region, np.ndarray) and region.ndim == 1:
@@ -261,6 +275,7 @@ def to_mask(region: Region, image_size: tuple[int, int]) -> np.ndarray:
         1
     """
     h, w = _check_size(image_size)
+    region = _plain(region)
     if isinstance(region, torch.Tensor) or (isinstance(region, np.ndarray) and region.ndim != 1):
         mask = _array_mask(region, h, w)
     else:
@@ -293,6 +308,7 @@ def describe(region: Region) -> str:
             f"relative box ({_fmt(region.fx0)}, {_fmt(region.fy0)})-({_fmt(region.fx1)}, {_fmt(region.fy1)}) "
             "of the image"
         )
+    region = _plain(region)
     if isinstance(region, torch.Tensor):
         region = region.detach().cpu().numpy()
     if isinstance(region, np.ndarray) and region.ndim != 1:

@@ -296,6 +296,9 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         ...     sorted(load_state_dict(f"{d}/lin.pt"))
         ['bias', 'weight']
     """
+    if Path(path).is_dir():
+        raise CamCheckError(f"{path} is a folder, not a checkpoint file. Fix: pass the path of the state dict file "
+                            "inside it (saved with torch.save(model.state_dict(), path))")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -410,6 +413,10 @@ def _build_registered(entry: _Registered, device: torch.device) -> nn.Module:
         raise CamCheckError(f"the factory registered as {entry.name!r} returned {type(model).__name__}, not a "
                             "torch.nn.Module; make it return the model")
     if entry.checkpoint is not None:
+        if entry.checkpoint.is_dir():
+            raise CamCheckError(f"checkpoint {entry.checkpoint} of model {entry.name!r} is a folder, not a file; "
+                                "give register_model the path of the state dict file inside it (e.g. "
+                                f"{entry.checkpoint / 'model.pt'})")
         if not entry.checkpoint.is_file():
             raise CamCheckError(f"checkpoint {entry.checkpoint} of model {entry.name!r} does not exist; fix the path "
                                 "given to register_model (e.g. Path(__file__).parent / 'model.pt' in conftest.py)")

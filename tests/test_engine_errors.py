@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import io
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torchvision
 from torch import nn
 
-from pytest_camcheck import CamCheckError, compute_cam
+from pytest_camcheck import CamCheckError, assert_attends_to, compute_cam
+from pytest_camcheck.zoo import load_state_dict
 
 from .models import GapLinear, SmallCNN
 
@@ -57,6 +62,35 @@ torch.manual_seed(0)
 SMALL = SmallCNN()
 GAP = GapLinear()
 X = torch.rand(3, 16, 16)
+class TwoOutputs(nn.Module):
+    """(embedding, logits): two tensors that could be the logits."""
+
+    def __init__(self, as_dict: bool = False) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(3, 4, 3)
+        self.embed = nn.Linear(4, 6)
+        self.fc = nn.Linear(4, 5)
+        self.as_dict = as_dict
+
+    def forward(self, x: torch.Tensor) -> object:
+        pooled = self.features(x).mean(dim=(2, 3))
+        if self.as_dict:
+            return {"embedding": self.embed(pooled), "scores": self.fc(pooled)}
+        return self.embed(pooled), self.fc(pooled)
+
+
+def closed_picture() -> object:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buffer, format="PNG")
+    picture = Image.open(io.BytesIO(buffer.getvalue()))
+    picture.close()
+    return picture
+
+
+HERE = Path(__file__).parent
+NAMES = ["a", "b", "c", "d", "e"]
 CASES = {
     "not a model": (lambda: compute_cam("resnet", X), "must be a torch.nn.Module"),
     "rank 2 tensor": (lambda: compute_cam(SMALL, torch.rand(16, 16)), r"expected \(C, H, W\)"),
@@ -110,6 +144,60 @@ CASES = {
     "invalid device string": (lambda: compute_cam(SMALL, X, device="gpu0"), "not a valid torch device"),
     "random preprocessing": (lambda: compute_cam(SMALL, np.zeros((16, 16, 3), np.uint8),
                                                  preprocess=torchvision.transforms.RandomCrop(8)), "random"),
+    # class names
+    "categories given as one string": (lambda: compute_cam(SMALL, X, target="a", categories="abcde"),
+                                       "categories is a string.*each character a class name"),
+    "categories that are not strings": (lambda: compute_cam(SMALL, X, target=0, categories=[1, 2, 3, 4, 5]),
+                                        r"must be strings, but item 0 is 1 \(int\)"),
+    "categories that are not a sequence": (lambda: compute_cam(SMALL, X, categories=5), "not a sequence"),
+    "class name matching two names when case is ignored": (
+        lambda: compute_cam(SMALL, X, target="cross", categories=["Cross", "b", "c", "d", "CROSS"]),
+        "matches 2 categories when case is ignored"),
+    "class name given twice": (lambda: compute_cam(SMALL, X, target="a", categories=["a", "b", "a", "d", "e"]),
+                               r"given 2 times in the categories \(indices 0, 2\)"),
+    # which output holds the logits
+    "two tensors that could be the logits": (lambda: compute_cam(TwoOutputs(), X, target=1, layer="features"),
+                                             r"could be the logits.*output=<index>"),
+    "class names matching no candidate logits": (
+        lambda: compute_cam(TwoOutputs(), X, target=1, layer="features", categories=list("abc")),
+        "none of them has 3 columns"),
+    "output index out of range": (lambda: compute_cam(TwoOutputs(), X, target=1, layer="features", output=2),
+                                  "output=2 is out of range: the model returns 2 items"),
+    "output key not in the dict": (lambda: compute_cam(TwoOutputs(True), X, target=1, layer="features",
+                                                       output="logits"), "not a key.*'embedding', 'scores'"),
+    "output picker of the wrong type": (lambda: compute_cam(TwoOutputs(), X, target=1, output=1.5), "not understood"),
+    "output callable returning no tensor": (
+        lambda: compute_cam(TwoOutputs(), X, target=1, layer="features", output=lambda out: out[1].tolist()),
+        "returned list, not a tensor"),
+    "output callable failing": (
+        lambda: compute_cam(TwoOutputs(), X, target=1, layer="features", output=lambda out: out["logits"]),
+        "failed on the model output of type tuple.*TypeError"),
+    # images
+    "closed PIL image": (lambda: compute_cam(SMALL, closed_picture()), "closed before its pixels were read"),
+    "meta-device image tensor": (lambda: compute_cam(SMALL, torch.empty(3, 16, 16, device="meta")),
+                                 "meta device.*no values"),
+    "meta-device batch tensor": (lambda: compute_cam(SMALL, torch.empty(2, 3, 16, 16, device="meta")),
+                                 "image 0 of the batch is a tensor on the meta device"),
+    "meta-device model": (lambda: compute_cam(SmallCNN().to("meta"), X), "meta device.*to_empty"),
+    "image path that is a folder": (lambda: compute_cam(SMALL, HERE), "is not a file"),
+    "image path that does not exist": (lambda: compute_cam(SMALL, HERE / "no-such.png"), "image file not found"),
+    "file that is not an image": (lambda: compute_cam(SMALL, Path(__file__)), "not an image Pillow can read"),
+    "boolean array as image": (lambda: compute_cam(SMALL, np.zeros((16, 16), bool)), "boolean array"),
+    "float array outside [0, 1]": (lambda: compute_cam(SMALL, np.full((16, 16, 3), 2.0)), r"expected \[0, 1\]"),
+    "channels-first array": (lambda: compute_cam(SMALL, np.zeros((3, 16, 16), np.uint8)), "channels-first"),
+    "preprocess returning no tensor": (lambda: compute_cam(SMALL, np.zeros((16, 16, 3), np.uint8),
+                                                           preprocess=torchvision.transforms.Resize(8)), "not a tensor"),
+    "preprocess failing": (lambda: compute_cam(SMALL, np.zeros((16, 16, 3), np.uint8),
+                                               preprocess=torchvision.transforms.Normalize([0.5], [0.5])),
+                           "preprocess failed"),
+    # targets, methods, regions, checkpoints
+    "boolean target": (lambda: compute_cam(SMALL, X, target=True), "not a class index"),
+    "method that is not a string": (lambda: compute_cam(SMALL, X, method=3), "method must be a string"),
+    "1-D tensor box of 3 values": (lambda: assert_attends_to(SMALL, X, 0, torch.tensor([1, 2, 3])),
+                                   "has 3 values; a box needs 4"),
+    "meta-device region": (lambda: assert_attends_to(SMALL, X, 0, torch.empty(16, 16, device="meta")),
+                           "region is a tensor on the meta device"),
+    "checkpoint path that is a folder": (lambda: load_state_dict(HERE), "is a folder, not a checkpoint file"),
 }
 
 
@@ -121,8 +209,8 @@ def test_bad_input_names_the_problem_and_the_fix(case: str) -> None:
     assert len(str(info.value)) > 30
 
 
-def test_there_are_at_least_twenty_cases() -> None:
-    assert len(CASES) >= 20
+def test_there_are_at_least_sixty_cases() -> None:
+    assert len(CASES) >= 60
 
 
 def test_the_finite_check_is_exact_when_the_sum_overflows() -> None:
@@ -164,3 +252,46 @@ def test_the_models_own_error_is_reported_as_its_own_and_not_retried(method: str
         compute_cam(model, torch.rand(2, 3, 16, 16) if method == "gradcam" else X, method=method, layer="features")
     assert not isinstance(info.value, CamCheckError)
     assert model.calls == (1 if method == "gradcam" else 2)  # ablation: the forward, then one suffix run, no retry
+
+
+class ZeroScore(nn.Module):
+    """Class 0's score is exactly 0 for the checkerboard input below (mean of 0.5 / 1.5 pixels, minus 1), while
+    zeroing channel 0 moves it: Ablation-CAM must explain the drop, not divide 0 by 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.features(x)
+        return torch.stack([a[:, 0].mean(dim=(1, 2)) - 1.0, a[:, 1].mean(dim=(1, 2))], dim=1)
+
+
+def test_ablation_cam_on_a_score_of_exactly_zero_is_the_drop_map() -> None:
+    x = torch.rand(3, 16, 16)
+    checker = (torch.arange(16)[:, None] + torch.arange(16)[None]) % 2
+    x[0] = 0.5 + checker.float()
+    r = compute_cam(ZeroScore(), x, 0, method="ablationcam", layer="features")
+    assert r.score == 0.0 and not r.empty
+    assert np.array_equal(r.heatmap, checker.numpy().astype(np.float32))  # relu(1 * A_0), min-max normalised
+
+
+def test_a_full_resolution_picture_without_resizing_warns() -> None:
+    from pytest_camcheck.errors import CamCheckWarning
+
+    big = np.zeros((2100, 2000, 3), np.uint8)
+    net = nn.Sequential(nn.Conv2d(3, 2, 8, stride=8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2))
+    with pytest.warns(CamCheckWarning, match=r"full 2000x2100 px \(4.2 megapixels\): no preprocessing resized it"):
+        compute_cam(net, big, 0, layer="0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compute_cam(net, big, 0, layer="0", preprocess=torchvision.transforms.Compose([
+            torchvision.transforms.Resize(64), torchvision.transforms.ToTensor()]))
+
+
+def test_a_box_given_as_a_1d_tensor_is_a_box() -> None:
+    from pytest_camcheck.regions import describe, to_mask
+
+    box = torch.tensor([2, 3, 10, 12])
+    assert np.array_equal(to_mask(box, (16, 16)), to_mask((2, 3, 10, 12), (16, 16)))
+    assert describe(box) == describe((2, 3, 10, 12))

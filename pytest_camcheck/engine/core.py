@@ -593,6 +593,12 @@ def compute_cam(
     model = unwrap_model(model)
     spec = get_method(method)
     model_device = device_of(model)
+    if model_device.type == "meta":
+        raise CamCheckError(
+            "the model's parameters are on the meta device (built under torch.device('meta') or with empty "
+            "weights): they have shapes but no values, so there is nothing to explain. Fix: materialise and load "
+            "them first, e.g. model.to_empty(device='cpu') then model.load_state_dict(...)"
+        )
     if device is not None:
         try:
             wanted = torch.device(device)

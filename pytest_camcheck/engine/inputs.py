@@ -44,6 +44,11 @@ def _is_single(image: Any) -> bool:
 
 
 def _check_tensor(t: torch.Tensor, what: str) -> torch.Tensor:
+    if t.device.type == "meta":
+        raise InputError(
+            f"{what} is a tensor on the meta device: it has a shape {tuple(t.shape)} but no values. Fix: pass a "
+            "tensor with data (e.g. torch.rand(3, 224, 224)) or the image itself"
+        )
     if t.dim() != 3:
         raise InputError(
             f"{what} has shape {tuple(t.shape)}; expected (C, H, W) for one image or (N, C, H, W) for a batch. "
@@ -110,6 +115,8 @@ def _tensor_batch(image: torch.Tensor, device: torch.device, dtype: torch.dtype)
     """An (N, C, H, W) tensor fed as it is: checked as a whole (one reduction), and image by image only to name
     the first bad image. The model gets a copy, so the caller's tensor is never written to."""
     t = image.detach()
+    if t.device.type == "meta":
+        _check_tensor(t[0], "image 0 of the batch")
     if not all_finite(t) or not t.is_floating_point() or 0 in t.shape:
         for i, item in enumerate(t):
             _check_tensor(item, f"image {i} of the batch")

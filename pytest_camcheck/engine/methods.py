@@ -102,9 +102,11 @@ def scorecam(acts: torch.Tensor, channel_scores: torch.Tensor) -> torch.Tensor:
 
 
 def ablationcam(acts: torch.Tensor, scores: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Ablation-CAM: w_k = (y - y_k) / y with y_k the score with channel k zeroed."""
+    """Ablation-CAM: w_k = (y - y_k) / y with y_k the score with channel k zeroed; a score of exactly 0 divides
+    by 1 (the drop itself: the map a small positive score gives), not by 0."""
     base, ablated = scores
-    return _weighted((base[:, None] - ablated) / base[:, None], acts)
+    scale = torch.where(base == 0, torch.ones_like(base), base)
+    return _weighted((base[:, None] - ablated) / scale[:, None], acts)
 
 
 @dataclass(frozen=True)
