@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .assertions import assert_attends_more_to, assert_attends_to, assert_not_attends_to
     from .engine import METHODS, CamResult, compute_cam
     from .errors import CamCheckError
+    from .datasets import load_dataset
     from .geometry import geometry_neutral
     from .quality import (FaithfulnessResult, SanityResult, StabilityResult, assert_faithful, assert_sane,
                           assert_stable)
@@ -40,6 +41,7 @@ _WHERE = {
     "assert_stable": "quality",
     "compute_cam": "engine",
     "geometry_neutral": "geometry",
+    "load_dataset": "datasets",
     "load_model": "zoo",
     "register_model": "zoo",
 }

@@ -46,9 +46,16 @@ the noise, while every fine-tuned or re-initialised model fails on every image (
 20% weight perturbation on most. EigenCAM ignores the classifier head and moves less: re-initialising the last
 stage gives 0.56 (0.84) and 0.59 (0.89), still failing SSIM on every image (best 0.93).
 
-Example:
-    >>> reg = CamRegression(Path("tests/test_model"), "test_looks_at_circle")  # doctest: +SKIP
-    >>> reg.check(model, scene.image, "circle")  # doctest: +SKIP
+Example (the ``cam_regression`` fixture does this with the test's own folder and name):
+    >>> import tempfile
+    >>> scene = make_scene(HELD_OUT + 1, "single")
+    >>> folder = Path(tempfile.mkdtemp()) / "test_model"
+    >>> CamRegression(folder, "test_looks_at_it").check(shapes_model, scene.image, scene.label)
+    Traceback (most recent call last):
+    AssertionError: camcheck regression: baseline not found, created: ...test_looks_at_it-gradcam-features-t...npz
+    ...
+    >>> CamRegression(folder, "test_looks_at_it").check(shapes_model, scene.image, scene.label).layer
+    'features'
 """
 
 from __future__ import annotations
@@ -185,8 +192,12 @@ def read_baseline(path: str | os.PathLike[str], expected_shape: tuple[int, int] 
     :data:`MAX_MAP_PIXELS`.
 
     Example:
-        >>> read_baseline("tests/test_model/test_map-gradcam-layer4-t3.npz").meta["layer"]  # doctest: +SKIP
-        'layer4'
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "test_map.npz"
+        >>> write_baseline(path, compute_cam(model, image, 1, layer="features"), "cpu", replace=False)
+        True
+        >>> read_baseline(path).meta["layer"], read_baseline(path).heatmap.shape
+        ('features', (32, 32))
     """
     path = Path(path)
     try:
@@ -242,8 +253,10 @@ def write_baseline(path: str | os.PathLike[str], result: CamResult, device: str,
     process creates it at the same moment (the file is published with a hard link, which never replaces).
 
     Example:
-        >>> write_baseline("tests/test_model/test_map.npz", result, "cpu", replace=False)  # doctest: +SKIP
-        True
+        >>> import tempfile
+        >>> path, result = Path(tempfile.mkdtemp()) / "test_map.npz", compute_cam(model, image, 1)
+        >>> write_baseline(path, result, "cpu", replace=False), write_baseline(path, result, "cpu", replace=False)
+        (True, False)
     """
     target = Path(path)
     data = _npz_bytes({

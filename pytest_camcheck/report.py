@@ -91,7 +91,10 @@ class CheckReport:
         """Add one check as it was recorded (its picture by path).
 
         Example:
-            >>> CheckReport().add_record(rec)  # doctest: +SKIP
+            >>> report = CheckReport()
+            >>> report.add_record(CheckRecord("attends_to", True, "gradcam", "layer4", 3, "cat", 0.9, {}, {}))
+            >>> report.checks[0]["check"], report.checks[0]["overlay"]
+            ('attends_to', None)
         """
         self.checks.append(_plain(asdict(rec)))
 
@@ -215,7 +218,9 @@ class CheckReport:
         """Write :meth:`to_json` to ``path`` atomically; returns the absolute path.
 
         Example:
-            >>> CheckReport().write_json("camcheck.json")  # doctest: +SKIP
+            >>> import tempfile
+            >>> CheckReport().write_json(Path(tempfile.mkdtemp()) / "camcheck.json").name
+            'camcheck.json'
         """
         return _write_text(path, self.to_json())
 
@@ -252,7 +257,9 @@ class CheckReport:
         plain JavaScript); returns the absolute path.
 
         Example:
-            >>> CheckReport().write_html("camcheck.html")  # doctest: +SKIP
+            >>> import tempfile
+            >>> "<!DOCTYPE html>" in CheckReport().write_html(Path(tempfile.mkdtemp()) / "camcheck.html").read_text()
+            True
         """
         rows = self.rows()
         counts: dict[str, int] = {}

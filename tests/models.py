@@ -6,6 +6,21 @@ import torch
 from torch import nn
 
 
+class TinyClassifier(nn.Module):
+    """The smallest classifier with a conv layer to explain: conv (``features``, with dropout) -> mean -> Linear
+    (``fc``); fixed weights from ``seed``."""
+
+    def __init__(self, classes: int = 3, seed: int | None = None) -> None:
+        super().__init__()
+        if seed is not None:
+            torch.manual_seed(seed)
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Dropout(0.5))
+        self.fc = nn.Linear(4, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).mean(dim=(2, 3)))
+
+
 class GapLinear(nn.Module):
     """features (a fixed 1x1 conv) -> global average pool -> Linear: CAM's exact setting."""
 

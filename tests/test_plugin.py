@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from pytest_camcheck import context, zoo
 from pytest_camcheck.plugin import CamcheckConfig
+
+from .models import TinyClassifier
+from .sessions import LEAN, lean_run
 
 NO_CUDA = not torch.cuda.is_available()
 needs_no_cuda = pytest.mark.skipif(not NO_CUDA, reason="checks what happens on a machine without CUDA")
@@ -26,27 +28,15 @@ DEVICE_TEST = """
 CONFTEST = """
     from pathlib import Path
 
-    import torch
-    from torch import nn
-
     from pytest_camcheck.zoo import register_model
+    from tests_models import TinyClassifier
 
     CHECKPOINT = Path(__file__).parent / "tiny.pt"
 
 
-    class Tiny(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Dropout(0.5))
-            self.fc = nn.Linear(4, 3)
-
-        def forward(self, x):
-            return self.fc(self.features(x).mean(dim=(2, 3)))
-
-
     @register_model("our-classifier", checkpoint=CHECKPOINT, categories=["cat", "dog", "bird"])
     def tiny():
-        return Tiny()
+        return TinyClassifier()
 """
 
 MODELS_TEST = """
@@ -89,28 +79,20 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def models_project(pytester: pytest.Pytester) -> pytest.Pytester:
+def models_project(project: pytest.Pytester) -> pytest.Pytester:
     """A project with a registered model (conftest + checkpoint) and tests of three kinds of model."""
-    pytester.makeconftest(CONFTEST)
-    torch.manual_seed(0)
-    tiny = nn.Sequential()
-    tiny.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Dropout(0.5))
-    tiny.fc = nn.Linear(4, 3)
-    torch.save(tiny.state_dict(), pytester.path / "tiny.pt")
-    pytester.makepyfile(test_models=MODELS_TEST)
-    return pytester
-
-
-LEAN = ("-p", "no:hypothesispytest", "-p", "no:benchmark")
+    project.makeconftest(CONFTEST)
+    torch.save(TinyClassifier(seed=0).state_dict(), project.path / "tiny.pt")
+    project.makepyfile(test_models=MODELS_TEST)
+    return project
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    """An in-process session without the hypothesis plugin (about a second per session) and pytest-benchmark."""
-    return pytester.runpytest(*LEAN, *args)
+    return lean_run(pytester, *args)
 
 
 def run_subprocess(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest_subprocess(*LEAN, *args)
+    return lean_run(pytester, *args, subprocess=True)
 
 
 def asked(result: pytest.RunResult) -> str:

@@ -42,12 +42,8 @@ def test_bound_defaults(camcheck):
 
 
 @pytest.fixture
-def session(pytester: pytest.Pytester, request: pytest.FixtureRequest) -> pytest.Pytester:
-    import shutil
-    from pathlib import Path
-
-    shutil.copy(Path(request.config.rootpath) / "tests" / "models.py", pytester.path / "tests_models.py")
-    return pytester
+def session(project: pytest.Pytester) -> pytest.Pytester:
+    return project
 
 
 def test_records_go_to_junit_xml_and_failures_explain(session: pytest.Pytester) -> None:

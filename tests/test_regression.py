@@ -22,6 +22,7 @@ from pytest_camcheck.regression import (
 from pytest_camcheck.report import CheckReport
 from pytest_camcheck.scenes import HELD_OUT, make_scene
 from tests.models import SmallCNN
+from tests.sessions import LEAN
 
 pytest_plugins = ["pytester"]
 
@@ -405,16 +406,14 @@ def test_two_targets(cam_regression):
 
 
 @pytest.fixture
-def suite(pytester: pytest.Pytester, request: pytest.FixtureRequest) -> pytest.Pytester:
-    shutil.copy(Path(request.config.rootpath) / "tests" / "models.py", pytester.path / "tests_models.py")
-    pytester.makepyfile(test_maps=TESTS)
-    return pytester
+def suite(project: pytest.Pytester) -> pytest.Pytester:
+    project.makepyfile(test_maps=TESTS)
+    return project
 
 
-# Each in-process run would otherwise spend a second in five gc.collect() passes (unraisableexception) and
-# another re-compiling the plugins' modules for assertion rewriting; pytest-benchmark would warn under xdist.
-ARGS = ("-p", "no:cacheprovider", "-p", "no:unraisableexception", "-p", "no:benchmark", "--assert=plain",
-        "--camcheck-device=cpu")
+# --assert=plain: each in-process run would otherwise spend a second re-compiling the plugins' modules for
+# assertion rewriting.
+ARGS = (*LEAN, "--assert=plain", "--camcheck-device=cpu")
 
 
 def test_fixture_first_run_pass_drift_update(suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from .sessions import lean_run
+
 HEAVY = ("torch", "torchvision", "skimage", "numpy", "PIL", "timm", "transformers")
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,8 +57,7 @@ def test_a_session_without_camcheck_fixtures_loads_no_heavy_module(pytester: pyt
                 out.write(repr(heavy))
     """)
     pytester.makepyfile("def test_addition():\n    assert 1 + 1 == 2\n")
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:benchmark", "-p", "no:html",
-                                           "-p", "no:hypothesispytest", "-p", "no:xdist")
+    result = lean_run(pytester, "-p", "no:xdist", subprocess=True)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["camcheck: device auto (chosen when a camcheck fixture first needs it*"])
     assert (pytester.path / "loaded.txt").read_text() == "[]"

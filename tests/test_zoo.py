@@ -25,17 +25,9 @@ from pytest_camcheck.zoo import (
     sha256_of,
 )
 
+from .models import TinyClassifier
+
 CATEGORIES = ["cat", "dog", "bird"]
-
-
-class TinyNet(nn.Module):
-    def __init__(self, classes: int = 3) -> None:
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Dropout(0.5))
-        self.fc = nn.Linear(4, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x).mean(dim=(2, 3)))
 
 
 class Opaque:
@@ -52,7 +44,7 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 @pytest.fixture
 def checkpoint(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     torch.manual_seed(3)
-    state = TinyNet().state_dict()
+    state = TinyClassifier().state_dict()
     path = tmp_path / "tiny.pt"
     torch.save(state, path)
     return path, state
@@ -76,9 +68,9 @@ def same_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
 def test_registered_model_is_loaded_from_its_checkpoint(checkpoint: tuple[Path, dict]) -> None:
     path, state = checkpoint
     preprocess = ImageClassification(crop_size=32, resize_size=36)
-    register_model("tiny", TinyNet, checkpoint=path, categories=CATEGORIES, preprocess=preprocess)
+    register_model("tiny", TinyClassifier, checkpoint=path, categories=CATEGORIES, preprocess=preprocess)
     model = load_model("tiny")
-    assert isinstance(model, TinyNet) and not model.training
+    assert isinstance(model, TinyClassifier) and not model.training
     assert same_weights(model, state)
     assert next(model.parameters()).device == torch.device("cpu")
     info = model_info(model)
@@ -90,15 +82,15 @@ def test_register_as_a_decorator_returns_the_factory(checkpoint: tuple[Path, dic
 
     @register_model("tiny-deco", checkpoint=str(path), categories=CATEGORIES, sha256=sha256_of(path))
     def make() -> nn.Module:
-        return TinyNet()
+        return TinyClassifier()
 
-    assert make().__class__ is TinyNet
+    assert make().__class__ is TinyClassifier
     assert same_weights(load_model("tiny-deco"), state)
 
 
 def test_registered_without_checkpoint_keeps_the_factory_weights_and_its_info() -> None:
     def make() -> nn.Module:
-        net = TinyNet()
+        net = TinyClassifier()
         zoo.attach_info(net, zoo.ModelInfo(name="inner", categories=("a", "b", "c")))
         return net
 
@@ -107,15 +99,15 @@ def test_registered_without_checkpoint_keeps_the_factory_weights_and_its_info() 
 
 
 def test_duplicate_and_taken_names_need_replace(checkpoint: tuple[Path, dict]) -> None:
-    register_model("tiny", TinyNet)
+    register_model("tiny", TinyClassifier)
     with pytest.raises(CamCheckError, match=r"model name 'tiny' is already taken \(registered\); choose another "
                                             r"name, or pass replace=True"):
-        register_model("tiny", TinyNet)
+        register_model("tiny", TinyClassifier)
     with pytest.raises(CamCheckError, match=r"'resnet18' is already taken \(torchvision\)"):
-        register_model("resnet18", TinyNet)
+        register_model("resnet18", TinyClassifier)
     with pytest.raises(CamCheckError, match=r"'camcheck-shapes' is already taken \(bundled\)"):
-        register_model("camcheck-shapes", TinyNet)
-    register_model("tiny", lambda: TinyNet(classes=5), replace=True)
+        register_model("camcheck-shapes", TinyClassifier)
+    register_model("tiny", lambda: TinyClassifier(classes=5), replace=True)
     assert load_model("tiny").fc.out_features == 5
 
 
@@ -129,7 +121,7 @@ def test_duplicate_and_taken_names_need_replace(checkpoint: tuple[Path, dict]) -
 )
 def test_bad_registrations_are_refused(kwargs: dict, fragment: str) -> None:
     with pytest.raises(CamCheckError) as err:
-        register_model("bad", TinyNet, **kwargs)
+        register_model("bad", TinyClassifier, **kwargs)
     assert fragment in str(err.value)
     assert "bad" not in zoo._REGISTRY
 
@@ -137,7 +129,7 @@ def test_bad_registrations_are_refused(kwargs: dict, fragment: str) -> None:
 def test_a_checkpoint_holding_python_objects_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.pt"
     torch.save({"fc.weight": torch.zeros(3, 4), "payload": Opaque()}, path)
-    register_model("tiny", TinyNet, checkpoint=path)
+    register_model("tiny", TinyClassifier, checkpoint=path)
     with pytest.raises(CamCheckError) as err:
         load_model("tiny")
     message = str(err.value)
@@ -169,20 +161,20 @@ def test_sha256_of_a_registered_checkpoint_is_checked(checkpoint: tuple[Path, di
     path, _ = checkpoint
     actual = sha256_of(path)
     wrong = ("0" if actual[0] != "0" else "1") + actual[1:12]
-    register_model("tiny", TinyNet, checkpoint=path, sha256=wrong)
+    register_model("tiny", TinyClassifier, checkpoint=path, sha256=wrong)
     with pytest.raises(CamCheckError) as err:
         load_model("tiny")
     assert str(err.value).startswith(f"{path}: sha256 starts with {actual[:12]}, expected {wrong};")
     assert "update sha256= in register_model('tiny', ...)" in str(err.value)
-    register_model("tiny", TinyNet, checkpoint=path, sha256=actual.upper(), replace=True)
+    register_model("tiny", TinyClassifier, checkpoint=path, sha256=actual.upper(), replace=True)
     assert load_model("tiny") is not None
 
 
 def test_checkpoint_of_another_architecture_and_missing_checkpoint(tmp_path: Path, checkpoint: tuple) -> None:
-    register_model("wide", lambda: TinyNet(classes=7), checkpoint=checkpoint[0])
+    register_model("wide", lambda: TinyClassifier(classes=7), checkpoint=checkpoint[0])
     with pytest.raises(CamCheckError, match=r"does not fit the model built for 'wide': .*size mismatch for fc.weight"):
         load_model("wide")
-    register_model("gone", TinyNet, checkpoint=tmp_path / "gone.pt")
+    register_model("gone", TinyClassifier, checkpoint=tmp_path / "gone.pt")
     with pytest.raises(CamCheckError, match=r"gone.pt of model 'gone' does not exist; fix the path"):
         load_model("gone")
 
@@ -199,7 +191,7 @@ def test_a_factory_must_return_a_module() -> None:
     [("resnet81", "resnet18"), ("our-clasifier", "our-classifier"), ("camcheck-shape", "camcheck-shapes")],
 )
 def test_unknown_names_suggest_close_matches(name: str, suggested: str) -> None:
-    register_model("our-classifier", TinyNet)
+    register_model("our-classifier", TinyClassifier)
     with pytest.raises(CamCheckError) as err:
         load_model(name)
     message = str(err.value)
@@ -210,9 +202,9 @@ def test_unknown_names_suggest_close_matches(name: str, suggested: str) -> None:
 
 
 def test_a_model_name_must_be_a_string() -> None:
-    with pytest.raises(CamCheckError, match=r"a model name is a string such as 'resnet18', not TinyNet; .* pass it "
+    with pytest.raises(CamCheckError, match=r"a model name is a string such as 'resnet18', not TinyClassifier; .* pass it "
                                             r"to compute_cam directly"):
-        load_model(TinyNet())  # type: ignore[arg-type]
+        load_model(TinyClassifier())  # type: ignore[arg-type]
 
 
 def test_weights_names_are_checked() -> None:
@@ -223,7 +215,7 @@ def test_weights_names_are_checked() -> None:
         load_model("resnet18", weights="ResNet50_Weights.IMAGENET1K_V2")
     with pytest.raises(CamCheckError, match=r"VGG16_Weights.IMAGENET1K_FEATURES holds feature-extraction weights"):
         load_model("vgg16", weights="IMAGENET1K_FEATURES")
-    register_model("tiny", TinyNet)
+    register_model("tiny", TinyClassifier)
     with pytest.raises(CamCheckError, match=r"weights= applies to torchvision, timm: and hf: models only; 'tiny'"):
         load_model("tiny", weights=None)
 
