@@ -56,17 +56,36 @@ def test_the_forward_is_timed_interleaved_with_the_map(pytester: pytest.Pytester
     result.assert_outcomes(passed=1)
 
 
-def test_save_and_compare_fail_work_with_the_fixture(pytester: pytest.Pytester) -> None:
-    """A saved run is the baseline; the same test on an input 16x larger fails --benchmark-compare-fail,
-    while the unchanged test passes it. (4x the pixels was too little: at 64 px the fixed per-call cost
-    dominates, and a CI machine measured only 1.43x for it, under the 50% threshold.)"""
-    pytester.makepyfile(test_cost=USER_TEST)
-    common = ["-p", "no:cacheprovider", "-p", "no:xdist", "--benchmark-storage=file://./bench"]
+STEP_CLOCK = """
+import itertools, os
+
+_ticks = itertools.count()
+STEP = float(os.environ["CAMCHECK_TEST_CLOCK_STEP"])
+
+
+def clock():
+    return next(_ticks) * STEP
+"""
+
+
+def test_save_and_compare_fail_work_with_the_fixture(pytester: pytest.Pytester,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A saved run is the baseline; the same test fails ``--benchmark-compare-fail`` once it is made 16 times
+    slower, and passes it unchanged. The timer pytest-benchmark reads is a clock that advances one fixed step
+    per reading (``--benchmark-timer``), so every round lasts exactly one step: the slowdown is injected by
+    changing the step, and no result depends on how busy the machine is."""
+    pytester.makepyfile(test_cost=USER_TEST, step_clock=STEP_CLOCK)
+    pytester.syspathinsert()
+    common = ["-p", "no:cacheprovider", "-p", "no:xdist", "--benchmark-storage=file://./bench",
+              "--benchmark-timer=step_clock.clock"]
+    monkeypatch.setenv("CAMCHECK_TEST_CLOCK_STEP", "0.001")
     pytester.runpytest(*common, "--benchmark-save=base").assert_outcomes(passed=1)
-    same = pytester.runpytest(*common, "--benchmark-compare=0001", "--benchmark-compare-fail=median:300%")
+    saved = json.loads(next((pytester.path / "bench").rglob("0001_base.json")).read_text())["benchmarks"][0]
+    assert saved["stats"]["median"] == pytest.approx(0.001) and saved["stats"]["rounds"] == 3
+    same = pytester.runpytest(*common, "--benchmark-compare=0001", "--benchmark-compare-fail=median:5%")
     same.assert_outcomes(passed=1)
     assert same.ret == 0
-    pytester.makepyfile(test_cost=USER_TEST.replace("64, 64", "256, 256"))
+    monkeypatch.setenv("CAMCHECK_TEST_CLOCK_STEP", "0.016")
     slower = pytester.runpytest(*common, "--benchmark-compare=0001", "--benchmark-compare-fail=median:50%")
     assert slower.ret != 0
     assert "Performance has regressed" in slower.stdout.str() + slower.stderr.str()

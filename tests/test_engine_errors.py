@@ -59,6 +59,15 @@ class NanModel(nn.Module):
 
 
 torch.manual_seed(0)
+def vgg_like() -> nn.Module:
+    """VGG's head in miniature: a fixed-size pool, flatten, then a two-layer MLP (no global average pooling)."""
+    model = nn.Sequential()
+    model.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+    model.avgpool, model.flatten = nn.AdaptiveAvgPool2d((2, 2)), nn.Flatten()
+    model.classifier = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Dropout(), nn.Linear(8, 4))
+    return model.eval()
+
+
 SMALL = SmallCNN()
 GAP = GapLinear()
 X = torch.rand(3, 16, 16)
@@ -128,8 +137,8 @@ CASES = {
     "layer the score does not depend on": (lambda: compute_cam(Unused(), X, layer="side"), "does not depend on"),
     "score detached from the layer": (lambda: compute_cam(Detached(), X, layer="features"), "does not depend"),
     "unknown method": (lambda: compute_cam(SMALL, X, method="gradcam+++"), "unknown method.*gradcam\\+\\+"),
-    "cam on a non-GAP head": (lambda: compute_cam(torchvision.models.vgg11(num_classes=4), torch.rand(3, 32, 32),
-                                                  method="cam"), "method='gradcam'"),
+    "cam on a non-GAP head": (lambda: compute_cam(vgg_like(), torch.rand(3, 32, 32), method="cam"),
+                              "needs a head that is global average pooling.*method='gradcam'"),
     "cam with an activation between the layer and the head": (
         lambda: compute_cam(nn.Sequential(nn.Conv2d(3, 4, 1), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                           nn.Linear(4, 5)), X, target=2, layer="0", method="cam"),

@@ -59,7 +59,8 @@ def user_state(model: nn.Module) -> nn.Module:
 
 ARCHS = {
     "smallcnn": (lambda: SmallCNN(), 32, set(METHODS)),
-    "resnet18": (lambda: torchvision.models.resnet18(num_classes=5), 64, set(METHODS)),
+    # Score-CAM's 512 masked forwards per image on resnet18 prove nothing the small model's do not
+    "resnet18": (lambda: torchvision.models.resnet18(num_classes=5), 64, set(METHODS) - {"scorecam"}),
     "mobilenet_v3_small": (lambda: torchvision.models.mobilenet_v3_small(num_classes=5), 64,
                            set(METHODS) - {"scorecam", "ablationcam"}),
     "densenet121": (lambda: torchvision.models.densenet121(num_classes=5), 64,
@@ -177,16 +178,18 @@ def _rss_mb() -> float:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc to read memory use")
-def test_500_calls_leave_memory_and_hooks_flat() -> None:
+def test_200_calls_leave_memory_and_hooks_flat() -> None:
+    """A leak of one tensor per call shows in the live-tensor count (200 over a slack of 5), whatever its size;
+    the small model (BatchNorm, in-place ReLU, dropout) keeps the test quick."""
     torch.manual_seed(3)
-    model = torchvision.models.resnet18(num_classes=4).eval()
+    model = SmallCNN(classes=4).eval()
     x = torch.rand(3, 48, 48)
-    for _ in range(50):
+    for _ in range(30):
         compute_cam(model, x, target=1)
     gc.collect()
     rss, tensors = _rss_mb(), _live_tensors()
     hooks = sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())
-    for i in range(500):
+    for i in range(200):
         compute_cam(model, x, target=i % 4, method=("gradcam", "cam", "layercam")[i % 3])
     gc.collect()
     assert sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules()) == hooks == 0
@@ -211,7 +214,8 @@ def test_the_fast_module_listing_equals_modules_with_shared_and_missing_children
         assert not any(m.training for m in model.modules())
     assert {id(m): m.training for m in model.modules()} == before
     for name in ("resnet18", "mobilenet_v3_large", "densenet121"):
-        net = getattr(torchvision.models, name)()
+        with torch.device("meta"):  # the module tree without allocating or initialising weights
+            net = getattr(torchvision.models, name)()
         assert set(map(id, all_modules(net))) == set(map(id, net.modules()))
         assert len(all_modules(net)) == len(list(net.modules()))
 
