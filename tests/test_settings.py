@@ -28,8 +28,8 @@ SAMPLES = {
     "update": ((True, "no", "1"), (True, False, True)),
     "ssim_min": (("0.5", "-1", "1"), (0.5, -1.0, 1.0)),
     "spearman_min": (("0.1", "0.2", "0.3"), (0.1, 0.2, 0.3)),
-    "report": (("a", "b", "c"), None),
-    "report_json": (("a", "b", "c"), None),
+    "report": (("one.html", "two.html", "three.html"), None),
+    "report_json": (("one.json", "two.json", "three.json"), None),
 }
 
 
@@ -55,7 +55,6 @@ def test_command_line_beats_environment_beats_ini_beats_default(name: str, place
     setting = SETTINGS[name]
     here, root = places
     (option, env, ini), parsed = SAMPLES[name]
-    expected = parsed or (here / "a", here / "b", root / "c")
     ini_value = ini if isinstance(ini, list) or setting.kind != "paths" else [ini]
 
     def value(**given):
@@ -67,6 +66,7 @@ def test_command_line_beats_environment_beats_ini_beats_default(name: str, place
         assert found.value == (here / "a", here / "b", root / "c")
         assert value().value == ()
         return
+    expected = parsed or (here / option, here / env, root / ini)  # paths: relative to where they were given
     assert value(option=option, environ={setting.env: env}, ini=ini).value == expected[0]
     assert value(option=option, environ={setting.env: env}, ini=ini).asked_by == setting.option
     assert value(environ={setting.env: env}, ini=ini).value == expected[1]
