@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .assertions import assert_attends_more_to, assert_attends_to, assert_not_attends_to
+    from .dataset_check import DatasetResult, assert_dataset_attends_to
+    from .datasets import Dataset, load_dataset
     from .engine import METHODS, CamResult, compute_cam
     from .errors import CamCheckError
     from .datasets import load_dataset
@@ -29,6 +31,8 @@ _WHERE = {
     "CamCheckError": "errors",
     "CamResult": "engine",
     "FaithfulnessResult": "quality",
+    "Dataset": "datasets",
+    "DatasetResult": "dataset_check",
     "METHODS": "engine",
     "Rule": "rule",
     "SanityResult": "quality",
@@ -36,6 +40,7 @@ _WHERE = {
     "assert_attends_more_to": "assertions",
     "assert_attends_to": "assertions",
     "assert_faithful": "quality",
+    "assert_dataset_attends_to": "dataset_check",
     "assert_not_attends_to": "assertions",
     "assert_sane": "quality",
     "assert_stable": "quality",

@@ -322,3 +322,12 @@ class CamCheck:
         from .quality import assert_stable
 
         return assert_stable(model, image, target, **self._kw(kwargs))
+
+    def dataset_attends_to(self, model: torch.nn.Module, dataset: Any, **kwargs: Any) -> Any:
+        """:func:`~pytest_camcheck.assert_dataset_attends_to` with the bound defaults (``dataset``: a Dataset or
+        a path)."""
+        __tracebackhide__ = True
+        from .dataset_check import assert_dataset_attends_to
+
+        kwargs = {"min_lift": self.rule.min_lift, "tolerance": self.rule.tolerance} | kwargs
+        return assert_dataset_attends_to(model, dataset, **self._kw(kwargs))

@@ -16,8 +16,8 @@ from typing import Any, Callable
 
 from ._text import safe_name
 
-__all__ = ["CheckRecord", "add_listener", "describe_image", "artifact_path", "artifacts_dir", "record", "remove_listener",
-           "set_artifacts_dir"]
+__all__ = ["CheckRecord", "add_listener", "describe_image", "artifact_path", "artifacts_dir", "progress", "record",
+           "remove_listener", "set_artifacts_dir", "set_progress"]
 
 
 @dataclass
@@ -42,6 +42,7 @@ class CheckRecord:
     message: str = ""
     test_id: str = field(default_factory=lambda: current_test_id())
     image: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 def describe_image(image: Any) -> str:
@@ -133,3 +134,29 @@ def record(rec: CheckRecord) -> None:
     """Hand ``rec`` to every listener."""
     for fn in list(_listeners):
         fn(rec)
+
+
+_progress: list[Callable[[str], None] | None] = [None]
+
+
+def set_progress(fn: Callable[[str], None] | None) -> Callable[[str], None] | None:
+    """Where long checks report progress (one line of text at a time); ``None`` for nowhere. Returns the one
+    set before. The plugin sets pytest's terminal reporter (not under ``-q`` or on pytest-xdist workers), the
+    ``camcheck`` command line a progress bar.
+
+    Example:
+        >>> before = set_progress(None); _ = set_progress(before)
+    """
+    before, _progress[0] = _progress[0], fn
+    return before
+
+
+def progress(text: str) -> None:
+    """Report progress of a long check to whoever :func:`set_progress` named (nobody by default).
+
+    Example:
+        >>> progress("camcheck dataset: 10/200 images")
+    """
+    fn = _progress[0]
+    if fn is not None:
+        fn(text)

@@ -85,6 +85,7 @@ RECORDS_KEY = pytest.StashKey[list]()
 REPORT_KEY = pytest.StashKey[CheckReport]()
 _REPORT_PROBLEMS_KEY = pytest.StashKey[list]()
 _ACCELERATORS_KEY = pytest.StashKey[Accelerators]()
+PROGRESS_KEY = pytest.StashKey[Any]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -167,6 +168,32 @@ def pytest_configure(config: pytest.Config) -> None:
     except CamCheckError as err:
         raise pytest.UsageError(str(err)) from None
     config.stash[REPORT_KEY] = CheckReport()
+    _show_progress(config)
+
+
+def _show_progress(config: pytest.Config) -> None:
+    """Long checks (a dataset) report progress on pytest's terminal, not under ``-q`` and not from pytest-xdist
+    workers (whose output nobody sees)."""
+    if config.get_verbosity() < 0 or hasattr(config, "workerinput"):
+        return
+
+    def line(text: str) -> None:
+        reporter = config.pluginmanager.getplugin("terminalreporter")
+        if reporter is None:
+            return
+        capture = config.pluginmanager.getplugin("capturemanager")
+        if capture is None:
+            reporter.write_line(text)
+            return
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(text)
+
+    config.stash[PROGRESS_KEY] = context.set_progress(line)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if PROGRESS_KEY in config.stash:
+        context.set_progress(config.stash[PROGRESS_KEY])
 
 
 def _version(distribution: str) -> str:

@@ -1,0 +1,231 @@
+"""assert_dataset_attends_to on held-out scenes: the clean model passes, the shortcut model and swapped labels
+fail; the rate's interval, the centre baseline, classes, difficult objects, streaming and the failure message."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pytest_camcheck import CamCheckError, assert_dataset_attends_to, context, load_dataset, load_model
+from pytest_camcheck import dataset_check
+from pytest_camcheck.dataset_check import run_dataset, wilson_interval
+from pytest_camcheck.datasets.synthetic import write_scenes_coco
+from pytest_camcheck.scenes import CLASSES
+
+FIXTURE = Path(__file__).parent.parent / "fixtures" / "shapes-coco" / "instances.json"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("camcheck-shapes")
+
+
+@pytest.fixture(scope="module")
+def cheat():
+    return load_model("camcheck-shapes-shortcut")
+
+
+@pytest.fixture(scope="module")
+def singles(tmp_path_factory):
+    return write_scenes_coco(tmp_path_factory.mktemp("singles"),
+                             [(s, "single") for s in range(1_001_000, 1_001_016)]) / "instances.json"
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    return write_scenes_coco(tmp_path_factory.mktemp("pairs"),
+                             [(s, "pair") for s in range(1_001_100, 1_001_108)]) / "instances.json"
+
+
+@pytest.fixture(scope="module")
+def watermarked(tmp_path_factory):
+    return write_scenes_coco(tmp_path_factory.mktemp("shortcut"),
+                             [(s, "shortcut") for s in range(1_001_200, 1_001_212)]) / "instances.json"
+
+
+@pytest.fixture
+def artifacts(tmp_path):
+    before = context.artifacts_dir()
+    context.set_artifacts_dir(tmp_path / "art")
+    yield tmp_path / "art"
+    context.set_artifacts_dir(before)
+
+
+@pytest.fixture(scope="module")
+def honest(model, singles, pairs):
+    return {"singles": assert_dataset_attends_to(model, singles), "pairs": assert_dataset_attends_to(model, pairs)}
+
+
+def test_the_bundled_model_passes_on_held_out_scenes(honest):
+    for result in honest.values():
+        assert result.pass_rate >= 0.9 and result.pass_rate > result.center_baseline + 0.4
+        assert result.interval[0] <= result.pass_rate <= result.interval[1]
+        assert sum(t for _, t in result.per_class.values()) == len(result.checks)
+    assert len(honest["pairs"].checks) == 16  # one check per (image, class): two per pair scene
+
+
+def test_the_shortcut_model_fails_on_watermarked_scenes_with_a_full_message(cheat, watermarked, artifacts):
+    records = []
+    context.add_listener(records.append)
+    try:
+        with pytest.raises(AssertionError) as err:
+            assert_dataset_attends_to(cheat, watermarked)
+    finally:
+        context.remove_listener(records.append)
+    message, (rec,) = str(err.value), records
+    rate, centre = rec.metrics["pass_rate"], rec.metrics["center_baseline"]
+    assert rate < 0.5 and not rec.passed and rec.message == message
+    assert f"{rate:.1%} of 12 checks passed (95% interval {rec.metrics['interval_low']:.1%}-" in message
+    assert f"centre baseline (a centred Gaussian map, same rule): {centre:.1%}" in message
+    worst = sorted(rec.details["per_class"].items(), key=lambda kv: kv[1][0] / kv[1][1])[0]
+    assert f"{worst[0]} {worst[1][0]}/{worst[1][1]}" in message.split("worst classes: ")[1].split("\n")[0]
+    lines = [line for line in message.splitlines() if "overlay:" in line]
+    assert len(lines) == 5 and [line.split()[0] for line in lines] == [g["image"] for g in rec.details["worst"]]
+    written = sorted(artifacts.glob("*.png"))
+    assert len(written) == 5 and all(str(p) in message for p in written)  # only the worst five pictures
+
+
+def test_swapping_each_objects_label_with_the_other_objects_drops_below_the_centre_baseline(model, pairs, honest,
+                                                                                            tmp_path):
+    doc = json.loads(pairs.read_text())
+    by_image: dict[int, list[dict]] = {}
+    for ann in doc["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    for first, second in by_image.values():
+        first["category_id"], second["category_id"] = second["category_id"], first["category_id"]
+    swapped = tmp_path / "swapped.json"
+    swapped.write_text(json.dumps(doc))
+    result = run_dataset(model, load_dataset(swapped, images=pairs.parent / "images"), overlays=False)
+    assert result.pass_rate < result.center_baseline < honest["pairs"].pass_rate
+    assert result.center_baseline == honest["pairs"].center_baseline  # the same regions, other labels
+
+
+def test_the_centre_baseline_is_the_rule_applied_to_a_centred_map(model, tmp_path):
+    rng = np.random.default_rng(0)
+    images, annotations = [], []
+    for i, centred in enumerate([True] * 6 + [False] * 2):
+        Image.fromarray(rng.integers(0, 256, (80, 120, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        images.append({"id": i, "file_name": f"{i}.png", "width": 120, "height": 80})
+        box = [45, 28, 30, 24] if centred else [0, 0, 20, 16]
+        annotations.append({"id": i, "image_id": i, "category_id": 1, "bbox": box})
+    (tmp_path / "d.json").write_text(json.dumps({"images": images, "annotations": annotations,
+                                                 "categories": [{"id": 1, "name": "circle"}]}))
+    assert run_dataset(model, tmp_path / "d.json", min_pass_rate=0).center_baseline == 0.75
+
+
+def test_wilson_interval_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for k, n in [(0, 10), (3, 10), (18, 20), (200, 200), (171, 300)]:
+        ci = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert wilson_interval(k, n) == pytest.approx((ci.low, ci.high), abs=1e-9)
+
+
+def test_classes_maps_labels_and_skips_the_rest(model, singles, tmp_path):
+    doc = json.loads(singles.read_text())
+    doc["categories"].append({"id": 99, "name": "zebra"})
+    doc["annotations"][0]["category_id"] = 99
+    path = tmp_path / "z.json"
+    path.write_text(json.dumps(doc))
+    ds = load_dataset(path, images=singles.parent / "images")[:6]
+    default = run_dataset(model, ds, min_pass_rate=0)
+    assert default.skipped == {"zebra": "not a class of the model"} and len(default.checks) == 5
+    as_index = run_dataset(model, ds, classes={name: i for i, name in enumerate(CLASSES)}, min_pass_rate=0)
+    assert [c.passed for c in as_index.checks] == [c.passed for c in default.checks]
+    assert {c.target for c in as_index.checks} <= set(range(6)) and as_index.skipped == {"zebra": "not in classes"}
+    first = default.checks[0].label
+    fewer = run_dataset(model, ds, classes=lambda label: None if label in (first, "zebra") else label,
+                        min_pass_rate=0)
+    assert first not in fewer.per_class and fewer.skipped[first] == "classes(label) is None"
+    with pytest.raises(CamCheckError, match=r"no label of the dataset can be checked: .*zebra"):
+        run_dataset(model, ds, classes={"unicorn": 1})
+    with pytest.raises(CamCheckError, match=r"maps 'zebra' to 'zebra', which is not a class name of the model"):
+        run_dataset(model, ds, classes=lambda label: label)
+    with pytest.raises(CamCheckError, match=rf"maps '{first}' to 1.5"):
+        run_dataset(model, ds, classes={first: 1.5})
+
+
+def test_classes_whose_objects_are_all_difficult_are_checked_only_when_asked(model, singles, tmp_path):
+    doc = json.loads(singles.read_text())
+    for ann in doc["annotations"][:4]:
+        ann["iscrowd"] = 1
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(doc))
+    ds = load_dataset(path, images=singles.parent / "images")[:6]
+    default = run_dataset(model, ds, min_pass_rate=0)
+    assert len(default.checks) == 2 and default.difficult_only == 4
+    assert {c.image for c in default.checks} == {e.name for e in ds.entries[4:]}
+    assert len(run_dataset(model, ds, min_pass_rate=0, difficult=True).checks) == 6
+
+
+def test_batches_stream_and_decoding_runs_beside_the_model(model, singles, monkeypatch):
+    calls, threads = [], set()
+    real_maps, real_sample = dataset_check._maps, dataset_check.Dataset.sample
+
+    def maps(m, pictures, targets, kw):
+        calls.append(len(pictures))
+        return real_maps(m, pictures, targets, kw)
+
+    def sample(entry):
+        threads.add(threading.current_thread().name)
+        return real_sample(entry)
+
+    monkeypatch.setattr(dataset_check, "_maps", maps)
+    monkeypatch.setattr(dataset_check.Dataset, "sample", staticmethod(sample))
+    ds = load_dataset(singles)[:10]
+    small = run_dataset(model, ds, batch_size=4, overlays=False)
+    assert calls == [4, 4, 2] and threads and all(name.startswith("camcheck-decode") for name in threads)
+    whole = run_dataset(model, ds, batch_size=64, overlays=False)
+    assert calls[3:] == [10]
+    assert [(c.image, c.passed) for c in small.checks] == [(c.image, c.passed) for c in whole.checks]
+    assert [c.metrics["lift"] for c in small.checks] == pytest.approx([c.metrics["lift"] for c in whole.checks],
+                                                                      rel=1e-4)
+
+
+def test_the_model_is_left_as_it_was():
+    net = load_model("camcheck-shapes")
+    net.train()
+    net.fc.weight.requires_grad_(False)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    run_dataset(net, FIXTURE, overlays=False)
+    assert net.training and not net.fc.weight.requires_grad and net.features.stem[0].weight.grad is None
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+@pytest.mark.parametrize("bad, words", [
+    ({"min_pass_rate": 1.5}, "min_pass_rate=1.5 is not a valid threshold; pass a finite number between 0 and 1"),
+    ({"min_pass_rate": -0.1}, "min_pass_rate=-0.1 is not a valid threshold"),
+    ({"batch_size": 0}, "batch_size=0"),
+    ({"classes": ["circle"]}, "classes is a list"),
+    ({"min_lift": float("nan")}, "min_lift=nan"),
+])
+def test_bad_arguments_are_refused(model, singles, bad, words):
+    with pytest.raises(CamCheckError, match=words):
+        run_dataset(model, singles, **bad)
+
+
+def test_fixture_form_and_progress_through_the_terminal_reporter(pytester):
+    pytester.makepyfile(f"""
+        import pytest
+        from pytest_camcheck import dataset_check
+
+        @pytest.fixture(autouse=True)
+        def often(monkeypatch):
+            monkeypatch.setattr(dataset_check, "PROGRESS_AFTER_S", 0)
+            monkeypatch.setattr(dataset_check, "PROGRESS_EVERY_S", 0)
+
+        def test_rate(camcheck, camcheck_model):
+            res = camcheck.dataset_attends_to(camcheck_model("camcheck-shapes"), {str(FIXTURE)!r}, batch_size=2)
+            assert res.pass_rate >= 0.9 and res.method == "gradcam"
+    """)
+    loud = pytester.runpytest("-p", "no:cacheprovider", "--camcheck-device=cpu")
+    loud.assert_outcomes(passed=1)
+    assert "camcheck dataset: 2/6 images, 2 checks, 100.0% passed so far" in loud.stdout.str()
+    quiet = pytester.runpytest("-q", "-p", "no:cacheprovider", "--camcheck-device=cpu")
+    quiet.assert_outcomes(passed=1)
+    assert "camcheck dataset:" not in quiet.stdout.str()
