@@ -382,6 +382,21 @@ class CamRegression:
         self._record(result, False, scores, thresholds, pictures["side by side"], message)
         raise AssertionError(message)
 
+    def check_dataset(self, model: nn.Module, dataset: Any, *, max_drop: float = 0.03, basename: str | None = None,
+                      **kwargs: Any) -> Any:
+        """Run the dataset check of :func:`~pytest_camcheck.assert_dataset_attends_to` and compare each check's
+        outcome and the rate with a reviewed JSON baseline (same lifecycle as map baselines); fail when the rate
+        dropped by more than ``max_drop``, listing the checks that flipped. Returns the DatasetResult. See
+        :mod:`pytest_camcheck.dataset_regression`.
+
+        Example:
+            >>> cam_regression.check_dataset(model, "fixtures/shapes-coco/instances.json")  # doctest: +SKIP
+        """
+        __tracebackhide__ = True
+        from .dataset_regression import check_dataset
+
+        return check_dataset(self, model, dataset, max_drop=max_drop, basename=basename, **kwargs)
+
     def _load(self, path: Path, result: CamResult) -> Baseline | None:
         """The baseline to compare with, or None when it is to be (re)written. A symbolic link at the baseline's
         path (or its preview's) is refused; a dangling one is removed under ``--camcheck-update`` (it points

@@ -1,0 +1,178 @@
+"""Drift of a dataset's rate: ``cam_regression.check_dataset(model, dataset, max_drop=0.03)``.
+
+The baseline is a reviewed JSON file next to the tests, as map baselines are (:mod:`pytest_camcheck.regression`):
+``<test module dir>/<module stem>/<test>[-<basename>]-dataset-<method>.json`` holding the rate and every check's
+outcome (image, label, passed). The first run writes it and fails ("review and commit it"); later runs fail when
+the rate dropped by more than ``max_drop`` from the baseline's, listing the checks that flipped from pass to
+fail; ``--camcheck-update`` rewrites a missing, unreadable or failing baseline and passes. Nothing existing is
+changed otherwise, and a file is never written through a symbolic link (it is replaced atomically).
+
+Example:
+    >>> cam_regression.check_dataset(model, "fixtures/shapes-coco/instances.json", max_drop=0.05)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__, context
+from ._io import atomic_write
+from .dataset_check import DatasetResult, run_dataset
+from .datasets import Dataset, load_dataset
+from .errors import CamCheckError
+
+__all__ = ["DATASET_BASELINE_FORMAT", "MAX_BASELINE_BYTES", "check_dataset", "read_dataset_baseline"]
+
+DATASET_BASELINE_FORMAT = "pytest-camcheck-dataset-baseline"
+_VERSION = 1
+MAX_BASELINE_BYTES = 64 * 2**20
+_LISTED = 20
+
+
+def _hint() -> str:
+    from .regression import UPDATE_HINT
+
+    return UPDATE_HINT
+
+
+def read_dataset_baseline(path: Path) -> dict[str, Any]:
+    """The baseline at ``path``: ``pass_rate``, ``checks`` ({(image, label): passed}) and its metadata; a file
+    that is too large, not JSON or not a dataset baseline raises CamCheckError naming the file and the fix.
+
+    Example:
+        >>> read_dataset_baseline(Path("tests/test_data/test_rate-dataset-gradcam.json"))  # doctest: +SKIP
+    """
+    broken = f"Fix: delete it, or {_hint()} to write it again from the current run"
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_BASELINE_BYTES + 1)
+    except OSError as err:
+        raise CamCheckError(f"dataset baseline {path} cannot be read ({err}). {broken}") from err
+    if len(raw) > MAX_BASELINE_BYTES:
+        raise CamCheckError(f"dataset baseline {path} is over {MAX_BASELINE_BYTES // 2**20} MB, not a camcheck "
+                            f"baseline. {broken}")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+        if data.get("format") != DATASET_BASELINE_FORMAT or data.get("version") != _VERSION:
+            raise ValueError(f"format {data.get('format')!r} version {data.get('version')!r}")
+        checks = {(str(image), str(label)): bool(passed) for image, label, passed in data["checks"]}
+        rate = float(data["pass_rate"])
+        if not 0 <= rate <= 1:
+            raise ValueError(f"pass_rate {rate}")
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as err:
+        raise CamCheckError(f"dataset baseline {path} is not a camcheck dataset baseline ({type(err).__name__}: "
+                            f"{err}). {broken}") from err
+    return data | {"checks": checks, "pass_rate": rate}
+
+
+def _document(result: DatasetResult, dataset: Dataset, device: str) -> bytes:
+    data = {
+        "format": DATASET_BASELINE_FORMAT, "version": _VERSION, "dataset": dataset.root.as_posix(),
+        "method": result.method, "layer": result.layer, "pass_rate": result.pass_rate,
+        "checks_total": len(result.checks), "device": device, "torch_version": torch.__version__,
+        "camcheck_version": __version__,
+        "per_class": {k: list(v) for k, v in result.per_class.items()},
+        "checks": [[c.image, c.label, c.passed] for c in result.checks],
+    }
+    return (json.dumps(data, indent=0) + "\n").encode("utf-8")
+
+
+def _listed(keys: list[tuple[str, str]]) -> str:
+    shown = ", ".join(f"{image} [{label}]" for image, label in keys[:_LISTED])
+    return shown + (f" and {len(keys) - _LISTED} more" if len(keys) > _LISTED else "")
+
+
+def check_dataset(reg: Any, model: torch.nn.Module, dataset: Dataset | Any, *, max_drop: float = 0.03,
+                  basename: str | None = None, **kwargs: Any) -> DatasetResult:
+    """The body of ``CamRegression.check_dataset`` (see the module doc); returns the current DatasetResult."""
+    __tracebackhide__ = True
+    from .regression import _safe
+
+    if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or not 0 <= max_drop <= 1:
+        raise CamCheckError(f"max_drop={max_drop!r} is not a share of checks; pass a number from 0 to 1 "
+                            "(default 0.03: three points of rate)")
+    ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
+    kwargs = {"method": reg.method} | ({"device": reg.device} if reg.device is not None else {}) | kwargs
+    kwargs.pop("min_pass_rate", None)
+    result = run_dataset(model, ds, min_pass_rate=0.0, overlays=False, **kwargs)
+    stem = "-".join([reg.test_name, *([_safe(basename)] if basename else []), "dataset", _safe(result.method)])
+    path = reg.baseline_dir / f"{stem}.json"
+    device = str(next(iter(model.parameters()), torch.empty(0)).device)
+    baseline = None
+    if path.exists() or path.is_symlink():
+        try:
+            baseline = read_dataset_baseline(path)
+        except CamCheckError:
+            if not reg.update:
+                raise
+    if baseline is None:
+        return _create(reg, path, result, ds, device, max_drop)
+    now = {(c.image, c.label): c.passed for c in result.checks}
+    flipped = [k for k, ok in baseline["checks"].items() if ok and now.get(k) is False]
+    improved = [k for k, ok in baseline["checks"].items() if not ok and now.get(k) is True]
+    new = [k for k in now if k not in baseline["checks"]]
+    gone = [k for k in baseline["checks"] if k not in now]
+    drop = baseline["pass_rate"] - result.pass_rate
+    passed = drop <= max_drop + 1e-12
+    metrics = {"pass_rate": result.pass_rate, "baseline_rate": baseline["pass_rate"], "drop": drop,
+               "flipped": len(flipped), "improved": len(improved)}
+    if passed:
+        _record(result, True, metrics, max_drop, "")
+        return result
+    if reg.update:
+        atomic_write(path, _document(result, ds, device), replace=True)
+        reg.written.append(path)
+        _record(result, True, metrics, max_drop, f"camcheck dataset regression: baseline updated: {path}")
+        return result
+    lines = [
+        f"camcheck dataset regression failed: the rate dropped by {drop:.1%} (allowed {max_drop:.1%})",
+        f"  now {result.pass_rate:.1%} of {len(result.checks)} checks, baseline {baseline['pass_rate']:.1%} of "
+        f"{len(baseline['checks'])} (method {result.method}, layer {result.layer})",
+        f"  flipped to failing ({len(flipped)}): {_listed(flipped) or 'none'}",
+    ]
+    if improved:
+        lines.append(f"  now passing ({len(improved)}): {_listed(improved)}")
+    if new or gone:
+        lines.append(f"  the dataset changed: {len(new)} checks new, {len(gone)} gone since the baseline")
+    lines += [f"  baseline file: {path}", f"  if the change is intended, {_hint()} and commit the new baseline"]
+    message = "\n".join(lines)
+    _record(result, False, metrics, max_drop, message)
+    raise AssertionError(message)
+
+
+def _create(reg: Any, path: Path, result: DatasetResult, ds: Dataset, device: str, max_drop: float) -> DatasetResult:
+    __tracebackhide__ = True
+    existed = path.exists() or path.is_symlink()
+    created = atomic_write(path, _document(result, ds, device), replace=existed)
+    if created:
+        reg.written.append(path)
+    metrics = {"pass_rate": result.pass_rate, "baseline_rate": None, "drop": None}
+    if not created:
+        message = (f"camcheck dataset regression: baseline {path} was just created by another test running at the "
+                   "same time (same file name); review and commit it, and give the checks different basename=...")
+    elif reg.update:
+        message = f"camcheck dataset regression: baseline {'replaced' if existed else 'created'}: {path}"
+    else:
+        message = (f"camcheck dataset regression: baseline not found, created: {path} (rate {result.pass_rate:.1%} "
+                   f"of {len(result.checks)} checks)\n  review and commit it; the check passes from the next run on")
+    passed = created and reg.update
+    _record(result, passed, metrics, max_drop, message)
+    if not passed:
+        raise AssertionError(message)
+    return result
+
+
+def _record(result: DatasetResult, passed: bool, metrics: dict[str, Any], max_drop: float, message: str) -> None:
+    context.record(context.CheckRecord(
+        check="dataset_regression", passed=passed, method=result.method, layer=result.layer, target=None,
+        label=None, probability=None,
+        metrics={k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in metrics.items()},
+        thresholds={"max_drop": max_drop}, message=message,
+        details={"per_class": {k: list(v) for k, v in result.per_class.items()},
+                 "center_baseline": result.center_baseline},
+    ))
