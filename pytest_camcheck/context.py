@@ -136,12 +136,12 @@ def record(rec: CheckRecord) -> None:
         fn(rec)
 
 
-_progress: list[Callable[[str], None] | None] = [None]
+_progress: list[Callable[[str, int, int], None] | None] = [None]
 
 
-def set_progress(fn: Callable[[str], None] | None) -> Callable[[str], None] | None:
-    """Where long checks report progress (one line of text at a time); ``None`` for nowhere. Returns the one
-    set before. The plugin sets pytest's terminal reporter (not under ``-q`` or on pytest-xdist workers), the
+def set_progress(fn: Callable[[str, int, int], None] | None) -> Callable[[str, int, int], None] | None:
+    """Where long checks report progress: ``fn(text, done, total)``, a line of text and the units done out of
+    ``total``; ``None`` for nowhere. Returns the one set before. The plugin sets pytest's terminal reporter (not under ``-q`` or on pytest-xdist workers), the
     ``camcheck`` command line a progress bar.
 
     Example:
@@ -151,12 +151,12 @@ def set_progress(fn: Callable[[str], None] | None) -> Callable[[str], None] | No
     return before
 
 
-def progress(text: str) -> None:
+def progress(text: str, done: int, total: int) -> None:
     """Report progress of a long check to whoever :func:`set_progress` named (nobody by default).
 
     Example:
-        >>> progress("camcheck dataset: 10/200 images")
+        >>> progress("camcheck dataset: 10/200 images", 10, 200)
     """
     fn = _progress[0]
     if fn is not None:
-        fn(text)
+        fn(text, done, total)

@@ -69,7 +69,8 @@ def wilson_interval(passed: int, total: int, z: float = _Z95) -> tuple[float, fl
 class DatasetCheck:
     """One (image, class) check: the image's name, the annotation label, the model target it was mapped to,
     the verdict, the region metrics (``RegionMetrics.as_dict()``), whether the centre baseline passes the same
-    check, and whether the class's region is small (under :data:`SMALL_SHARE` of the image).
+    check, whether the class's region is small (under :data:`SMALL_SHARE` of the image), and whether the image's
+    centre is within ``tolerance`` of the region (the pointing game's centre baseline).
 
     Example:
         >>> DatasetCheck("a.png", "dog", 3, True, {"lift": 2.0}, False, False).passed
@@ -83,7 +84,7 @@ class DatasetCheck:
     metrics: dict[str, Any]
     center_passed: bool
     small: bool
-    overlay: Path | None = None
+    center_hit: bool = False
 
 
 @dataclass
@@ -360,7 +361,7 @@ def run_dataset(model: torch.nn.Module, dataset: Dataset | str | Any, *, min_pas
                 last = now
                 rate = sum(c.passed for c in checks) / len(checks)
                 context.progress(f"camcheck dataset: {images_done}/{len(dataset)} images, {len(checks)} checks, "
-                                 f"{rate:.1%} passed so far")
+                                 f"{rate:.1%} passed so far", images_done, len(dataset))
     if not checks:
         raise CamCheckError(f"the dataset {dataset.root} has no (image, class) pair to check: every object is "
                             "difficult, or its label skipped. Fix: pass difficult=True, or classes=...")
@@ -400,7 +401,7 @@ def _one(sample: Any, label: str, result: CamResult, rule: _Rule, centers: dict[
     if not passed:
         worst.offer(_severity(m), lambda: (sample.name, label, sample.image, result, mask, m.peak))
     return DatasetCheck(sample.name, label, result.target, passed, m.as_dict(), rule.holds(center),
-                        m.chance < SMALL_SHARE)
+                        m.chance < SMALL_SHARE, center.hit)
 
 
 def _write_overlays(items: list[Any]) -> dict[tuple[str, str], Path | None]:

@@ -72,14 +72,17 @@ def read_dataset_baseline(path: Path) -> dict[str, Any]:
 
 def _document(result: DatasetResult, dataset: Dataset, device: str) -> bytes:
     data = {
-        "format": DATASET_BASELINE_FORMAT, "version": _VERSION, "dataset": dataset.root.as_posix(),
+        "format": DATASET_BASELINE_FORMAT, "version": _VERSION, "dataset": dataset.root.name,
         "method": result.method, "layer": result.layer, "pass_rate": result.pass_rate,
         "checks_total": len(result.checks), "device": device, "torch_version": torch.__version__,
         "camcheck_version": __version__,
         "per_class": {k: list(v) for k, v in result.per_class.items()},
         "checks": [[c.image, c.label, c.passed] for c in result.checks],
     }
-    return (json.dumps(data, indent=0) + "\n").encode("utf-8")
+    # one line per field and per check, so that a review shows which checks changed
+    lines = [f" {json.dumps(k)}: {json.dumps(v)}," for k, v in data.items() if k != "checks"]
+    checks = ",\n".join(f"  {json.dumps(c)}" for c in data["checks"])
+    return ("{\n" + "\n".join(lines) + f'\n "checks": [\n{checks}\n ]\n}}\n').encode("utf-8")
 
 
 def _listed(keys: list[tuple[str, str]]) -> str:

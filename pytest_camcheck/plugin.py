@@ -177,7 +177,7 @@ def _show_progress(config: pytest.Config) -> None:
     if config.get_verbosity() < 0 or hasattr(config, "workerinput"):
         return
 
-    def line(text: str) -> None:
+    def line(text: str, done: int, total: int) -> None:
         reporter = config.pluginmanager.getplugin("terminalreporter")
         if reporter is None:
             return

@@ -418,7 +418,44 @@ def _check_html(row: dict[str, Any]) -> str:
 <th>method</th><td>{_e(row['method'])}</td><th>layer</th><td>{_e(row['layer'])}</td><th>target</th>
 <td>{_target_html(row)}</td></tr></table>
 <div class="metrics">{_metrics_html(row.get("metrics") or {}, row.get("thresholds") or {})}</div>
-{_thumbnail(row.get('overlay'))}"""
+{_dataset_html(row) if (row.get("details") or {}).get("per_class") is not None else _thumbnail(row.get('overlay'))}"""
+
+
+def _share(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def _dataset_html(row: dict[str, Any]) -> str:
+    """A dataset check: its rate against the threshold and the centre baseline, the per-class table, and the
+    gallery of its worst cases."""
+    details, metrics = row["details"], row.get("metrics") or {}
+    threshold = (row.get("thresholds") or {}).get("min_pass_rate")
+    centre = metrics.get("center_baseline", details.get("center_baseline"))
+    rate = metrics.get("pass_rate")
+    bars = "".join(
+        f'<div class="bar"><span class="lbl">{_e(name)}</span><span class="track"><span class="fill {kind}" '
+        f'style="width:{100 * value:.1f}%"></span></span> {_e(_share(value))}</div>'
+        for name, value, kind in (("rate", rate, "ok" if row["passed"] else "bad"), ("required", threshold, "thr"),
+                                  ("centre baseline", centre, "thr"))
+        if value is not None)
+    interval = (f" (95% interval {_share(metrics['interval_low'])}-{_share(metrics['interval_high'])})"
+                if metrics.get("interval_low") is not None else "")
+    classes = "".join(
+        f"<tr><td>{_e(label)}</td><td>{passed}/{total}</td><td>{_e(_share(passed / total if total else None))}</td></tr>"
+        for label, (passed, total) in sorted(details["per_class"].items(),
+                                             key=lambda kv: (kv[1][0] / max(kv[1][1], 1), kv[0])))
+    gallery = "".join(
+        f'<figure>{_thumbnail(case.get("overlay"))}<figcaption>{_e(case["image"])} [{_e(case["label"])}]: lift '
+        f'{_e(_number(case.get("lift")))}, {"hit" if case.get("hit") else "miss"}</figcaption></figure>'
+        for case in details.get("worst", []))
+    skipped = "; ".join(f"{_e(k)} ({_e(v)})" for k, v in (details.get("skipped") or {}).items())
+    return f"""<div class="dataset">
+<p>{_e(details.get("dataset", ""))}{_e(interval)}</p>
+{bars}
+<table class="classes"><tr><th>class</th><th>passed</th><th>rate</th></tr>{classes}</table>
+{f'<p class="thr">skipped labels: {skipped}</p>' if skipped else ""}
+{f'<div class="gallery">{gallery}</div>' if gallery else ""}
+</div>"""
 
 
 _PAGE = """<!DOCTYPE html>
@@ -443,6 +480,14 @@ td {{ padding-right: 16px; }}
 .thr, .none {{ color: #666; }}
 img {{ display: block; margin-top: 6px; border: 1px solid #ddd; }}
 pre {{ white-space: pre-wrap; background: #f3f3f3; padding: 6px; }}
+.bar {{ display: flex; gap: 8px; align-items: center; margin: 2px 0; }}
+.bar .lbl {{ width: 110px; color: #666; }}
+.track {{ display: inline-block; width: 240px; height: 10px; background: #eee; border-radius: 2px; }}
+.fill {{ display: block; height: 10px; border-radius: 2px; }}
+.fill.ok {{ background: #3a3; }} .fill.bad {{ background: #c33; }} .fill.thr {{ background: #999; }}
+table.classes td, table.classes th {{ padding: 1px 10px 1px 0; }}
+.gallery {{ display: flex; flex-wrap: wrap; gap: 8px; }}
+figure {{ margin: 0; }} figcaption {{ font-size: 12px; color: #444; }}
 </style></head>
 <body>
 <h1>{title}</h1>

@@ -16,6 +16,7 @@ from pytest_camcheck import CamCheckError, assert_dataset_attends_to, context, l
 from pytest_camcheck import dataset_check
 from pytest_camcheck.dataset_check import run_dataset, wilson_interval
 from pytest_camcheck.datasets.synthetic import write_scenes_coco
+from pytest_camcheck.report import CheckReport
 from pytest_camcheck.scenes import CLASSES
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "shapes-coco" / "instances.json"
@@ -89,6 +90,15 @@ def test_the_shortcut_model_fails_on_watermarked_scenes_with_a_full_message(chea
     assert len(lines) == 5 and [line.split()[0] for line in lines] == [g["image"] for g in rec.details["worst"]]
     written = sorted(artifacts.glob("*.png"))
     assert len(written) == 5 and all(str(p) in message for p in written)  # only the worst five pictures
+
+    report = CheckReport()
+    report.add_record(rec)
+    page = CheckReport.from_json(report.to_json()).write_html(artifacts / "r.html").read_text()  # as from a worker
+    section = page.split('<div class="dataset">')[1]
+    for label, (passed, total) in rec.details["per_class"].items():
+        assert f"<tr><td>{label}</td><td>{passed}/{total}</td>" in section
+    assert f"centre baseline</span>" in section and f"{centre:.1%}" in section and f"{rate:.1%}" in section
+    assert section.count("<figure><img src=\"data:image/png;base64,") == 5
 
 
 def test_swapping_each_objects_label_with_the_other_objects_drops_below_the_centre_baseline(model, pairs, honest,
