@@ -22,6 +22,7 @@ import torch
 
 from . import __version__, context
 from ._io import atomic_write
+from ._text import safe_name
 from .dataset_check import DatasetResult, run_dataset
 from .datasets import Dataset, load_dataset
 from .errors import CamCheckError
@@ -94,8 +95,6 @@ def check_dataset(reg: Any, model: torch.nn.Module, dataset: Dataset | Any, *, m
                   basename: str | None = None, **kwargs: Any) -> DatasetResult:
     """The body of ``CamRegression.check_dataset`` (see the module doc); returns the current DatasetResult."""
     __tracebackhide__ = True
-    from .regression import _safe
-
     if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or not 0 <= max_drop <= 1:
         raise CamCheckError(f"max_drop={max_drop!r} is not a share of checks; pass a number from 0 to 1 "
                             "(default 0.03: three points of rate)")
@@ -103,7 +102,7 @@ def check_dataset(reg: Any, model: torch.nn.Module, dataset: Dataset | Any, *, m
     kwargs = {"method": reg.method} | ({"device": reg.device} if reg.device is not None else {}) | kwargs
     kwargs.pop("min_pass_rate", None)
     result = run_dataset(model, ds, min_pass_rate=0.0, overlays=False, **kwargs)
-    stem = "-".join([reg.test_name, *([_safe(basename)] if basename else []), "dataset", _safe(result.method)])
+    stem = "-".join([reg.test_name, *([safe_name(basename)] if basename else []), "dataset", safe_name(result.method)])
     path = reg.baseline_dir / f"{stem}.json"
     device = str(next(iter(model.parameters()), torch.empty(0)).device)
     baseline = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence, overload
@@ -150,7 +151,9 @@ def rle_mask(rle: Mapping[str, Any], size: tuple[int, int]) -> np.ndarray:
     h, w = size
     encoded = coco_mask.frPyObjects({"size": [h, w], "counts": counts}, h, w) if isinstance(counts, list) \
         else {"size": [h, w], "counts": counts.encode() if isinstance(counts, str) else counts}
-    return coco_mask.decode(encoded).astype(bool)
+    with warnings.catch_warnings():  # pycocotools' own numpy 2 deprecation, not the user's business
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return coco_mask.decode(encoded).astype(bool)
 
 
 @dataclass(frozen=True, eq=False)
