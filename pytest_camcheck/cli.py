@@ -133,6 +133,8 @@ def _show(args: argparse.Namespace) -> int:
     from .engine import compute_cam
     from .render import overlay, save_png
 
+    if args.force and not args.write_json:
+        raise _Usage("--force only applies with --write-json")
     image = Path(args.image).expanduser()
     if not image.is_file():
         raise _Usage(f"image file {image} does not exist")
@@ -176,8 +178,6 @@ def _show(args: argparse.Namespace) -> int:
         if not atomic_write(target, (text + "\n").encode("utf-8"), replace=args.force):
             raise _Usage(f"{target} exists; pass --force to replace it")
         print(f"wrote {target}")
-    elif args.force:
-        raise _Usage("--force only applies with --write-json")
     return 0
 
 

@@ -93,7 +93,8 @@ def test_bad_arguments_give_one_line_and_exit_code_2(tmp_path):
     (["dataset", "camcheck-shapes", "DATA", "--min-pass-rate", "high"], "invalid float value: 'high'"),
     (["dataset", "camcheck-shapes", "nowhere"], "no such file or folder"),
 ])
-def test_every_bad_argument_is_one_line(tmp_path, capsys, args, words):
+def test_every_bad_argument_is_one_line(tmp_path, capsys, monkeypatch, args, words):
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "f.py").write_text("import torch\ndef make():\n    return torch.nn.Linear(2, 2)\n")
     image = FIXTURE / "images" / "single-1000900.png"
     args = [str(image) if a == "IMAGE" else str(FIXTURE / "instances.json") if a == "DATA" else
@@ -101,6 +102,7 @@ def test_every_bad_argument_is_one_line(tmp_path, capsys, args, words):
     assert cli.main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("camcheck: error: ") and words in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == [tmp_path / "f.py"]  # nothing written
 
 
 def test_the_console_script_is_the_command_line():
