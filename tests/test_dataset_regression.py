@@ -65,14 +65,14 @@ def test_unreadable_baselines_are_refused_and_rewritten_on_update(tmp_path, mode
     assert json.loads(path.read_text())["pass_rate"] == 1.0
 
 
-def test_a_baseline_that_is_a_link_is_replaced_never_written_through(tmp_path, models, dataset):
+def test_a_baseline_that_is_a_link_is_never_written_through(tmp_path, models, dataset):
     outside = tmp_path / "user-file.json"
     outside.write_text("precious")
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "t-dataset-gradcam.json").symlink_to(outside)
-    CamRegression(tmp_path / "b", "t", update=True).check_dataset(models[0], dataset)
-    assert outside.read_text() == "precious"
-    assert not (tmp_path / "b" / "t-dataset-gradcam.json").is_symlink()
+    with pytest.raises(CamCheckError, match="never writes through symbolic links"):
+        CamRegression(tmp_path / "b", "t", update=True).check_dataset(models[0], dataset)
+    assert outside.read_text() == "precious" and (tmp_path / "b" / "t-dataset-gradcam.json").is_symlink()
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5, True, "0.1"])
