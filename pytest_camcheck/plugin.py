@@ -330,6 +330,8 @@ def _property(rec: context.CheckRecord) -> tuple[str, str]:
             "label": rec.label, **rec.metrics, **{f"threshold.{k}": v for k, v in rec.thresholds.items()}}
     if rec.overlay is not None:
         data["overlay"] = str(rec.overlay)
+    if rec.image:
+        data["image"] = rec.image
     return f"camcheck.{rec.check}", json.dumps(data, default=str)
 
 
