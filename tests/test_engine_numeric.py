@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import torchvision
 
 from pytest_camcheck import compute_cam
-from pytest_camcheck.engine.core import _last_linear
+from pytest_camcheck.engine.evidence import last_linear
 from pytest_camcheck.engine.methods import METHODS
 
 from .models import Binary, ConstantScore, GapLinear, KnownGradient
@@ -83,16 +83,16 @@ def test_the_cam_head_is_the_last_linear_of_the_model(name: str) -> None:
     with torch.device("meta"):  # the module tree without allocating or initialising weights
         model = getattr(torchvision.models, name)()
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    assert _last_linear(model) is (linears[-1] if linears else None)
+    assert last_linear(model) is (linears[-1] if linears else None)
 
 
 def test_the_cam_head_search_sees_nested_and_leading_linears() -> None:
     inner = torch.nn.Linear(4, 4)
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Sequential(torch.nn.Sequential(inner), torch.nn.ReLU()),
                                 torch.nn.Flatten())
-    assert _last_linear(model) is inner
-    assert _last_linear(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1))) is None
-    assert _last_linear(inner) is inner
+    assert last_linear(model) is inner
+    assert last_linear(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1))) is None
+    assert last_linear(inner) is inner
 
 
 @pytest.mark.parametrize("channels", [6, 80])  # fewer channels than the 64 positions, and more
@@ -241,8 +241,6 @@ def test_many_targets_on_one_image_share_a_batched_backward_with_the_same_maps(m
     without a batching rule) the one-backward-per-target fallback gives the same maps."""
     import torchvision
 
-    from pytest_camcheck.engine import core
-
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=20).eval()
     x = _image(5, (64, 64))
@@ -366,10 +364,10 @@ class _LayoutSensitive(torch.nn.Module):
 
 def _masked_layouts(monkeypatch: pytest.MonkeyPatch, model: torch.nn.Module, x: torch.Tensor,
                     layer: str = "features") -> tuple[set, object]:
-    from pytest_camcheck.engine import core
+    from pytest_camcheck.engine import evidence
 
     seen: set = set()
-    forward = core._forward
+    forward = evidence._forward
 
     def spy(m: torch.nn.Module, inp: torch.Tensor) -> object:
         if inp.shape[0] > 1:
@@ -377,7 +375,7 @@ def _masked_layouts(monkeypatch: pytest.MonkeyPatch, model: torch.nn.Module, x: 
                      and not inp.is_contiguous() else "contiguous")
         return forward(m, inp)
 
-    monkeypatch.setattr(core, "_forward", spy)
+    monkeypatch.setattr(evidence, "_forward", spy)
     return seen, compute_cam(model, x, target=1, method="scorecam", layer=layer)
 
 
@@ -400,9 +398,9 @@ def test_scorecam_runs_the_masked_forwards_channels_last_when_the_model_allows_i
     x = _image(3, (64, 64))
     seen, fast = _masked_layouts(monkeypatch, model, x, "layer3")
     assert seen == {"channels_last"}
-    from pytest_camcheck.engine import core
+    from pytest_camcheck.engine import evidence
 
-    monkeypatch.setattr(core, "_fast_layout", lambda *a: torch.contiguous_format)
+    monkeypatch.setattr(evidence, "_fast_layout", lambda *a: torch.contiguous_format)
     slow = compute_cam(model, x, target=1, method="scorecam", layer="layer3")
     np.testing.assert_allclose(fast.raw, slow.raw, rtol=1e-4, atol=1e-6 * np.abs(slow.raw).max())
 
@@ -410,18 +408,18 @@ def test_scorecam_runs_the_masked_forwards_channels_last_when_the_model_allows_i
 def test_ablation_gives_the_same_map_in_one_batch_or_many(monkeypatch: pytest.MonkeyPatch) -> None:
     import torchvision
 
-    from pytest_camcheck.engine import core
+    from pytest_camcheck.engine import evidence
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=5).eval()
     x = _image(7, (64, 64))
     one_batch = compute_cam(model, x, target=2, method="ablationcam")
     calls: list[int] = []
-    suffix = core._suffix_forward
-    monkeypatch.setattr(core, "_suffix_forward", lambda run, x1, a: calls.append(a.shape[0]) or suffix(run, x1, a))
-    monkeypatch.setattr(core, "ABLATION_BYTES", 1)  # forces batches of CHUNK channels
+    suffix = evidence._suffix_forward
+    monkeypatch.setattr(evidence, "_suffix_forward", lambda run, x1, a: calls.append(a.shape[0]) or suffix(run, x1, a))
+    monkeypatch.setattr(evidence, "ABLATION_BYTES", 1)  # forces batches of CHUNK channels
     many = compute_cam(model, x, target=2, method="ablationcam")
-    assert len(calls) == 512 // core.CHUNK and max(calls) == core.CHUNK
+    assert len(calls) == 512 // evidence.CHUNK and max(calls) == evidence.CHUNK
     np.testing.assert_allclose(many.raw, one_batch.raw, rtol=1e-4, atol=1e-6 * np.abs(one_batch.raw).max())
 
 

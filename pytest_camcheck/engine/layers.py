@@ -10,14 +10,10 @@ from torch import nn
 
 from ..errors import LayerError
 from .capture import evaluation_mode, record_outputs, run_model
+from .layouts import is_spatial
 
 _POOLS_TO_FIXED_SIZE = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _AUTO: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, str]]" = weakref.WeakKeyDictionary()
-
-
-def is_spatial(t: torch.Tensor) -> bool:
-    """A (N, C, H, W) tensor with more than one position."""
-    return t.dim() == 4 and t.shape[-1] * t.shape[-2] > 1
 
 
 def spatial_layers(model: nn.Module, x: torch.Tensor) -> list[tuple[str, tuple]]:

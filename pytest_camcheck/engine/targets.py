@@ -10,12 +10,46 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..errors import TargetError
-from .inputs import all_finite
+from .inputs import Batch, all_finite
 
 Target = int | str | Callable[[torch.Tensor], torch.Tensor] | None
 
 
 Pick = int | str | Callable[[Any], torch.Tensor] | None
+
+
+@dataclass(frozen=True)
+class Job:
+    """One map to make: image ``image`` of the batch, explained for ``target``."""
+
+    image: int
+    target: Target
+
+
+def make_jobs(target: Target | Sequence[Target], batch: Batch) -> list[Job]:
+    """One job per image for a batch, one per target for a list of targets on one image."""
+    n = batch.x.shape[0]
+    if not batch.batched:
+        if isinstance(target, (list, tuple)):
+            if not target:
+                raise TargetError("the list of targets is empty; pass at least one target or None")
+            return [Job(0, t) for t in target]
+        return [Job(0, target)]
+    if isinstance(target, torch.Tensor) and target.dim() == 1:
+        target = target.tolist()
+    if isinstance(target, (list, tuple)):
+        if len(target) != n:
+            raise TargetError(
+                f"{len(target)} targets were given for a batch of {n} images; pass one target per image, or one "
+                "target (or None) for all"
+            )
+        return [Job(i, t) for i, t in enumerate(target)]
+    return [Job(i, target) for i in range(n)]
+
+
+def images_of(jobs: Sequence[Job]) -> list[int]:
+    """The batch index of each job's image."""
+    return [job.image for job in jobs]
 
 _FIX = ("Fix: pass output=<index> (or a key, or a callable returning the logits) to compute_cam to say which "
         "one holds the logits")
@@ -111,6 +145,23 @@ def logits_of(output: Any, pick: Pick = None, num_classes: int | None = None) ->
             "one image and returns the scalar score to explain"
         )
     return found
+
+
+@dataclass(frozen=True)
+class Reader:
+    """How this call reads logits from a model output: ``pick`` (compute_cam's ``output=``) and the number of
+    class names known, which settles a tuple with several candidate tensors."""
+
+    pick: Pick = None
+    num_classes: int | None = None
+
+    def find(self, output: Any) -> torch.Tensor | None:
+        """:func:`find_logits` for this call: the logits, or None when the output holds none."""
+        return find_logits(output, self.pick, self.num_classes)
+
+    def require(self, output: Any) -> torch.Tensor:
+        """:func:`logits_of` for this call: the logits, or a TargetError naming the fix."""
+        return logits_of(output, self.pick, self.num_classes)
 
 
 @dataclass(frozen=True)
@@ -268,3 +319,102 @@ def label_of(index: int, categories: Sequence[str] | None) -> str | None:
     if categories and 0 <= index < len(categories):
         return str(categories[index])
     return None
+
+
+def _is_callable(target: Target) -> bool:
+    return callable(target) and not isinstance(target, str)
+
+
+def class_logits(output: Any, jobs: Sequence[Job], reader: Reader) -> torch.Tensor | None:
+    """The (N, classes) logits the class targets are read from, detached and checked; None when every target
+    is a callable (and no ``output=`` was given) and the output has no such logits. A class target on an
+    output without them is a TargetError naming the fix."""
+    callables = all(_is_callable(job.target) for job in jobs)
+    if not callables or reader.pick is not None:
+        logits = reader.require(output)
+    else:
+        try:
+            logits = reader.find(output)
+        except TargetError:  # several tensors could be the logits: the callables read the output themselves
+            return None
+        if logits is None:
+            return None
+    if logits.dim() == 2:
+        check_logits(logits)
+        return logits.detach()
+    if not callables:
+        check_logits(logits)
+    return None
+
+
+def make_scorers(jobs: Sequence[Job], logits: torch.Tensor | None,
+                 categories: Sequence[str] | None) -> list[Scorer]:
+    """One scorer per job. A class index or name is resolved once however many images share it, and the
+    top-1 classes of all images come from one argmax."""
+    if logits is None:
+        return [Scorer(-1, job.target) for job in jobs]
+    resolved: dict[tuple[type, Any], Scorer] = {}
+    top: list[int] | None = None
+    out = []
+    for job in jobs:
+        t = job.target
+        if t is None:
+            if top is None:
+                top = top_classes(logits)
+            out.append(Scorer(top[job.image]))
+        elif type(t) in (int, str):
+            key = (type(t), t)
+            if key not in resolved:
+                resolved[key] = resolve_target(t, logits[job.image], categories)
+            out.append(resolved[key])
+        else:
+            out.append(resolve_target(t, logits[job.image], categories))
+    return out
+
+
+def job_scores(scorers: Sequence[Scorer], jobs: Sequence[Job], output: Any, logits: torch.Tensor | None,
+               reader: Reader) -> tuple[torch.Tensor, bool]:
+    """The score of every job, shape (jobs,), and whether autograd recorded every one of them. Class scores on
+    (N, classes) logits are gathered by one indexing operation (one autograd node, however large the batch);
+    callable targets are called per image."""
+    if logits is not None and logits.shape[1] > 1 and all(s.fn is None for s in scorers):
+        parts = [reader.require(output)[images_of(jobs), [s.index for s in scorers]]]
+    else:
+        parts = [scorer.score(*seen_by_target(output, job.image, reader)) for scorer, job in zip(scorers, jobs)]
+    tracked = all(p.requires_grad for p in parts)
+    if len(parts) == 1 and parts[0].dim() == 1:
+        return parts[0], tracked
+    # a callable may return a plain number, which becomes a CPU tensor next to CUDA logits
+    return torch.stack([p.to(parts[0].device) for p in parts]), tracked
+
+
+def seen_by_target(output: Any, i: int, reader: Reader) -> tuple[torch.Tensor | None, Any]:
+    """(logits row or None, what a callable target gets) for image ``i``: the logits row when the output has
+    logits, else image ``i``'s part of the raw output."""
+    try:
+        logits = reader.find(output)
+    except TargetError:  # several tensors could be the logits: a callable target gets its part of the output
+        logits = None
+    if logits is None:
+        return None, _row(output, i)
+    return (logits[i] if logits.dim() == 2 else None), logits[i]
+
+
+def score_matrix(scorers: Sequence[Scorer], output: Any, n: int, reader: Reader) -> torch.Tensor:
+    """Scores (len(scorers), n) of every scorer on each of the ``n`` images of ``output``."""
+    seen = [seen_by_target(output, b, reader) for b in range(n)]
+    return torch.stack([torch.stack([s.score(*v).float() for v in seen]) for s in scorers])
+
+
+def _row(output: Any, i: int) -> Any:
+    if isinstance(output, torch.Tensor):
+        return output[i]
+    if isinstance(output, dict):
+        return {k: _row(v, i) for k, v in output.items()}
+    if isinstance(output, list) and output and not isinstance(output[0], torch.Tensor):
+        return output[i]
+    if isinstance(output, (tuple, list)):
+        return type(output)(_row(v, i) for v in output)
+    if hasattr(output, "logits"):
+        return output.logits[i]
+    return output
