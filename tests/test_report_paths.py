@@ -22,29 +22,31 @@ def passing(pytester: pytest.Pytester) -> pytest.Pytester:
     return pytester
 
 
-@pytest.mark.parametrize("case,option", [("a folder", "--camcheck-report"), ("a file as parent", "--camcheck-report-json"),
-                                         ("a symbolic link", "--camcheck-report"),
-                                         ("a dangling link", "--camcheck-report-json")])
-def test_an_unwritable_report_path_is_a_usage_error_naming_it(passing: pytest.Pytester, option: str,
-                                                              case: str) -> None:
+def test_an_unwritable_report_path_is_a_usage_error_naming_it(passing: pytest.Pytester) -> None:
     root = passing.path
-    (root / "afile").write_text("x")
-    (root / "folder").mkdir()
     (root / "elsewhere.html").write_text("the user's file")
     (root / "link.html").symlink_to(root / "elsewhere.html")
-    (root / "dangling.html").symlink_to(root / "gone" / "x.html")
-    path = {"a folder": "folder", "a file as parent": "afile/report.html", "a symbolic link": "link.html",
-            "a dangling link": "dangling.html"}[case]
-    result = passing.runpytest(*ARGS, f"{option}={path}")
+    result = passing.runpytest(*ARGS, "--camcheck-report=link.html")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([f"*{option}={root / path}*Fix:*"])
+    result.stderr.fnmatch_lines([f"*--camcheck-report={root / 'link.html'}: the path is a symbolic link*Fix:*"])
     assert (root / "elsewhere.html").read_text() == "the user's file"
 
 
-def test_a_missing_report_folder_is_created(passing: pytest.Pytester) -> None:
-    result = passing.runpytest(*ARGS, "--camcheck-report=out/deep/report.html", "--camcheck-report-json=out/r.json")
-    assert result.ret == 0
-    assert (passing.path / "out" / "deep" / "report.html").is_file() and (passing.path / "out" / "r.json").is_file()
+@pytest.mark.parametrize("case,pattern", [
+    ("a folder", "it is a folder. Fix: give a file name"),
+    ("a file as parent", "afile is a file, not a folder"),
+    ("a dangling link", "the path is a symbolic link"),
+    ("under a dangling folder link", "gone is a dangling symbolic link"),
+])
+def test_report_paths_that_cannot_be_written_are_refused(tmp_path: Path, case: str, pattern: str) -> None:
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "dangling.html").symlink_to(tmp_path / "nowhere" / "x.html")
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    path = tmp_path / {"a folder": "folder", "a file as parent": "afile/report.html", "a dangling link": "dangling.html",
+                       "under a dangling folder link": "gone/sub/report.json"}[case]
+    with pytest.raises(FileRefused, match=f"--camcheck-report-json={path}: .*{pattern}"):
+        check_output_file(path, "--camcheck-report-json")
 
 
 def test_a_read_only_report_folder_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -125,9 +127,10 @@ def test_the_page_lists_every_failed_test_with_its_error_and_each_checks_image(p
 
     shutil.copy(Path(request.config.rootpath) / "tests" / "models.py", pytester.path / "tests_models.py")
     pytester.makepyfile(test_failing=FAILING, test_checks=CHECKS)
-    result = pytester.runpytest(*ARGS, "--camcheck-report=report.html")
+    result = pytester.runpytest(*ARGS, "--camcheck-report=out/deep/report.html", "--camcheck-report-json=out/r.json")
     result.assert_outcomes(failed=22, passed=3, errors=1)
-    page = html.unescape((pytester.path / "report.html").read_text())
+    assert (pytester.path / "out" / "r.json").is_file()  # missing folders are created
+    page = html.unescape((pytester.path / "out" / "deep" / "report.html").read_text())
     for i in range(20):
         assert f"test_key[{i}]" in page and f"KeyError: 'missing-{i}'" in page
     assert "plain failure" in page and "fixture broke" in page and "test_xpass" in page
