@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 import subprocess
@@ -16,8 +17,8 @@ from torch import nn
 from torchvision import transforms
 
 from pytest_camcheck import bundled, compute_cam
-from pytest_camcheck.bundled import (BUNDLED_MODELS, INPUT_SIZE, bundled_categories, bundled_preprocess, load_bundled,
-                                     weights_paths)
+from pytest_camcheck.bundled import (BUNDLED_MODELS, INPUT_SIZE, ShapesViT, bundled_categories, bundled_preprocess,
+                                     load_bundled, weights_paths)
 from pytest_camcheck.errors import CamCheckError
 from pytest_camcheck.scenes import CLASSES, HELD_OUT, make_scene
 from pytest_camcheck.train import RECIPES, train_model
@@ -61,10 +62,46 @@ def test_architecture_is_features_then_global_average_pool_then_linear() -> None
     np.testing.assert_allclose(cam.heatmap, grad.heatmap, atol=1e-4)
 
 
+def test_transformer_is_laid_out_like_a_timm_vision_transformer() -> None:
+    model = load_bundled("camcheck-shapes-vit")
+    assert isinstance(model, ShapesViT) and (model.global_pool, model.num_prefix_tokens) == ("avg", 1)
+    embed = model.patch_embed
+    assert (embed.img_size, embed.patch_size, embed.grid_size, embed.num_patches) == (INPUT_SIZE, (8, 8), (14, 14), 196)
+    names = dict(model.named_modules())
+    assert [n for n in names if n.startswith("blocks.") and n.count(".") == 1] == [f"blocks.{i}" for i in range(4)]
+    assert all(f"blocks.3.{part}" in names for part in ("norm1", "attn", "norm2", "mlp"))
+    seen = {}
+
+    def record(name: str):
+        def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+            seen[name] = tuple(output.shape)
+        return hook
+
+    hooks = [names[n].register_forward_hook(record(n)) for n in ("patch_embed", "blocks.3", "tokens_to_grid")]
+    with torch.no_grad():
+        logits = model(torch.zeros(2, 3, *INPUT_SIZE))
+    for hook in hooks:
+        hook.remove()
+    assert seen == {"patch_embed": (2, 196, 96), "blocks.3": (2, 197, 96), "tokens_to_grid": (2, 96, 14, 14)}
+    assert logits.shape == (2, len(CLASSES))
+
+
+def test_transformer_needs_no_timm(monkeypatch: pytest.MonkeyPatch) -> None:
+    tree = ast.parse(Path(bundled.__file__).read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "timm" not in imported
+    monkeypatch.setitem(sys.modules, "timm", None)  # any import of timm now raises ImportError
+    model = load_bundled("camcheck-shapes-vit")
+    scene = make_scene(HELD_OUT + 1)
+    assert compute_cam(model, scene.image, scene.label).heatmap.shape == scene.image.shape[:2]
+
+
 @pytest.mark.parametrize("name", BUNDLED_MODELS)
 def test_weights_are_small_float16_and_match_their_recorded_hash(name: str) -> None:
     weights, meta = weights_paths(name)
-    assert weights.stat().st_size < 1_000_000
+    assert weights.stat().st_size < (2_000_000 if name == "camcheck-shapes-vit" else 1_000_000)
     record = json.loads(meta.read_text())
     assert record["sha256"] == sha256_of(weights)
     assert record["scenes"] <= HELD_OUT, "training scenes are seeds 0 .. scenes-1, below the held-out seeds"
@@ -117,9 +154,10 @@ def test_unknown_name_lists_the_bundled_models() -> None:
             call("camcheck-shape")
 
 
-def test_training_is_deterministic_given_the_seed() -> None:
+@pytest.mark.parametrize("name", ["camcheck-shapes", "camcheck-shapes-vit"])
+def test_training_is_deterministic_given_the_seed(name: str) -> None:
     def weights(seed: int) -> list[torch.Tensor]:
-        model, _ = train_model("camcheck-shapes", epochs=1, scenes=16, seed=seed, log=lambda line: None)
+        model, _ = train_model(name, epochs=1, scenes=16, seed=seed, log=lambda line: None)
         return list(model.state_dict().values())
 
     first, again, other = weights(3), weights(3), weights(4)
@@ -146,3 +184,5 @@ def test_recipes_cover_every_bundled_model() -> None:
     assert set(RECIPES) == set(BUNDLED_MODELS)
     assert {cue for _, cue in RECIPES["camcheck-shapes"].mix} == {"both", "object"}, "the watermark never predicts"
     assert RECIPES["camcheck-shapes-shortcut"].mix == (("shortcut", "watermark"),), "only the watermark predicts"
+    assert RECIPES["camcheck-shapes-vit"].mix == RECIPES["camcheck-shapes"].mix, "the transformer sees the same scenes"
+    assert RECIPES["camcheck-shapes-vit"].arch == "vit"

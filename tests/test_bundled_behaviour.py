@@ -3,7 +3,8 @@
 The clean model classifies the shapes and its Grad-CAM points at them; on the same shortcut scenes the
 shortcut model's map sits on the corner watermark instead, so an "attends to the object" check fails there.
 The measurement itself can fail: handing it the shortcut model where the clean one is expected collapses
-the hit rate.
+the hit rate. The bundled transformer (``camcheck-shapes-vit``, trained on the clean scenes) is measured the
+same way, its map from the automatic layer (its last block's patch tokens).
 """
 
 from __future__ import annotations
@@ -157,3 +158,26 @@ def test_swapping_in_the_shortcut_model_collapses_the_hit_rate(shortcut, scenes,
     assert clean_single.hit_rate(_object) >= 0.90
     assert swapped.hit_rate(_object) < 0.5
     assert swapped.accuracy() < 0.5
+
+
+@pytest.fixture(scope="module")
+def vit_single(scenes) -> Run:
+    return _gradcam(load_bundled("camcheck-shapes-vit"), scenes["single"], [s.label for s in scenes["single"]])
+
+
+def test_transformer_classifies_held_out_scenes(vit_single: Run) -> None:
+    assert vit_single.accuracy() >= 0.95
+
+
+def test_transformer_map_comes_from_its_last_blocks_patch_tokens(scenes) -> None:
+    scene = scenes["single"][0]
+    result = compute_cam(load_bundled("camcheck-shapes-vit"), scene.image, scene.label)
+    assert result.layer in ("tokens_to_grid", "blocks.3")
+    assert result.heatmap.shape == scene.image.shape[:2]
+
+
+def test_transformer_points_at_the_object(vit_single: Run) -> None:
+    metrics = vit_single.on(_object)
+    assert vit_single.hit_rate(_object) >= 0.55
+    assert np.mean([m.energy for m in metrics]) >= 2.5 * np.mean([m.chance for m in metrics])
+    assert np.mean([m.lift > 1.5 for m in metrics]) >= 0.55
