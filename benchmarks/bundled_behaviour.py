@@ -60,7 +60,8 @@ def main() -> None:
     print(f"{args.model}, Grad-CAM at {layer!r}, {args.scenes} held-out scenes per kind")
     print(f"single: accuracy {np.mean(predicted == [s.label for s in single]):.1%}, "
           f"pointing game {np.mean([m.hit for m in metrics]):.1%}, energy in the object box {energy:.3f} vs chance "
-          f"{chance:.3f} ({energy / chance:.1f}x), lift > 1.5 {np.mean([m.lift > 1.5 for m in metrics]):.1%}")
+          f"{chance:.3f} ({energy / chance:.1f}x), mean lift {np.mean([m.lift for m in metrics]):.2f}, lift > 1.5 "
+          f"{np.mean([m.lift > 1.5 for m in metrics]):.1%}")
     pairs = [make_scene(HELD_OUT + i, "pair") for i in range(args.scenes)]
     _, first, _ = gradcam(model, pairs, [s.objects[0].label for s in pairs])
     _, second, _ = gradcam(model, pairs, [s.objects[1].label for s in pairs])

@@ -8,8 +8,9 @@ from the model (:mod:`pytest_camcheck.integrations`), and wrappers (DataParallel
 the module they wrap.
 
 Names are looked up in this order: models registered with :func:`register_model`, the bundled models
-(``camcheck-shapes``, ``camcheck-shapes-shortcut``), ``timm:NAME`` and ``hf:REPO`` (from the local timm / Hugging
-Face caches only, hash-checked, never downloaded), torchvision classification models (``resnet18``...).
+(``camcheck-shapes``, ``camcheck-shapes-shortcut``, ``camcheck-shapes-vit``), ``timm:NAME`` and ``hf:REPO`` (from
+the local timm / Hugging Face caches only, hash-checked, never downloaded), torchvision classification models
+(``resnet18``...).
 Published torchvision weights are found by the file name torch.hub gives them (``resnet18-f37072fd.pth``) in
 ``weights_dir`` (or ``$CAMCHECK_WEIGHTS_DIR``), then in the torch hub cache (``torch.hub.get_dir()/checkpoints``),
 else downloaded there unless offline. Every file is read with ``torch.load(weights_only=True)`` and checked

@@ -197,7 +197,7 @@ def test_unknown_names_suggest_close_matches(name: str, suggested: str) -> None:
     message = str(err.value)
     assert message.startswith(f"unknown model {name!r}; did you mean ")
     assert suggested in message.split("?")[0]
-    assert "registered [our-classifier], bundled [camcheck-shapes, camcheck-shapes-shortcut]" in message
+    assert "registered [our-classifier], bundled [camcheck-shapes, camcheck-shapes-shortcut, camcheck-shapes-vit]" in message
     assert "register your model with pytest_camcheck.register_model(name, factory)" in message
 
 
