@@ -10,6 +10,7 @@ no parameter gradient, and never touches ``.grad``. In-place operations after th
 from __future__ import annotations
 
 import contextlib
+import linecache
 import os
 import threading
 import weakref
@@ -43,7 +44,12 @@ def raised_by_model(err: BaseException) -> bool:
         tb = tb.tb_next
     if last is None:
         return False
-    return not os.path.abspath(last.tb_frame.f_code.co_filename).startswith(_OPERATOR_DIRS)
+    filename = last.tb_frame.f_code.co_filename
+    if os.path.abspath(filename).startswith(_OPERATOR_DIRS):
+        return False
+    # an operator written in C (t.view, t.reshape) leaves no frame of its own: the last frame is then the
+    # model's line that called it, which is not a raise statement
+    return linecache.getline(filename, last.tb_lineno).lstrip().startswith("raise")
 
 
 def run_model(model: nn.Module, x: torch.Tensor) -> Any:

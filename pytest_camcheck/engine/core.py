@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..errors import CamCheckError
+from ..errors import CamCheckError, LayerError
 from ..geometry import Geometry, describe_preprocess
 from ..integrations import check_input_size, unwrap_layer, unwrap_model
 from ..zoo import ModelInfo, model_info
@@ -20,6 +20,7 @@ from .capture import evaluation_mode, model_lock
 from .evidence import EVIDENCE
 from .forward import Captured, Run, forward_with_capture
 from .inputs import Batch, prepare
+from .layouts import Reshape
 from .layers import auto_layer, resolve_layer
 from .methods import Method, get_method
 from .targets import Job, Pick, Reader, Target, check_categories, images_of, label_of, make_jobs
@@ -30,7 +31,9 @@ EMPTY_RELATIVE = 1e-5
 @dataclass
 class CamResult:
     """One map: ``heatmap`` (float32, original image H x W, in [0, 1]), ``raw`` (the low-resolution map before
-    ReLU and normalisation), the target explained and how the map was made (``preprocessing`` says which
+    ReLU and normalisation), the target explained and how the map was made: ``layer``, ``method``, ``layout``
+    (how the layer's output was read as a grid: "NCHW", "NHWC", "tokens (1 prefix + 14x14)" or "reshape"),
+    and ``preprocessing`` (which
     preprocessing made the input: the one given, the model's own such as a timm data config, or none).
     ``orientation`` is the EXIF
     orientation applied to the picture (1: none, 6: a phone photo turned upright): the map and ``image_size`` are
@@ -56,6 +59,7 @@ class CamResult:
     image: Image.Image | None = field(default=None, repr=False)
     orientation: int = 1
     preprocessing: str = ""
+    layout: str = "NCHW"
 
     def __repr__(self) -> str:
         label = f" ({self.label})" if self.label else ""
@@ -163,28 +167,28 @@ ImageLike = Image.Image | np.ndarray | str | Path
 def compute_cam(model: nn.Module, image: ImageLike, target: int | str | Callable[[Any], Any] | None = None, *,
                 method: str = ..., layer: str | nn.Module | None = ..., preprocess: Callable | None = ...,
                 device: str | torch.device | None = ..., categories: Sequence[str] | None = ...,
-                output: Pick = ...) -> CamResult: ...
+                output: Pick = ..., reshape: Reshape | None = ...) -> CamResult: ...
 
 
 @overload
 def compute_cam(model: nn.Module, image: ImageLike, target: Sequence[Target], *, method: str = ...,
                 layer: str | nn.Module | None = ..., preprocess: Callable | None = ...,
                 device: str | torch.device | None = ..., categories: Sequence[str] | None = ...,
-                output: Pick = ...) -> list[CamResult]: ...
+                output: Pick = ..., reshape: Reshape | None = ...) -> list[CamResult]: ...
 
 
 @overload
 def compute_cam(model: nn.Module, image: Sequence[ImageLike | torch.Tensor], target: Target | Sequence[Target] = None,
                 *, method: str = ..., layer: str | nn.Module | None = ..., preprocess: Callable | None = ...,
                 device: str | torch.device | None = ..., categories: Sequence[str] | None = ...,
-                output: Pick = ...) -> list[CamResult]: ...
+                output: Pick = ..., reshape: Reshape | None = ...) -> list[CamResult]: ...
 
 
 @overload
 def compute_cam(model: nn.Module, image: torch.Tensor, target: Target | Sequence[Target] = None, *,
                 method: str = ..., layer: str | nn.Module | None = ..., preprocess: Callable | None = ...,
                 device: str | torch.device | None = ..., categories: Sequence[str] | None = ...,
-                output: Pick = ...) -> CamResult | list[CamResult]: ...
+                output: Pick = ..., reshape: Reshape | None = ...) -> CamResult | list[CamResult]: ...
 
 
 def compute_cam(
@@ -198,27 +202,31 @@ def compute_cam(
     device: str | torch.device | None = None,
     categories: Sequence[str] | None = None,
     output: Pick = None,
+    reshape: Reshape | None = None,
 ) -> CamResult | list[CamResult]:
     """Explain ``target`` for ``image`` with a class activation map in the image's own pixels.
 
     ``image``: a PIL image, an HxWx3 uint8 array, a path, or a preprocessed (C, H, W) tensor; a list of them
     or an (N, C, H, W) tensor gives a list of results from one batched pass, also for N = 1 (a Hugging Face
     processor's ``pixel_values`` of shape (1, 3, H, W) gives a list of one result: take ``[0]``, or pass
-    ``pixel_values[0]``). ``target``: class index, class
-    name, ``None`` (top-1) or a callable on one image's model output returning a scalar; one image with a list
-    of targets gives one result per target from one forward pass. ``preprocess``: torchvision transforms,
-    timm's eval transforms or a Hugging Face image processor (undone exactly for the heatmap), or ``None`` (what
-    is known for the model: a served model's, a timm model's data config; else ToTensor only).
-    ``method``: "cam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "scorecam", "eigencam",
-    "ablationcam". ``layer``: ``None`` (auto), a dotted name or a module. ``device``: must be the model's
-    device if given (the model is never moved). ``categories``: class names, one per output (a name matches
-    exactly first, then case-insensitively when that is unique). ``output``: which part of a tuple/list/dict
-    model output holds the logits (an index, a key or a callable on the output); needed when several tensors
-    could be the logits. The model is left exactly as it was: training flags, parameters, ``requires_grad``,
-    ``.grad``, buffers and hooks. Calls on one model from several threads are serialised by a per-model lock
-    (:func:`~pytest_camcheck.engine.capture.model_lock`), so their maps equal the single-threaded ones.
-    DataParallel, DistributedDataParallel and ``torch.compile`` models are explained through the module they
-    wrap; TorchScript models are refused.
+    ``pixel_values[0]``). ``target``: class index, class name, ``None`` (top-1) or a callable on one image's
+    model output returning a scalar; one image with a list of targets gives one result per target from one
+    forward pass. ``preprocess``: torchvision transforms, timm's eval transforms or a Hugging Face image
+    processor (undone exactly for the heatmap), or ``None`` (what is known for the model: a served model's, a
+    timm model's data config; else ToTensor only). ``method``: "cam", "gradcam", "gradcam++", "xgradcam",
+    "hirescam", "layercam", "scorecam", "eigencam", "ablationcam". ``layer``: ``None`` (auto: the last
+    convolutional or token stage the score depends on; for a CLS-pooled ViT the input of the last block's
+    attention), a dotted name or a module. Its output's layout (NCHW, NHWC, or tokens with CLS / distillation
+    / register prefix tokens) is read from the model and the shape, and refused when it cannot be told;
+    ``reshape``: a callable that rearranges the layer's output (N, ...) into (N, C, H, W) for an unusual
+    layout (applied to the activations and their gradients alike). ``device``: must be the model's device if
+    given (the model is never moved). ``categories``: class names, one per output (a name matches exactly
+    first, then case-insensitively when that is unique). ``output``: which part of a tuple/list/dict model
+    output holds the logits (an index, a key or a callable on the output); needed when several tensors could
+    be the logits. The model is left exactly as it was: training flags, parameters, ``requires_grad``,
+    ``.grad``, buffers and hooks; calls on one model from several threads run one after the other
+    (:func:`~pytest_camcheck.engine.capture.model_lock`). DataParallel, DDP and ``torch.compile`` models are
+    explained through the module they wrap; TorchScript models are refused.
 
     Example:
         >>> import torch, torchvision
@@ -227,15 +235,12 @@ def compute_cam(
         >>> r.heatmap.shape, r.layer, r.method
         ((64, 64), 'layer4', 'gradcam')
     """
-    if not isinstance(model, nn.Module):
-        raise CamCheckError(f"model must be a torch.nn.Module, not {type(model).__name__}")
-    layer = unwrap_layer(model, layer)
-    model = unwrap_model(model)
+    model, layer = _unwrapped(model, layer)
     spec = get_method(method)
     batch, jobs, categories, note = _inputs(model, image, target, preprocess, device, categories)
     reader = Reader(output, len(categories) if categories else None)
     with model_lock(model), evaluation_mode(model):
-        run = _run(model, batch, jobs, layer, categories, reader)
+        run = _run(model, batch, jobs, layer, categories, reader, reshape)
         kind = EVIDENCE[spec.needs]
         seen = forward_with_capture(run, gradients=kind.gradients)
         evidence = kind.gather(run, seen)
@@ -246,6 +251,13 @@ def compute_cam(
     if not batch.batched and len(results) == 1 and not isinstance(target, (list, tuple)):
         return results[0]
     return results
+
+
+def _unwrapped(model: Any, layer: str | nn.Module | None) -> tuple[nn.Module, str | nn.Module | None]:
+    """The module to explain (DataParallel, DDP and torch.compile wrappers removed) and the layer in it."""
+    if not isinstance(model, nn.Module):
+        raise CamCheckError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    return unwrap_model(model), unwrap_layer(model, layer)
 
 
 def _inputs(model: nn.Module, image: Any, target: Any, preprocess: Callable | None, device: Any,
@@ -282,13 +294,16 @@ def _inputs(model: nn.Module, image: Any, target: Any, preprocess: Callable | No
 
 
 def _run(model: nn.Module, batch: Batch, jobs: list[Job], layer: str | nn.Module | None,
-         categories: Sequence[str] | None, reader: Reader) -> Run:
+         categories: Sequence[str] | None, reader: Reader, reshape: Reshape | None) -> Run:
     """The chosen layer (``None``: the automatic one for this input size) and what the call explains."""
     if layer is None:
         with torch.inference_mode(False):
-            layer = auto_layer(model, batch.x.clone())
+            layer = auto_layer(model, batch.x.clone(), reader.find)
     layer_name, module = resolve_layer(model, layer)
-    return Run(model, batch, jobs, layer_name, module, categories, reader)
+    if reshape is not None and not callable(reshape):
+        raise LayerError(f"reshape must be a callable (layer output -> (N, C, H, W)) or None, not "
+                         f"{type(reshape).__name__}")
+    return Run(model, batch, jobs, layer_name, module, categories, reader, reshape)
 
 
 def _build_map(spec: Method, seen: Captured, jobs: list[Job], evidence: Any) -> torch.Tensor:
@@ -329,5 +344,6 @@ def _results(run: Run, seen: Captured, spec: Method, raw: torch.Tensor, heatmaps
             image=batch.pictures[job.image],
             orientation=batch.orientations[job.image] if batch.orientations else 1,
             preprocessing=note,
+            layout=str(seen.layout),
         ))
     return results

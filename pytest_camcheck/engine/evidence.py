@@ -39,7 +39,15 @@ def layer_gradients(run: Run, seen: Captured) -> torch.Tensor:
     """d score_j / d grid[image of j] for every job, shape (jobs, C, H, W), float32."""
     with torch.inference_mode(False):
         grad = _job_gradients(seen.scores, seen.raw, images_of(run.jobs), run.layer_name)
-    return seen.layout.grid(grad).float()
+    grid = seen.layout.grid(grad).float()
+    if seen.layout.prefix and not bool(grid.abs().amax() > 0) and bool(grad.abs().amax() > 0):
+        raise LayerError(
+            f"the score depends on layer {run.layer_name!r} only through its {seen.layout.prefix} prefix "
+            f"token(s) (CLS, distillation or register tokens): its {seen.layout} patch tokens do not reach the "
+            "output, so their map would be empty. Fix: choose an earlier layer, e.g. the input of the last "
+            "block's attention ('blocks.11.norm1' in timm), or layer=None"
+        )
+    return grid
 
 
 def _no_gradient(layer_name: str) -> LayerError:

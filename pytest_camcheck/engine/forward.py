@@ -12,14 +12,15 @@ from torch import nn
 from ..errors import LayerError
 from .capture import capture_layer, run_model
 from .inputs import Batch
-from .layouts import Layout, decide_layout
+from .layouts import Layout, Reshape, decide_layout
 from .targets import Job, Reader, Scorer, class_logits, job_scores, make_scorers
 
 
 @dataclass(frozen=True)
 class Run:
     """What one compute_cam call explains: the model, its input batch, the jobs, the chosen layer, the class
-    names and how logits are read from the model's output."""
+    names, how logits are read from the model's output, and the caller's reshape of the layer's output (None:
+    its layout is decided)."""
 
     model: nn.Module
     batch: Batch
@@ -28,6 +29,7 @@ class Run:
     module: nn.Module
     categories: Sequence[str] | None
     reader: Reader
+    reshape: Reshape | None = None
 
 
 @dataclass
@@ -71,7 +73,8 @@ def forward_with_capture(run: Run, *, gradients: bool) -> Captured:
 
 
 def _scored(run: Run, output: Any, raw: torch.Tensor, *, differentiable: bool) -> Captured:
-    layout = decide_layout(raw, run.layer_name)
+    layout = decide_layout(raw, run.layer_name, model=run.model, module=run.module, images=run.batch.x.shape[0],
+                           input_size=tuple(run.batch.x.shape[-2:]), reshape=run.reshape)
     logits = class_logits(output, run.jobs, run.reader)
     scorers = make_scorers(run.jobs, logits, run.categories)
     if differentiable:

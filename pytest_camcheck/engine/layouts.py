@@ -1,16 +1,42 @@
 """The one step where a layer's output becomes the (N, C, H, W) grid the methods work on.
 
-A :class:`Layout` says how the layer's output is laid out and rearranges it (and its gradient, which has the
-same layout) into the grid. A layout that cannot be told is refused with a LayerError, never guessed.
+A :class:`Layout` says how a layer's output is laid out and rearranges it (and its gradient, which has the same
+layout) into the grid:
+
+- ``NCHW``: convolutional feature maps, as they are;
+- ``NHWC``: channels last (Swin stages, torchvision ``Permute``, LayerNorm or Linear applied to a 4-D map);
+- ``tokens``: (N, P + h*w, C) with ``P`` prefix tokens (CLS, DeiT's distillation token, register tokens),
+  which are dropped; the patch tokens are the h x w grid in row-major order;
+- ``reshape``: the caller's own rearrangement (``compute_cam(..., reshape=fn)``).
+
+The prefix count and patch size come from the model where it says so (timm ``num_prefix_tokens`` and
+``patch_embed.patch_size``, torchvision ViT ``patch_size`` and ``class_token``, Hugging Face ``config.patch_size``
+and the ``cls_token`` / ``distillation_token`` / ``register_tokens`` parameters), else from the patch embedding's
+stride; the grid then follows from the input size and is checked against the token count. An output whose
+layout cannot be told (attention internals, a first dimension that is not the images, a token count that is no
+grid of this input) is refused with a LayerError naming the fix, never guessed.
 """
 
 from __future__ import annotations
 
+import math
+import weakref
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
+from torch import nn
 
 from ..errors import LayerError
+
+Reshape = Callable[[torch.Tensor], torch.Tensor]
+
+_PREFIX_PARAMETERS = {"cls_token", "class_token", "dist_token", "distillation_token", "reg_token",
+                      "register_tokens"}
+_CHANNELS_LAST_MODULES = {"SwinTransformerStage", "SwinTransformerBlock", "SwinTransformerBlockV2",
+                          "PatchMerging", "PatchMergingV2"}
+_RESHAPE_FIX = ("pass reshape=fn to compute_cam, fn mapping the layer's output (N, ...) to (N, C, H, W) by "
+                "rearranging it")
 
 
 def is_spatial(t: torch.Tensor) -> bool:
@@ -20,30 +46,249 @@ def is_spatial(t: torch.Tensor) -> bool:
 
 @dataclass(frozen=True)
 class Layout:
-    """How a layer's output is laid out: ``name`` ("NCHW") and the rearrangement into the grid."""
+    """How a layer's output is laid out: ``name`` ("NCHW", "NHWC", "tokens" or "reshape"), the number of
+    prefix tokens and the (h, w) grid of a token layout, or the caller's ``reshape``."""
 
     name: str
+    prefix: int = 0
+    size: tuple[int, int] | None = None
+    reshape: Reshape | None = None
+
+    def __str__(self) -> str:
+        if self.name == "tokens" and self.size is not None:
+            return f"tokens ({self.prefix} prefix + {self.size[0]}x{self.size[1]})"
+        return self.name
 
     def grid(self, t: torch.Tensor) -> torch.Tensor:
         """The (N, C, H, W) grid of a layer output (or of its gradient)."""
-        return t
+        if self.name == "NCHW":
+            return t
+        if self.name == "NHWC":
+            return t.permute(0, 3, 1, 2)
+        if self.name == "tokens":
+            h, w = self.size
+            return t[:, self.prefix:].transpose(1, 2).reshape(t.shape[0], t.shape[2], h, w)
+        out = self.reshape(t)
+        if not isinstance(out, torch.Tensor) or out.dim() != 4 or out.shape[0] != t.shape[0]:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise LayerError(
+                f"reshape turned the layer's output of shape {tuple(t.shape)} into {got}, not (N, C, H, W) with "
+                f"N = {t.shape[0]}. Fix: make reshape return the images' channels on a grid, e.g. "
+                "lambda t: t[:, 1:].reshape(t.shape[0], 14, 14, -1).permute(0, 3, 1, 2)"
+            )
+        return out
 
     def zero_channels(self, one: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
         """Copies of one image's layer output (shape (1, ...)), copy ``j`` with grid channel ``channels[j]`` set
-        to zero: what Ablation-CAM feeds to the layers after the chosen one."""
+        to zero at every grid position (prefix tokens are kept): what Ablation-CAM feeds to the layers after the
+        chosen one."""
         copies = one.repeat(len(channels), *([1] * (one.dim() - 1)))
-        copies[torch.arange(len(channels)), channels] = 0
+        rows = torch.arange(len(channels), device=one.device)
+        if self.name == "NCHW":
+            copies[rows, channels] = 0
+        elif self.name == "NHWC":
+            copies[rows, :, :, channels] = 0
+        elif self.name == "tokens":
+            copies[rows, self.prefix:, channels] = 0
+        else:  # where each grid value comes from: the caller's reshape applied to the positions themselves
+            where = self.grid(torch.arange(one.numel(), device=one.device, dtype=torch.float64).reshape(one.shape))
+            positions = where[0, channels.to(where.device)].flatten(1).long()
+            copies.view(len(channels), -1)[rows[:, None], positions] = 0
         return copies
 
 
 NCHW = Layout("NCHW")
+NHWC = Layout("NHWC")
 
 
-def decide_layout(output: torch.Tensor, layer_name: str) -> Layout:
-    """The layout of ``layer_name``'s output; a LayerError naming the fix for an output with no grid."""
-    if is_spatial(output):
-        return NCHW
+@dataclass(frozen=True)
+class Tokens:
+    """What a model says about its tokens: prefix tokens (None: not said) and patch size (None: not said)."""
+
+    prefix: int | None
+    patch: tuple[int, int] | None
+
+
+_TOKENS: "weakref.WeakKeyDictionary[nn.Module, Tokens]" = weakref.WeakKeyDictionary()
+
+
+def _pair(v: object) -> tuple[int, int] | None:
+    if isinstance(v, int) and v > 0:
+        return (v, v)
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(i, int) and i > 0 for i in v):
+        return (int(v[0]), int(v[1]))
+    return None
+
+
+def model_tokens(model: nn.Module) -> Tokens:
+    """The prefix-token count and patch size the model declares (timm, torchvision ViT, Hugging Face), else
+    its patch embedding's stride (the first convolution whose stride equals its kernel); found once per
+    model."""
+    found = _TOKENS.get(model)
+    if found is None:
+        found = Tokens(_declared_prefix(model), _declared_patch(model))
+        _TOKENS[model] = found
+    return found
+
+
+def _declared_prefix(model: nn.Module) -> int | None:
+    count = getattr(model, "num_prefix_tokens", None)
+    if isinstance(count, int) and count >= 0:
+        return count
+    total, seen = 0, False
+    for name, p in model.named_parameters():
+        if name.rsplit(".", 1)[-1] in _PREFIX_PARAMETERS:
+            seen = True
+            total += int(p.shape[-2]) if p.dim() >= 2 else 1
+    return total if seen else None
+
+
+def _declared_patch(model: nn.Module) -> tuple[int, int] | None:
+    for holder in (getattr(model, "patch_embed", None), model, getattr(model, "config", None)):
+        patch = _pair(getattr(holder, "patch_size", None))
+        if patch is not None:
+            return patch
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            stride, kernel = _pair(module.stride), _pair(module.kernel_size)
+            if stride == kernel and stride != (1, 1):
+                return stride
+    return None
+
+
+def _fits(h: int, w: int, height: int, width: int) -> bool:
+    """Whether an h x w grid is the input's (height x width) at one stride, up to the rounding of padding."""
+    if h < 1 or w < 1:
+        return False
+    s = math.sqrt(height * width / (h * w))
+    return abs(h - height / s) <= max(1.5, 0.15 * h) and abs(w - width / s) <= max(1.5, 0.15 * w)
+
+
+def _mismatch(h: int, w: int, height: int, width: int) -> float:
+    """How far apart the strides of the two axes are (0: the same stride)."""
+    return abs(math.log((height / h) / (width / w)))
+
+
+def token_grids(count: int, tokens: Tokens, height: int, width: int) -> list[tuple[int, int, int]]:
+    """Every (prefix, h, w) with count = prefix + h*w, h x w the input at the patch stride times a power of two
+    (hierarchical stages), and prefix the model's declared count or 0."""
+    strides = {2 ** k for k in range(7)}
+    if tokens.patch is not None:
+        strides |= {tokens.patch[0] * 2 ** k for k in range(6)}
+    prefixes = {0} if tokens.prefix is None else {tokens.prefix, 0}
+    found = set()
+    for s in strides:
+        for h in {height // s, -(-height // s)}:
+            for w in {width // s, -(-width // s)}:
+                for p in prefixes:
+                    if h * w > 1 and p + h * w == count:
+                        found.add((p, h, w))
+    return sorted(found)
+
+
+def _channels_last_module(module: nn.Module) -> bool | None:
+    """What the module's type says about a 4-D output: True channels last, False channels first, None nothing."""
+    name = type(module).__name__
+    if name in _CHANNELS_LAST_MODULES or type(module) in (nn.LayerNorm, nn.Linear):
+        return True
+    if name == "Permute":
+        dims = list(getattr(module, "dims", []))
+        return True if dims == [0, 2, 3, 1] else False if dims == [0, 3, 1, 2] else None
+    if isinstance(module, (nn.Conv2d, nn.BatchNorm2d, nn.GroupNorm, nn.MaxPool2d, nn.AvgPool2d)) or \
+            "2d" in name.lower():
+        return False
+    for child in reversed(list(module.children())):
+        said = _channels_last_module(child)
+        if said is not None:
+            return said
+    return None
+
+
+def inside_attention(model: nn.Module, layer_name: str) -> bool:
+    """Whether the module or one of its parents is an attention module."""
+    parts = layer_name.split(".") if layer_name and layer_name != "<model>" else []
+    module = model
+    for part in parts:
+        module = getattr(module, part, None)
+        if module is None:
+            return False
+        if "attention" in type(module).__name__.lower():
+            return True
+    return False
+
+
+def decide_layout(output: torch.Tensor, layer_name: str, *, model: nn.Module, module: nn.Module,
+                  images: int, input_size: tuple[int, int], reshape: Reshape | None = None) -> Layout:
+    """The layout of ``layer_name``'s output for a batch of ``images`` inputs of ``input_size``; a LayerError
+    naming the problem and the fix when it cannot be told."""
+    where = f"layer {layer_name!r} outputs shape {tuple(output.shape)}"
+    if output.dim() >= 1 and output.shape[0] != images:
+        raise LayerError(
+            f"{where} for a batch of {images} image(s): its first dimension is not the images (e.g. the region "
+            "proposals of a detector's RoI head, or windows of an attention layer), so it has no map per image. "
+            "Fix: choose a layer of the backbone, before the RoI or window split (e.g. 'backbone.body.layer4')"
+        )
+    if reshape is not None:
+        layout = Layout("reshape", reshape=reshape)
+        layout.grid(output[:1])
+        return layout
+    if output.dim() == 4 and inside_attention(model, layer_name):
+        raise _attention(where)
+    if output.dim() == 4:
+        return _four_dims(output, where, model, module, input_size)
+    if output.dim() == 3:
+        return _tokens(output, where, model, input_size)
     raise LayerError(
-        f"layer {layer_name!r} outputs shape {tuple(output.shape)}, which has no spatial (H, W) grid to "
-        "build a map on. Fix: choose a convolutional layer before global pooling, or layer=None for auto"
+        f"{where}, which has no spatial (H, W) grid to build a map on. Fix: choose a convolutional layer "
+        "before global pooling, a token layer of a transformer, or layer=None for auto"
     )
+
+
+def _attention(where: str) -> LayerError:
+    return LayerError(
+        f"{where}: the (batch, heads, tokens, dim) internals of an attention layer, not a grid of positions. "
+        "Fix: choose the block's input norm (e.g. 'blocks.11.norm1') or a block's output, or layer=None"
+    )
+
+
+def _four_dims(output: torch.Tensor, where: str, model: nn.Module, module: nn.Module,
+               input_size: tuple[int, int]) -> Layout:
+    _, d1, d2, d3 = output.shape
+    first, last = _fits(d2, d3, *input_size) and d2 * d3 > 1, _fits(d1, d2, *input_size) and d1 * d2 > 1
+    if first and last:  # both read as a grid: the module's type, else the reading whose strides agree better
+        said = _channels_last_module(module)
+        if said is not None:
+            return NHWC if said else NCHW
+        return NHWC if _mismatch(d1, d2, *input_size) + 0.1 < _mismatch(d2, d3, *input_size) else NCHW
+    if first or last:
+        return NCHW if first else NHWC
+    tokens = model_tokens(model)
+    if tokens.prefix and token_grids(int(d2), tokens, *input_size):
+        raise _attention(where)
+    if d2 * d3 > 1 and d1 * d2 > 1:
+        raise LayerError(
+            f"{where}, which is neither (N, C, H, W) nor (N, H, W, C) for an input of {input_size[0]}x"
+            f"{input_size[1]} (no reading gives a grid of that input at one stride), so its layout cannot be "
+            f"told. Fix: choose another layer, or {_RESHAPE_FIX}"
+        )
+    raise LayerError(
+        f"{where}, which has no spatial (H, W) grid to build a map on. Fix: choose a convolutional layer "
+        "before global pooling, or layer=None for auto"
+    )
+
+
+def _tokens(output: torch.Tensor, where: str, model: nn.Module, input_size: tuple[int, int]) -> Layout:
+    tokens = model_tokens(model)
+    found = token_grids(int(output.shape[1]), tokens, *input_size)
+    if len(found) == 1:
+        prefix, h, w = found[0]
+        return Layout("tokens", prefix=prefix, size=(h, w))
+    said = "no prefix tokens declared" if tokens.prefix is None else f"{tokens.prefix} prefix token(s)"
+    if found:
+        readings = ", ".join(f"{p} prefix + {h}x{w}" for p, h, w in found)
+        problem = f"its {output.shape[1]} tokens read several ways ({readings})"
+    else:
+        problem = (f"its {output.shape[1]} tokens are not prefix tokens plus a grid of the {input_size[0]}x"
+                   f"{input_size[1]} input ({said}; patch size {tokens.patch or 'unknown'})")
+    raise LayerError(f"{where} as (N, tokens, C): {problem}, so the map's grid cannot be told. Fix: choose a "
+                     f"layer of the model's token stages or a convolutional stage, or {_RESHAPE_FIX}")
