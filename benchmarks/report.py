@@ -23,6 +23,8 @@ TARGETS = [
     ("scorecam", "Score-CAM >= 2x faster than both"),
     ("classes", "maps for 10 classes of one image <= 1.5x one class"),
     ("assert", "assert_attends_to <= 1.1x compute_cam"),
+    ("tokens", "Grad-CAM on a token layer <= 1.05x its limit (bare forward + backward after the layer)"),
+    ("tokens-gc", "Grad-CAM on a token layer >= 2x faster than pytorch-grad-cam with its reshape_transform"),
     ("quality", "assert_sane / assert_faithful / assert_stable <= 1.2x the least work their definitions need"),
 ]
 
@@ -69,6 +71,10 @@ def verdicts(row: dict[str, Any]) -> list[tuple[str, bool, str]]:
         out.append(("classes", row["ours_s"] <= 1.5 * row["one_class_s"], "<= 1.5x one class"))
     elif case == "assert":
         out.append(("assert", row["ours_s"] <= 1.1 * row["compute_cam_s"], "<= 1.1x compute_cam"))
+    elif case == "tokens":
+        out.append(("tokens", row["ours_over_limit"] <= 1.05, "<= 1.05x its limit"))
+        if row.get("grad-cam_over_ours") is not None:
+            out.append(("tokens-gc", row["grad-cam_over_ours"] >= 2.0, ">= 2x vs grad-cam + reshape"))
     elif case == "quality":
         out.append(("quality", row["ours_over_least"] <= 1.2, "<= 1.2x least work"))
     return out
@@ -154,6 +160,16 @@ def render(loaded: dict[str, Any], command: str, notes: str = "") -> str:
         for r in sorted(asserts, key=lambda r: r["model"]):
             lines.append(f"| {r['model']} | {_ms(r['ours_s'])} | {_ms(r['compute_cam_s'])} | "
                          f"{_x(r['ours_s'] / r['compute_cam_s'])} | {_targets(r)} |")
+        lines.append("")
+    tokens = [r for r in rows if r["case"] == "tokens"]
+    if tokens:
+        lines += ["## Grad-CAM on transformer token layers", "",
+                  "| model | batch | layer | layout | ours ms | limit ms | ours/limit | forward ms | grad-cam ms | "
+                  "grad-cam/ours | targets |", "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+        for r in sorted(tokens, key=lambda r: (r["model"], r["batch"])):
+            lines.append(f"| {r['model']} | {r['batch']} | {r['layer']} | {r.get('layout', '')} | {_ms(r['ours_s'])} | "
+                         f"{_ms(r['limit_s'])} | {_x(r['ours_over_limit'])} | {_ms(r.get('forward_s'))} | "
+                         f"{_ms(r.get('grad-cam_s'))} | {_x(r.get('grad-cam_over_ours'))} | {_targets(r)} |")
         lines.append("")
     quality = [r for r in rows if r["case"] == "quality"]
     if quality:

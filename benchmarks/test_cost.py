@@ -16,6 +16,8 @@ Environment variables narrow or widen the matrix (comma-separated):
 - ``CAMCHECK_BENCH_PERTURBATION_MODELS``: the models Score-CAM and Ablation-CAM run on (batch 1 only: each
   needs one forward per channel); default camcheck-shapes, resnet18, mobilenet_v3_large
 - ``CAMCHECK_BENCH_DEVICE``: cpu (default) or cuda; ``CAMCHECK_BENCH_AUTOCAST``: bf16 or fp16 for autocast
+- ``CAMCHECK_BENCH_TOKEN_MODELS``: the transformers of the token-layer rows (``test_token_layer_cost``), default
+  timm/vit_small_patch16_224, vit_b_16, swin_t; ``CAMCHECK_BENCH_TOKEN_MODELS=none`` leaves them out
 """
 
 from __future__ import annotations
@@ -308,3 +310,99 @@ def test_assertion_cost(benchmark: Any, name: str) -> None:
     _measure(benchmark, lambda: assert_attends_to(net, image, target, region, preprocess=prep, layer=first.layer,
                                                   min_lift=0.0, pointing=False),
              [plain], rounds, warmup, dict(case="assert", model=name, batch=1, method="gradcam", layer=first.layer))
+
+
+TOKEN_MODELS = [m for m in _env("CAMCHECK_BENCH_TOKEN_MODELS", "timm/vit_small_patch16_224,vit_b_16,swin_t")
+                if m != "none"]
+
+
+def _token_model(name: str) -> tuple[torch.nn.Module, str, Callable[[torch.Tensor], torch.Tensor]]:
+    """(model, layer, pytorch-grad-cam's reshape_transform for that layer): a CLS-pooled ViT at the input of its
+    last block's attention (tokens, 1 prefix + 14 x 14), Swin at its last stage (channels last)."""
+    torch.manual_seed(0)
+    if name.startswith("timm/"):
+        import timm
+
+        net = timm.create_model(name.split("/", 1)[1]).eval().to(DEVICE)
+    else:
+        import torchvision
+
+        net = getattr(torchvision.models, name)().eval().to(DEVICE)
+    if name == "swin_t":
+        return net, "features.7", lambda t: t.permute(0, 3, 1, 2)
+    if name == "vit_b_16":
+        torch.nn.init.normal_(net.heads.head.weight, std=0.01)  # zero-initialised by torchvision
+    layer = compute_cam(net, torch.rand(3, 224, 224, device=DEVICE)).layer
+    return net, layer, lambda t: t[:, 1:].reshape(t.shape[0], 14, 14, t.shape[2]).permute(0, 3, 1, 2)
+
+
+def _suffix_backward(net: torch.nn.Module, x: torch.Tensor, layer: str) -> Companion:
+    """The backward through the layers after ``layer``, timed alone: ``make`` (untimed) runs the forward up to
+    the layer without autograd and records the rest; ``call`` differentiates the class score down to the layer.
+    Added to the bare no-grad forward it is the least any Grad-CAM costs at that layer."""
+    module = net.get_submodule(layer)
+
+    def make() -> Any:
+        kept: dict[str, torch.Tensor] = {}
+
+        def hook(_m: torch.nn.Module, _i: tuple, out: torch.Tensor) -> torch.Tensor:
+            kept["leaf"] = out.detach().requires_grad_(True)
+            torch.set_grad_enabled(True)
+            return kept["leaf"]
+
+        handle = module.register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                out = net(x)
+        finally:
+            handle.remove()
+        return out[:, TARGET].sum(), kept["leaf"]
+
+    return Companion("suffix_backward", lambda state: torch.autograd.grad(state[0], state[1]), make)
+
+
+def _grad_cam_reshaped(net: torch.nn.Module, x: torch.Tensor, layer: str,
+                       reshape: Callable[[torch.Tensor], torch.Tensor]) -> Companion:
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    targets = [ClassifierOutputTarget(TARGET)] * x.shape[0]
+
+    def call(cam: Any) -> object:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return cam(input_tensor=x, targets=targets)
+
+    return Companion("grad-cam", call,
+                     lambda: pgc.GradCAM(model=net, target_layers=[net.get_submodule(layer)], reshape_transform=reshape),
+                     lambda cam: cam.activations_and_grads.release())
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("name", TOKEN_MODELS)
+def test_token_layer_cost(benchmark: Any, name: str, batch: int) -> None:
+    """Grad-CAM on a transformer's token (or channels-last) layer against its limit, the bare no-grad forward
+    plus the backward through the layers after the chosen one, and against pytorch-grad-cam given its
+    reshape_transform for the same layer."""
+    net, layer, reshape = _token_model(name)
+    x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    benchmark.group = f"token layers batch {batch} {DEVICE}"
+    forward, backward = _forward(net, x), _suffix_backward(net, x, layer)
+    companions = [forward, backward, _grad_cam_reshaped(net, x, layer, reshape)]
+    rounds, warmup = _rounds(_forward_seconds(name, batch, net, x), False)
+    image, target = (x, [TARGET] * batch) if batch > 1 else (x[0], TARGET)
+    _measure(benchmark, lambda: compute_cam(net, image, target, layer=layer), companions, rounds, warmup,
+             dict(case="tokens", model=name, batch=batch, method="gradcam", layer=layer))
+    limits = [f + b for f, b in zip(forward.times[warmup:], backward.times[warmup:])]
+    ours = list(benchmark.stats.stats.data)
+    benchmark.extra_info["limit_s"] = min(limits)
+    benchmark.extra_info["ours_over_limit"] = min(ours[:len(limits)]) / min(limits)
+    benchmark.extra_info["ours_over_limit_median"] = statistics.median(o / lim for o, lim in zip(ours, limits))
+    benchmark.extra_info["limit_over_forward"] = min(limits) / min(forward.times[warmup:])
+    result = compute_cam(net, image, target, layer=layer)
+    benchmark.extra_info["layout"] = (result if batch == 1 else result[0]).layout
+    info = benchmark.extra_info
+    print(f"\n{name} batch {batch} {layer}: ours {min(ours) * 1e3:.1f} ms, limit {min(limits) * 1e3:.1f} ms "
+          f"(forward {min(forward.times[warmup:]) * 1e3:.1f} + backward {min(backward.times[warmup:]) * 1e3:.1f}), "
+          f"ours/limit {info['ours_over_limit']:.3f} (median of rounds {info['ours_over_limit_median']:.3f}), "
+          f"grad-cam/ours {info['grad-cam_over_ours']:.2f}")

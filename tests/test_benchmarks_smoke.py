@@ -25,7 +25,7 @@ def _report_module():
 def test_the_benchmark_suite_runs_and_the_report_is_written(tmp_path: Path) -> None:
     env = dict(os.environ, CAMCHECK_BENCH_MODELS="camcheck-shapes", CAMCHECK_BENCH_BATCHES="1",
                CAMCHECK_BENCH_METHODS="gradcam,cam", CAMCHECK_BENCH_LIBRARIES="grad-cam,torch-cam",
-               CAMCHECK_BENCH_THREADS="1")
+               CAMCHECK_BENCH_THREADS="1", CAMCHECK_BENCH_TOKEN_MODELS="none")
     out = tmp_path / "bench.json"
     run = subprocess.run([sys.executable, "-m", "pytest", "benchmarks/test_cost.py", "-q", "-p", "no:cacheprovider",
                           "-p", "no:xdist", "--benchmark-only", f"--benchmark-json={out}"],

@@ -187,7 +187,8 @@ def token_grids(count: int, tokens: Tokens, height: int, width: int) -> list[tup
 
 
 def _channels_last_module(module: nn.Module) -> bool | None:
-    """What the module's type says about a 4-D output: True channels last, False channels first, None nothing."""
+    """What the module's type says about its 4-D output: True channels last, False channels first, None nothing
+    (a Sequential says what its last module that says anything says)."""
     name = type(module).__name__
     if name in _CHANNELS_LAST_MODULES or type(module) in (nn.LayerNorm, nn.Linear):
         return True
@@ -197,10 +198,11 @@ def _channels_last_module(module: nn.Module) -> bool | None:
     if isinstance(module, (nn.Conv2d, nn.BatchNorm2d, nn.GroupNorm, nn.MaxPool2d, nn.AvgPool2d)) or \
             "2d" in name.lower():
         return False
-    for child in reversed(list(module.children())):
-        said = _channels_last_module(child)
-        if said is not None:
-            return said
+    if isinstance(module, nn.Sequential):  # its output is its last module's; other containers may permute back
+        for child in reversed(list(module.children())):
+            said = _channels_last_module(child)
+            if said is not None:
+                return said
     return None
 
 
@@ -262,6 +264,8 @@ def _four_dims(output: torch.Tensor, where: str, model: nn.Module, module: nn.Mo
         return NHWC if _mismatch(d1, d2, *input_size) + 0.1 < _mismatch(d2, d3, *input_size) else NCHW
     if first or last:
         return NCHW if first else NHWC
+    if _channels_last_module(module) is False and d2 * d3 > 1:  # a convolution's map at different strides per axis
+        return NCHW
     tokens = model_tokens(model)
     if tokens.prefix and token_grids(int(d2), tokens, *input_size):
         raise _attention(where)
