@@ -117,7 +117,7 @@ def render(loaded: dict[str, Any], command: str, notes: str = "") -> str:
     for key, text in TARGETS:
         count = tally[key]
         total = count["ok"] + count["missed"]
-        status = "not measured" if total == 0 else f"met in {count['ok']} of {total} rows" + (
+        status = "no rows in this JSON (see Notes for figures measured in separate runs)" if total == 0 else f"met in {count['ok']} of {total} rows" + (
             "" if count["missed"] == 0 else f", **missed in {count['missed']}**")
         lines.append(f"- {text}: {status}")
     lines.append("")
