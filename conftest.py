@@ -27,6 +27,18 @@ import torchvision  # noqa: F401  (see the module doc)
 ROOT = Path(__file__).resolve().parent
 
 
+_XDIST_IDENTITY = ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID")
+
+
+@pytest.fixture(autouse=True)
+def _not_an_xdist_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ``pytest -n 2`` each test runs in a worker whose environment says so; the pytest sessions and
+    command-line runs the tests start themselves are not workers and must not inherit that (pytest-benchmark
+    and the progress line turn themselves off on workers)."""
+    for name in _XDIST_IDENTITY:
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def lean_run() -> Callable[..., pytest.RunResult]:
     """``lean_run(pytester, *args, subprocess=False)``: :func:`tests.sessions.lean_run`."""

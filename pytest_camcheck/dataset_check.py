@@ -357,7 +357,8 @@ def run_dataset(model: torch.nn.Module, dataset: Dataset | str | Any, *, min_pas
                     checks.append(_one(sample, label, result, rule, centers, worst))
             images_done += len(decoded)
             now = time.monotonic()
-            if now - start >= PROGRESS_AFTER_S and now - last >= PROGRESS_EVERY_S:
+            finished = images_done == len(dataset)
+            if now - start >= PROGRESS_AFTER_S and (finished or now - last >= PROGRESS_EVERY_S):
                 last = now
                 rate = sum(c.passed for c in checks) / len(checks)
                 context.progress(f"camcheck dataset: {images_done}/{len(dataset)} images, {len(checks)} checks, "

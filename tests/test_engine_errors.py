@@ -98,6 +98,16 @@ def closed_picture() -> object:
     return picture
 
 
+def _tanh_between_layer_and_head() -> nn.Module:
+    """Conv -> Tanh -> GAP -> Linear, seeded and with activations large enough that Tanh is far from linear
+    (an unseeded net could be nearly linear and pass CAM's head check, depending on test order)."""
+    g = torch.Generator().manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 3)
+    return net
+
 HERE = Path(__file__).parent
 NAMES = ["a", "b", "c", "d", "e"]
 CASES = {
@@ -140,8 +150,7 @@ CASES = {
     "cam on a non-GAP head": (lambda: compute_cam(vgg_like(), torch.rand(3, 32, 32), method="cam"),
                               "needs a head that is global average pooling.*method='gradcam'"),
     "cam with an activation between the layer and the head": (
-        lambda: compute_cam(nn.Sequential(nn.Conv2d(3, 4, 1), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                          nn.Linear(4, 5)), X, target=2, layer="0", method="cam"),
+        lambda: compute_cam(_tanh_between_layer_and_head(), X, target=2, layer="0", method="cam"),
         "something else sits between them.*method='gradcam'"),
     "target callable returning a non-scalar": (lambda: compute_cam(SMALL, X, target=lambda out: out * 2),
                                                "returned a tensor of shape \\(5,\\).*scalar"),
