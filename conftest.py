@@ -15,6 +15,7 @@ process. (The plugin itself imports neither, so a session that uses no camcheck 
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -25,6 +26,10 @@ import torch
 import torchvision  # noqa: F401  (see the module doc)
 
 ROOT = Path(__file__).resolve().parent
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n 2` on two cores: one torch thread per worker instead of two fighting for each core
+    torch.set_num_threads(1)
 
 
 _XDIST_IDENTITY = ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID")
