@@ -44,6 +44,16 @@ def _not_an_xdist_worker(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Any:
+    """One torch intra-op thread for a module of many small-model calls (faster than two threads contending),
+    restored afterwards: ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def lean_run() -> Callable[..., pytest.RunResult]:
     """``lean_run(pytester, *args, subprocess=False)``: :func:`tests.sessions.lean_run`."""

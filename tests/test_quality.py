@@ -27,13 +27,7 @@ from .models import SmallCNN
 SEEDS = range(HELD_OUT + 310_000, HELD_OUT + 310_012)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models on small images: one intra-op thread is faster than two fighting over a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -28,12 +28,7 @@ quantus = pytest.importorskip("quantus")
 captum_metrics = pytest.importorskip("captum.metrics")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
