@@ -33,7 +33,7 @@ from ._values import check_threshold
 from .datasets import Dataset, load_dataset
 from .datasets.core import Entry
 from .engine import CamResult, compute_cam
-from .errors import CamCheckError, InputError, RegionError
+from .errors import CamCheckError, MixedSizesError, RegionError
 from .metrics import RegionMetrics, measure
 from .regions import to_mask
 from .rule import DEFAULT_RULE, Rule
@@ -261,9 +261,8 @@ def _maps(model: torch.nn.Module, pictures: list[Any], targets: list[Any], cam_k
     """compute_cam on the batch; pictures whose preprocessing gives different input sizes go by size."""
     try:
         return compute_cam(model, pictures, targets, **cam_kwargs)
-    except InputError as err:
-        if "different shapes" not in str(err):
-            raise
+    except MixedSizesError:
+        pass
     out: list[CamResult | None] = [None] * len(pictures)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, p in enumerate(pictures):

@@ -19,6 +19,10 @@ class InputError(CamCheckError):
     """The image or tensor handed over cannot be used."""
 
 
+class MixedSizesError(InputError):
+    """The images of one batch have different shapes after preprocessing (they can still go one size at a time)."""
+
+
 class TargetError(CamCheckError):
     """The target class (index, name or callable) cannot be resolved."""
 

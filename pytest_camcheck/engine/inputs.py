@@ -12,7 +12,7 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from ..errors import CamCheckWarning, InputError
+from ..errors import CamCheckWarning, InputError, MixedSizesError
 from ..geometry import Geometry, infer_geometry
 from ..integrations import adapt_preprocess
 
@@ -150,7 +150,7 @@ def prepare(image: Any, preprocess: Callable | None, *, explicit_preprocess: boo
     parts = [_one(item, preprocess, explicit_preprocess, -1 if single else i) for i, item in enumerate(items)]
     shapes = {tuple(t.shape) for t, _, _, _ in parts}
     if len(shapes) > 1:
-        raise InputError(
+        raise MixedSizesError(
             f"the images of the batch have different shapes after preprocessing ({sorted(shapes)}); a batch needs "
             "one shape. Fix: add Resize((h, w)) or CenterCrop to preprocess, or explain the images one at a time"
         )
