@@ -5,8 +5,8 @@
   image whatever the weights: what :func:`pytest_camcheck.assert_sane` must reject.
 - :func:`inverted_map`, :func:`random_map`, :func:`smooth_random_map`: maps for ``heatmap=`` that
   :func:`pytest_camcheck.assert_faithful` must reject.
-- :class:`NoisyGradients`: the model with seeded noise added to the gradient reaching ``features`` (a method made
-  noisy, as a stochastic explanation with too few samples is); Grad-CAM at ``layer="features"`` is what
+- :class:`NoisyGradients`: a copy of the model with seeded noise added to the gradient reaching a layer (a method
+  made noisy, as a stochastic explanation with too few samples is); Grad-CAM at ``layer=noisy.layer`` is what
   :func:`pytest_camcheck.assert_stable` must reject.
 
 Example:
@@ -70,30 +70,51 @@ class _Noise(torch.autograd.Function):
         return grad + noise, None, None
 
 
-class NoisyGradients(nn.Module):
-    """The bundled model with per-channel noise of ``scale`` times the spread of Grad-CAM's channel weights added
-    to the gradient at ``features`` (a new seed at each call); explain it at ``layer="features"``."""
+class _NoisyOutput(nn.Module):
+    """``inner``'s output, with seeded noise added to the gradient that flows back into it (a new seed per call)."""
 
-    def __init__(self, model: nn.Module, scale: float = 1.0) -> None:
+    def __init__(self, inner: nn.Module, scale: float) -> None:
         super().__init__()
-        self.model, self.scale = model, scale
+        self.inner, self.scale = inner, scale
         self.calls = itertools.count()
+
+    def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
+        return _Noise.apply(self.inner(*args, **kwargs), self.scale, next(self.calls))
+
+    def __deepcopy__(self, memo: dict) -> "_NoisyOutput":
+        import copy
+
+        return _NoisyOutput(copy.deepcopy(self.inner, memo), self.scale)
+
+
+class NoisyGradients(nn.Module):
+    """A copy of ``model`` whose module ``layer`` (an (N, C, H, W) map) gets per-channel noise of ``scale``
+    times the spread of Grad-CAM's channel weights added to the gradient reaching it (a new seed at each call):
+    a method made noisy. Explain it at ``layer=noisy.layer`` (``"model.<layer>.inner"``, the original module); the
+    predictions are the model's own. The model handed over is not changed.
+
+    Example:
+        >>> from pytest_camcheck.bundled import load_bundled
+        >>> noisy = NoisyGradients(load_bundled("camcheck-shapes-vit"), layer="tokens_to_grid")
+        >>> noisy.layer
+        'model.tokens_to_grid.inner'
+    """
+
+    def __init__(self, model: nn.Module, scale: float = 1.0, layer: str = "features") -> None:
+        super().__init__()
+        import copy
+
+        self.model = copy.deepcopy(model)
+        parent_name, _, child = layer.rpartition(".")
+        parent = self.model.get_submodule(parent_name) if parent_name else self.model
+        setattr(parent, child, _NoisyOutput(getattr(parent, child), scale))
+        self.layer = f"model.{layer}.inner"
         info = model_info(model)
         if info is not None:
             attach_info(self, info)
 
-    @property
-    def features(self) -> nn.Module:
-        return self.model.features
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = _Noise.apply(self.model.features(x), self.scale, next(self.calls))
-        return self.model.fc(torch.flatten(self.model.pool(a), 1))
-
-    def __deepcopy__(self, memo: dict) -> "NoisyGradients":
-        import copy
-
-        return NoisyGradients(copy.deepcopy(self.model, memo), self.scale)
+        return self.model(x)
 
 
 def inverted_map(heatmap: np.ndarray) -> np.ndarray:

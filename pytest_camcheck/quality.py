@@ -16,7 +16,13 @@ does not hold):
   (insertion), in ``steps`` equal shares; the curve is the target's **softmax probability** (a single-logit head:
   its sigmoid), its area under the curve (AUC, x from 0 to 1) is compared with the mean AUC of ``orderings`` seeded
   random orderings of the same pixels. ``gain`` = random AUC - map AUC for deletion, map AUC - random AUC for
-  insertion (in probability units); the check holds when ``gain >= min_gain``.
+  insertion (in probability units). The check holds when ``gain >= min_gain`` and the gain is more than chance:
+  more than a random ordering reaches with probability ``1 - confidence`` (the one-sided ``confidence`` prediction
+  bound of one more random ordering's gain, from the spread of the ``orderings`` AUCs: Student's t with
+  ``orderings - 1`` degrees of freedom). How much a random ordering's AUC varies depends on the model (a small CNN
+  answers erratically to scattered replaced pixels), so a fixed ``min_gain`` alone would pass a random map on
+  one model and fail a good one on another; the bound makes a random ordering pass at most ``1 - confidence``
+  of the time whatever the model.
 - **stability** (max-sensitivity, Yeh et al. 2019): maps of ``samples`` seeded perturbations drawn uniformly from
   the L-infinity ball of radius ``noise`` (pixel units in [0, 1]; for an 8-bit picture whole grey levels up to
   ``noise * 255``) must each keep SSIM >= ``min_similarity`` with the clean map, and the predicted class must not
@@ -55,16 +61,19 @@ from .metrics import check_heatmap
 from .zoo import attach_info, model_info
 
 __all__ = [
-    "BASELINES", "DEFAULT_MAX_SIMILARITY", "DEFAULT_MIN_GAIN", "DEFAULT_MIN_SIMILARITY", "DEFAULT_NOISE",
-    "FaithfulnessResult", "METRICS", "SanityResult", "SanityStep", "StabilityResult", "assert_faithful",
-    "assert_sane", "assert_stable", "cascade_groups", "faithfulness", "sanity", "stability",
+    "BASELINES", "DEFAULT_CONFIDENCE", "DEFAULT_MAX_SIMILARITY", "DEFAULT_MIN_GAIN", "DEFAULT_MIN_SIMILARITY",
+    "DEFAULT_NOISE", "FaithfulnessResult", "METRICS", "SanityResult", "SanityStep", "StabilityResult",
+    "assert_faithful", "assert_sane", "assert_stable", "cascade_groups", "faithfulness", "sanity", "stability",
 ]
 
 DEFAULT_MAX_SIMILARITY = 0.7
-DEFAULT_MIN_GAIN = 0.1
+DEFAULT_MIN_GAIN = 0.05
 DEFAULT_NOISE = 0.02
 DEFAULT_MIN_SIMILARITY = 0.95
 DEFAULT_ORDERINGS = 4
+DEFAULT_CONFIDENCE = 0.9
+CONFOUND_MARGIN = 0.2  # random orderings this far below the baseline image's probability: a perturbation artefact
+CONFOUND_SHARE = 0.3  # the baseline image keeps this share of the clean probability: little evidence to delete
 BASELINES = ("blur", "mean", "zero")
 METRICS = ("deletion", "insertion")
 BLUR_SIGMA = 0.1  # of the image's short side
@@ -409,7 +418,13 @@ def _sanity_message(r: SanityResult) -> list[str]:
 class FaithfulnessResult:
     """What :func:`faithfulness` measured: the curves (``fractions`` of pixels perturbed, the map's
     ``curve`` and the ``random_curve`` mean of ``orderings`` random orderings, all the target's softmax
-    probability), their AUCs, ``gain`` (positive: the map beats random), the threshold and the verdict.
+    probability), their AUCs, ``gain`` (positive: the map beats random), ``chance_gain`` (the gain one more random
+    ordering reaches with probability ``1 - confidence``; ``None`` when ``confidence=0``), the thresholds and the
+    verdict. ``confounded`` (deletion only) is set when the baseline image itself keeps much of the target's
+    probability (the model gives this class to a featureless image, so deleting its evidence cannot lower the
+    probability much), or when random orderings push the probability well below the baseline image's (scattered
+    replaced pixels are out of distribution for the model, which punishes random orderings for the perturbation
+    rather than for the evidence removed). Either way deletion can fail a good map; the message says which.
 
     Example:
         >>> r = assert_faithful(model, image, "circle")  # doctest: +SKIP
@@ -421,6 +436,8 @@ class FaithfulnessResult:
     baseline: str
     gain: float
     min_gain: float
+    chance_gain: float | None
+    confidence: float
     auc: float
     random_auc: float
     random_aucs: list[float]
@@ -432,6 +449,32 @@ class FaithfulnessResult:
     heatmap: np.ndarray = field(repr=False)
     result: CamResult | None = field(default=None, repr=False)
     seed: int = 0
+
+    @property
+    def baseline_probability(self) -> float:
+        """The target's probability on the baseline image (everything deleted, or nothing inserted)."""
+        return self.curve[-1] if self.metric == "deletion" else self.curve[0]
+
+    @property
+    def confounds(self) -> list[str]:
+        """Why deletion may misjudge this map (empty when it is not confounded); see ``confounded``."""
+        if self.metric != "deletion":
+            return []
+        out = []
+        if self.baseline_probability >= CONFOUND_SHARE * self.curve[0]:
+            out.append(f"the fully {self.baseline!r}-replaced image still gets p = {self.baseline_probability:.2f} "
+                       f"(the clean image {self.curve[0]:.2f}): the model gives this class to a featureless image, so "
+                       "deleting its evidence cannot lower p much")
+        if min(self.random_curve) < self.baseline_probability - CONFOUND_MARGIN:
+            out.append(f"random orderings push p down to {min(self.random_curve):.2f}, below the baseline image's "
+                       f"{self.baseline_probability:.2f}: scattered replaced pixels are out of distribution for this "
+                       "model, so random orderings are punished for the perturbation itself")
+        return out
+
+    @property
+    def confounded(self) -> bool:
+        """Deletion may misjudge this map here (``confounds`` says why)."""
+        return bool(self.confounds)
 
 
 def _baseline(source: _Source, kind: str) -> torch.Tensor:
@@ -485,7 +528,8 @@ def _check_given_map(heatmap: Any, size: tuple[int, int]) -> np.ndarray:
 
 def faithfulness(model: nn.Module, image: Any, target: Any = None, *, metric: str = "deletion", steps: int = 20,
                  baseline: str = "blur", min_gain: float = DEFAULT_MIN_GAIN, heatmap: Any = None,
-                 orderings: int = DEFAULT_ORDERINGS, seed: int = 0, **cam_kwargs: Any) -> FaithfulnessResult:
+                 orderings: int = DEFAULT_ORDERINGS, confidence: float = DEFAULT_CONFIDENCE, seed: int = 0,
+                 **cam_kwargs: Any) -> FaithfulnessResult:
     """Measure the deletion or insertion check without asserting (see :func:`assert_faithful`).
 
     Example:
@@ -502,6 +546,7 @@ def faithfulness(model: nn.Module, image: Any, target: Any = None, *, metric: st
     steps = _count("steps", steps, 2)
     orderings = _count("orderings", orderings, 1)
     min_gain = _number("min_gain", min_gain, low=-1.0, high=1.0)
+    confidence = _confidence(confidence, orderings)
     seed = _seed(seed)
     _one_image(image)
     _no_list_target(target)
@@ -543,12 +588,38 @@ def faithfulness(model: nn.Module, image: Any, target: Any = None, *, metric: st
     aucs = [float(np.trapezoid(c, dx=1.0 / steps)) for c in curves]
     random_auc = float(np.mean(aucs[1:]))
     gain = random_auc - aucs[0] if metric == "deletion" else aucs[0] - random_auc
+    chance = _chance_gain(aucs[1:], confidence)
     return FaithfulnessResult(
-        passed=gain >= min_gain, metric=metric, baseline=baseline, gain=gain, min_gain=min_gain, auc=aucs[0],
+        passed=gain >= min_gain and (chance is None or gain > chance), metric=metric, baseline=baseline, gain=gain,
+        min_gain=min_gain, chance_gain=chance, confidence=confidence, auc=aucs[0],
         random_auc=random_auc, random_aucs=aucs[1:], fractions=[k / steps for k in range(steps + 1)],
         curve=curves[0].tolist(), random_curve=curves[1:].mean(axis=0).tolist(), target=index, label=label,
         heatmap=h, result=result, seed=seed,
     )
+
+
+def _confidence(value: Any, orderings: int) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise CamCheckError(f"confidence={value!r} is not valid; pass a number in [0, 1) (0: judge by min_gain alone)")
+    if value > 0 and orderings < 2:
+        raise CamCheckError(
+            f"orderings={orderings} gives no spread of random orderings to judge chance against; pass orderings >= 2 "
+            f"(default {DEFAULT_ORDERINGS}), or confidence=0 to judge by min_gain alone"
+        )
+    return float(value)
+
+
+def _chance_gain(random_aucs: Sequence[float], confidence: float) -> float | None:
+    """The gain over the mean of ``random_aucs`` that one more random ordering exceeds with probability
+    ``1 - confidence``: the one-sided prediction bound t(confidence, K - 1) * s * sqrt(1 + 1/K) of K orderings
+    whose AUCs have the sample standard deviation s (the same for deletion and insertion, by symmetry)."""
+    if confidence == 0:
+        return None
+    from scipy.stats import t as student_t
+
+    k = len(random_aucs)
+    spread = float(np.std(random_aucs, ddof=1))
+    return float(student_t.ppf(confidence, k - 1) * spread * math.sqrt(1 + 1 / k)) if spread > 0 else 0.0
 
 
 def _faithful_message(r: FaithfulnessResult) -> list[str]:
@@ -556,8 +627,12 @@ def _faithful_message(r: FaithfulnessResult) -> list[str]:
     lines = [
         f"{r.metric} with baseline {r.baseline!r}: the map's AUC {r.auc:.3f} vs random orderings' {r.random_auc:.3f} "
         f"(each: {', '.join(f'{a:.3f}' for a in r.random_aucs)}); {better} is better",
-        f"gain {r.gain:+.3f}, required >= {r.min_gain:g}" + ("  <-- the map does not beat random" if not r.passed
-                                                             else ""),
+        f"gain {r.gain:+.3f}, required >= {r.min_gain:g}" + ("  <-- the map does not beat random by min_gain"
+                                                             if r.gain < r.min_gain else ""),
+        "chance: not judged (confidence=0)" if r.chance_gain is None else
+        f"chance: one more random ordering reaches a gain of {r.chance_gain:+.3f} with probability "
+        f"{1 - r.confidence:.0%} (spread of the {len(r.random_aucs)} random AUCs); required gain > that"
+        + ("  <-- the map is not better than chance" if r.gain <= r.chance_gain else ""),
         f"curve of p(class {r.target}{' ' + repr(r.label) if r.label else ''}) (softmax probability):",
         "  fraction: " + " ".join(f"{f:.2f}" for f in r.fractions),
         "  map:      " + " ".join(f"{p:.2f}" for p in r.curve),
@@ -565,6 +640,11 @@ def _faithful_message(r: FaithfulnessResult) -> list[str]:
     ]
     if r.result is not None and r.result.empty:
         lines.insert(0, "the map is EMPTY (no positive evidence): its ordering is random")
+    for why in r.confounds:
+        lines.append(f"note, deletion is confounded here: {why}")
+    if r.confounded and not r.passed:
+        lines.append("  so a good map can fail deletion on this image; metric='insertion' (or another baseline) may "
+                     "judge it more fairly")
     return lines
 
 
@@ -761,14 +841,17 @@ def assert_sane(model: nn.Module, image: Any, target: Any = None, *,
 
 def assert_faithful(model: nn.Module, image: Any, target: Any = None, *, metric: str = "deletion", steps: int = 20,
                     baseline: str = "blur", min_gain: float = DEFAULT_MIN_GAIN, heatmap: Any = None,
-                    orderings: int = DEFAULT_ORDERINGS, seed: int = 0, **cam_kwargs: Any) -> FaithfulnessResult:
+                    orderings: int = DEFAULT_ORDERINGS, confidence: float = DEFAULT_CONFIDENCE, seed: int = 0,
+                    **cam_kwargs: Any) -> FaithfulnessResult:
     """Assert that the pixels the map ranks first are the ones the model needs (deletion / insertion curves).
 
     ``metric``: "deletion" (replace the most relevant pixels by the baseline first; the probability should fall
     fast) or "insertion" (put them onto the baseline image first; it should rise fast). ``baseline``: "blur"
     (Gaussian blur, sigma 10% of the short side), "mean" (the image's mean colour) or "zero". The curve, over
     ``steps`` equal shares of the pixels, is the target's softmax probability; the check holds when the map's AUC
-    beats the mean AUC of ``orderings`` random orderings (seeded by ``seed``) by ``min_gain``. ``heatmap``: judge a
+    beats the mean AUC of ``orderings`` random orderings (seeded by ``seed``) by ``min_gain``, and by more than
+    one more random ordering would with probability ``1 - confidence`` (``confidence=0``: ``min_gain`` alone; see
+    :func:`faithfulness`'s module notes). ``heatmap``: judge a
     map from anywhere (any scale: only its order of pixels counts; shape of the original image) instead of computing
     one. Other keywords go to :func:`compute_cam`. Returns the :class:`FaithfulnessResult`.
 
@@ -781,7 +864,7 @@ def assert_faithful(model: nn.Module, image: Any, target: Any = None, *, metric:
     """
     __tracebackhide__ = True
     r = faithfulness(model, image, target, metric=metric, steps=steps, baseline=baseline, min_gain=min_gain,
-                     heatmap=heatmap, orderings=orderings, seed=seed, **cam_kwargs)
+                     heatmap=heatmap, orderings=orderings, confidence=confidence, seed=seed, **cam_kwargs)
 
     def picture() -> tuple[Any, str]:
         from .render import plot_curves
@@ -790,11 +873,13 @@ def assert_faithful(model: nn.Module, image: Any, target: Any = None, *, metric:
                            x_label=f"share of pixels ({r.metric})", y_range=(0.0, 1.0))
         return _strip("faithful", _picture_of_result(r.result, image), [r.heatmap], ["map"], plot)
 
-    metrics = {"gain": r.gain, "auc": r.auc, "random_auc": r.random_auc, "metric": r.metric, "baseline": r.baseline,
+    metrics = {"gain": r.gain, "chance_gain": r.chance_gain, "auc": r.auc, "random_auc": r.random_auc,
+               "random_aucs": r.random_aucs, "metric": r.metric, "baseline": r.baseline, "confounded": r.confounded,
                "curve": r.curve, "random_curve": r.random_curve}
     head = _head(r.result) if r.result is not None else f"given heatmap, class {r.target}"
     _finish("faithful", r.passed, head, _faithful_message(r), picture, r.result, r.target, r.label, metrics,
-            {"min_gain": r.min_gain, "steps": len(r.fractions) - 1, "orderings": len(r.random_aucs), "seed": r.seed})
+            {"min_gain": r.min_gain, "confidence": r.confidence, "steps": len(r.fractions) - 1,
+             "orderings": len(r.random_aucs), "seed": r.seed})
     return r
 
 

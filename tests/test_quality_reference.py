@@ -87,7 +87,7 @@ def test_deletion_curve_equals_quantus_region_perturbation(shapes: torch.nn.Modu
     sums = cam.reshape(4, patch, 4, patch).sum(axis=(1, 3))  # the map's relevance per patch ranks the patches
     blocks = np.argsort(np.argsort(sums.ravel())).reshape(4, 4).astype(np.float32) / 15
     heatmap = np.kron(blocks, np.ones((patch, patch), np.float32))  # constant on each patch, all different
-    ours = quality.faithfulness(model, x, label, heatmap=heatmap, steps=16, baseline="zero", orderings=1)
+    ours = quality.faithfulness(model, x, label, heatmap=heatmap, steps=16, baseline="zero", orderings=1, confidence=0)
     metric = quantus.RegionPerturbation(patch_size=patch, order="morf", regions_evaluation=16, perturb_baseline=0.0,
                                         normalise=False, disable_warnings=True, display_progressbar=False)
     drops = metric(model=model, x_batch=x[None].numpy(), y_batch=np.array([label]), a_batch=heatmap[None, None],
