@@ -5,7 +5,9 @@
 and test reports. Under pytest-xdist each worker sends its report to the controller as JSON
 (:func:`send_to_controller` in the worker's ``pytest_sessionfinish``, :func:`receive_from_worker` in the
 controller's ``pytest_testnodedown``), the way pytest-mpl merges its summaries. Pictures are referenced by
-path in JSON and inlined (downscaled PNG data URIs) in HTML, so the page needs no other file.
+path in JSON and inlined (downscaled PNG data URIs) in HTML, so the page needs no other file. The curves of the
+quality checks (sane, faithful, stable) are drawn as small plots when the page is written, from the metrics they
+recorded, passing or failing; a failed check's picture holds its curve already.
 
 Example:
     >>> report = CheckReport()
@@ -25,17 +27,18 @@ import os
 import re
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ._io import atomic_write
 from .context import CheckRecord
 from .errors import CamCheckError
 
-__all__ = ["OUTCOMES", "THUMBNAIL_SIZE", "WORKER_OUTPUT_KEY", "CheckReport", "receive_from_worker",
+__all__ = ["OUTCOMES", "PLOT_SIZE", "THUMBNAIL_SIZE", "WORKER_OUTPUT_KEY", "CheckReport", "receive_from_worker",
            "send_to_controller"]
 
 OUTCOMES = ("failed", "error", "xpassed", "passed", "xfailed", "skipped", "unknown")
 THUMBNAIL_SIZE = (720, 300)
+PLOT_SIZE = (240, 160)
 WORKER_OUTPUT_KEY = "camcheck_report"
 _FORMAT = "pytest-camcheck-report"
 _VERSION = 1
@@ -340,6 +343,20 @@ def _bound(name: str) -> tuple[str, str] | None:
     return (match[2], match[1]) if match[1] else (match[3], match[4])
 
 
+def _within(value: Any, kind: str, limit: Any) -> bool:
+    """Whether ``value`` keeps a "min" or "max" ``limit``; False for values that are not comparable (None, or what
+    an old or foreign report holds)."""
+    try:
+        return bool(value >= limit if kind == "min" else value <= limit)
+    except TypeError:
+        return False
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    """A recorded mapping (metrics, thresholds), or {} where a report holds something else."""
+    return value if isinstance(value, dict) else {}
+
+
 def _metrics_html(metrics: dict[str, Any], thresholds: dict[str, Any]) -> str:
     """Metrics, each next to its threshold (min_x / x_min / max_x / x_max goes with metric x or region.x), and the
     other thresholds."""
@@ -355,7 +372,7 @@ def _metrics_html(metrics: dict[str, Any], thresholds: dict[str, Any]) -> str:
     for name, value in metrics.items():
         if name in paired:
             kind, limit = paired[name]
-            ok = value is not None and (value >= limit if kind == "min" else value <= limit)
+            ok = _within(value, kind, limit)
             sign = "&ge;" if kind == "min" else "&le;"
             cells.append(f'<span class="{"ok" if ok else "bad"}">{_e(name)} <b>{_e(_number(value))}</b> '
                          f"(need {sign} {_e(_number(limit))})</span>")
@@ -375,13 +392,110 @@ def _thumbnail(path: str | None) -> str:
         with Image.open(path) as img:
             img = img.convert("RGB")
         img.thumbnail(THUMBNAIL_SIZE)
-        buffer = io.BytesIO()
-        img.quantize(256, method=Image.Quantize.FASTOCTREE).save(buffer, format="PNG")
+        data = _png_data(img)
     except (OSError, ValueError) as err:
         return f'<span class="none">picture not readable: {_e(path)} ({_e(err)})</span>'
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
     return (f'<img src="data:image/png;base64,{data}" width="{img.width}" height="{img.height}" '
             f'alt="{_e(Path(path).name)}" title="{_e(path)}">')
+
+
+def _png_data(img: Any) -> str:
+    """A PIL RGB image as base64 PNG text (quantised to 256 colours, which keeps the page small)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    img.quantize(256, method=Image.Quantize.FASTOCTREE).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# ------------------------------------------------------------------------------ curves of the quality checks
+
+_Series = dict[str, tuple[list[float], list[float]]]
+_Plot = tuple[_Series, dict[str, Any]]  # plot_curves' series and keywords
+
+
+def _values(items: Any, *, gaps: bool = False) -> list[float]:
+    """Plain numbers of a recorded list (JSON: bools and strings are not numbers); with ``gaps``, None and
+    non-finite values become NaN (a hole in the curve), else they raise ValueError."""
+    if not isinstance(items, list) or not items:
+        raise ValueError("not a non-empty list")
+    out = []
+    for item in items:
+        if gaps and item is None:
+            out.append(math.nan)
+        elif isinstance(item, (int, float)) and not isinstance(item, bool) and (gaps or math.isfinite(item)):
+            out.append(float(item) if math.isfinite(item) else math.nan)
+        else:
+            raise ValueError(f"{item!r} is not a number")
+    return out
+
+
+def _limit(thresholds: dict[str, Any], name: str) -> float | None:
+    """The threshold ``name`` as a finite number, or None (no limit line)."""
+    value = thresholds.get(name)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def _sane_plot(metrics: dict[str, Any], thresholds: dict[str, Any]) -> _Plot:
+    """Spearman and SSIM with the original map against the number of groups randomised."""
+    curve = metrics["curve"]
+    if not isinstance(curve, list) or not all(isinstance(p, list) and len(p) == 4 for p in curve):
+        raise ValueError("the sanity curve is not a list of [step, group, spearman, ssim]")
+    steps = _values([p[0] for p in curve])
+    series = {name: (steps, _values([p[k] for p in curve], gaps=True)) for name, k in (("spearman", 2), ("ssim", 3))}
+    return series, {"x_label": "groups randomised", "y_range": (-1.0, 1.0),
+                    "limit": _limit(thresholds, "max_similarity")}
+
+
+def _faithful_plot(metrics: dict[str, Any], thresholds: dict[str, Any]) -> _Plot:
+    """The target's probability as shares of the pixels are deleted (inserted): the map's order and random ones."""
+    curve, random = _values(metrics["curve"], gaps=True), _values(metrics["random_curve"], gaps=True)
+    if len(curve) < 2 or len(random) != len(curve):
+        raise ValueError("the curves are not two of equal length")
+    shares = [k / (len(curve) - 1) for k in range(len(curve))]
+    metric = metrics.get("metric")
+    label = f"share of pixels ({metric[:20]})" if isinstance(metric, str) and metric else "share of pixels"
+    return {"map": (shares, curve), "random": (shares, random)}, {"x_label": label, "y_range": (0.0, 1.0)}
+
+
+def _stable_plot(metrics: dict[str, Any], thresholds: dict[str, Any]) -> _Plot:
+    """The SSIM of each perturbed image's map with the clean map."""
+    ssims = _values(metrics["ssims"], gaps=True)
+    return ({"ssim": (list(map(float, range(1, len(ssims) + 1))), ssims)},
+            {"x_label": "perturbation", "y_range": (0.0, 1.0), "limit": _limit(thresholds, "min_similarity")})
+
+
+_CURVES: dict[str, Callable[[dict[str, Any], dict[str, Any]], _Plot]] = {
+    "sane": _sane_plot, "faithful": _faithful_plot, "stable": _stable_plot,
+}
+
+
+def _curve_html(row: dict[str, Any]) -> str:
+    """The check's curve as an inlined plot (:data:`PLOT_SIZE`) drawn from its recorded metrics; '' for checks
+    without one and for metrics that are missing or not what the check records (an old or foreign report)."""
+    check = row.get("check")
+    how = _CURVES.get(check) if isinstance(check, str) else None
+    if how is None:
+        return ""
+    try:
+        series, options = how(_dict(row.get("metrics")), _dict(row.get("thresholds")))
+        if not any(math.isfinite(y) for _, ys in series.values() for y in ys):
+            return ""
+        from .render import plot_curves
+
+        data = _png_data(plot_curves(series, size=PLOT_SIZE, **options))
+    except (KeyError, TypeError, ValueError, OverflowError):  # CamCheckError is a ValueError
+        return ""
+    return (f'<img class="curve" src="data:image/png;base64,{data}" width="{PLOT_SIZE[0]}" '
+            f'height="{PLOT_SIZE[1]}" alt="{_e(row["check"])} curve">')
+
+
+def _pictures_html(row: dict[str, Any]) -> str:
+    """The check's failure picture, and its curve unless that picture (which draws the curve too) is there."""
+    overlay = row.get("overlay")
+    curve = "" if overlay and Path(str(overlay)).is_file() else _curve_html(row)
+    return curve if curve and not overlay else _thumbnail(overlay) + curve
 
 
 def _target_html(row: dict[str, Any]) -> str:
@@ -417,8 +531,8 @@ def _check_html(row: dict[str, Any]) -> str:
     return f"""<table><tr><th>check</th><td>{_e(row['check'])}</td><th>image</th><td>{_e(row.get('image') or 'not named')}</td>
 <th>method</th><td>{_e(row['method'])}</td><th>layer</th><td>{_e(row['layer'])}</td><th>target</th>
 <td>{_target_html(row)}</td></tr></table>
-<div class="metrics">{_metrics_html(row.get("metrics") or {}, row.get("thresholds") or {})}</div>
-{_dataset_html(row) if (row.get("details") or {}).get("per_class") is not None else _thumbnail(row.get('overlay'))}"""
+<div class="metrics">{_metrics_html(_dict(row.get("metrics")), _dict(row.get("thresholds")))}</div>
+{_dataset_html(row) if (row.get("details") or {}).get("per_class") is not None else _pictures_html(row)}"""
 
 
 def _share(value: Any) -> str:

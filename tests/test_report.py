@@ -7,18 +7,23 @@ import io
 import json
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from pytest_camcheck import CamCheckError
+from pytest_camcheck import CamCheckError, assert_faithful, assert_sane, assert_stable, context
 from pytest_camcheck.context import CheckRecord
+from pytest_camcheck.render import plot_curves
 from pytest_camcheck.report import (
-    THUMBNAIL_SIZE, WORKER_OUTPUT_KEY, CheckReport, receive_from_worker, send_to_controller,
+    PLOT_SIZE, THUMBNAIL_SIZE, WORKER_OUTPUT_KEY, CheckReport, receive_from_worker, send_to_controller,
 )
+
+from .models import SmallCNN
 
 
 def picture(path: Path, size: tuple[int, int] = (1500, 400)) -> Path:
@@ -32,6 +37,21 @@ def record(test_id: str, passed: bool, overlay: Path | None = None, **kw) -> Che
                   probability=0.875, metrics={"ssim": 0.5 if not passed else 0.99, "spearman": 0.95},
                   thresholds={"ssim_min": 0.9, "spearman_min": 0.9}, overlay=overlay, message="", test_id=test_id)
     return CheckRecord(**(fields | kw))
+
+
+def sections(page: str) -> list[str]:
+    return page.split('<section class="row"')[1:]
+
+
+def curves(html: str) -> list[Image.Image]:
+    """The curve plots inlined in a piece of the page."""
+    uris = re.findall(r'<img class="curve" src="data:image/png;base64,([^"]+)"', html)
+    return [Image.open(io.BytesIO(base64.b64decode(uri))).convert("RGB") for uri in uris]
+
+
+def differing_pixels(a: Image.Image, b: Image.Image) -> int:
+    """Pixels of two pictures that differ by more than a 256-colour quantisation does (a line drawn or not)."""
+    return int((np.abs(np.asarray(a, float) - np.asarray(b, float)).max(axis=2) > 40).sum())
 
 
 def phase(nodeid: str, when: str, outcome: str, **kw) -> SimpleNamespace:
@@ -171,3 +191,129 @@ def test_html_pairs_assertion_metrics_with_their_thresholds(tmp_path: Path) -> N
 def test_empty_report(tmp_path: Path) -> None:
     page = CheckReport().write_html(tmp_path / "r.html").read_text()
     assert "No camcheck checks in this run." in page
+
+
+# ------------------------------------------------------------------------------ curves of the quality checks
+
+@pytest.fixture(scope="module")
+def quality(one_torch_thread: None) -> dict:
+    """Records of real sane / faithful / stable calls on a tiny model (three passing, one failing stable check
+    with its picture), and the plots the checks' own failure pictures draw from the same results."""
+    torch.manual_seed(0)
+    model, x = SmallCNN().eval(), torch.rand(3, 32, 32)
+    records: list[CheckRecord] = []
+    context.add_listener(records.append)
+    try:
+        sane = assert_sane(model, x, 1, max_similarity=0.5)
+        faithful = assert_faithful(model, x, 1, steps=4, orderings=1, min_gain=-1.0)
+        stable = assert_stable(model, x, 1, samples=3, min_similarity=0.5, noise=0.02)
+        with pytest.raises(AssertionError, match="camcheck stable failed"):
+            assert_stable(model, x, 1, samples=2, min_similarity=1.0, noise=0.5)
+    finally:
+        context.remove_listener(records.append)
+    steps = [s.step for s in sane.curve]
+    expected = [
+        plot_curves({"spearman": (steps, [s.spearman for s in sane.curve]),
+                     "ssim": (steps, [s.ssim for s in sane.curve])},
+                    x_label="groups randomised", y_range=(-1.0, 1.0), limit=0.5),
+        plot_curves({"map": (faithful.fractions, faithful.curve),
+                     "random": (faithful.fractions, faithful.random_curve)},
+                    x_label="share of pixels (deletion)", y_range=(0.0, 1.0)),
+        plot_curves({"ssim": (list(range(1, 4)), stable.ssims)}, x_label="perturbation", y_range=(0.0, 1.0), limit=0.5),
+    ]
+    return {"records": records, "expected": expected}
+
+
+def quality_report(records: list[CheckRecord]) -> CheckReport:
+    report = CheckReport()
+    for i, rec in enumerate(records):
+        report.add_record(replace(rec, test_id=f"t.py::test_{i}_{rec.check}"))
+        report.add_outcome(f"t.py::test_{i}_{rec.check}", "passed" if rec.passed else "failed")
+    return report
+
+
+def test_passing_quality_checks_show_their_curve(quality: dict, tmp_path: Path) -> None:
+    passing = quality["records"][:3]
+    assert [(r.check, r.passed, r.overlay) for r in passing] == [("sane", True, None), ("faithful", True, None),
+                                                                 ("stable", True, None)]
+    page = quality_report(passing).write_html(tmp_path / "r.html").read_text()
+    rows = sections(page)
+    assert [re.search(r"<th>check</th><td>(\w+)</td>", row)[1] for row in rows] == ["sane", "faithful", "stable"]
+    for row, expected in zip(rows, quality["expected"]):
+        [plot] = curves(row)
+        assert plot.size == PLOT_SIZE
+        assert differing_pixels(plot, expected) == 0  # drawn from the metrics as the check's failure picture is
+        assert "no picture" not in row
+
+
+def test_the_curves_survive_the_json_round_trip(quality: dict, tmp_path: Path) -> None:
+    report = CheckReport.from_json(quality_report(quality["records"][:3]).to_json())
+    page = report.write_html(tmp_path / "r.html").read_text()
+    assert [len(curves(row)) for row in sections(page)] == [1, 1, 1]
+
+
+def test_a_failed_check_with_its_picture_gets_no_second_plot(quality: dict, tmp_path: Path) -> None:
+    failed = quality["records"][3]
+    assert not failed.passed and Path(failed.overlay).is_file()
+    report = quality_report([failed])
+    [row] = sections(report.write_html(tmp_path / "r.html").read_text())
+    assert curves(row) == [] and len(re.findall(r'<img src="data:image/png;base64,', row)) == 1
+    report.checks[0]["overlay"] = str(tmp_path / "gone.png")  # the picture is lost: the curve stands in for it
+    [row] = sections(report.write_html(tmp_path / "r.html").read_text())
+    assert "picture not readable" in row and [p.size for p in curves(row)] == [PLOT_SIZE]
+
+
+GARBAGE = [
+    ("sane", None), ("sane", {}), ("sane", {"curve": "0.5"}), ("sane", {"curve": [[0, "", "x", 1.0]]}),
+    ("sane", {"curve": [[0, "", 0.5]]}), ("sane", {"curve": [[True, "", 0.5, 0.5]]}), ("sane", {"curve": []}),
+    ("sane", {"curve": [[0, "", None, None]]}), ("sane", {"curve": [[10 ** 400, "", 0.5, 0.5]]}),
+    ("faithful", {"curve": [1.0, 0.5]}), ("faithful", {"curve": [1.0, 0.5], "random_curve": [1.0]}),
+    ("faithful", {"curve": [1.0], "random_curve": [1.0]}), ("faithful", {"curve": {"a": 1}, "random_curve": [1.0]}),
+    ("stable", {"ssims": None}), ("stable", {"ssims": [{"a": 1}]}), ("stable", {"ssims": ["0.9"]}),
+    ("stable", [0.9, 0.8]), ("sane", {"similarity": "high", "gain": [1]}), ("stable", {"similarity": {"a": 1}}),
+]
+
+
+@pytest.mark.parametrize("thresholds", ["nonsense", {"max_similarity": 0.7, "min_similarity": 0.9, "min_gain": 0.1}])
+@pytest.mark.parametrize("check,metrics", GARBAGE, ids=[f"{c}-{m!r}"[:40] for c, m in GARBAGE])
+def test_a_quality_row_with_garbage_metrics_has_no_plot(check: str, metrics: object, thresholds: object,
+                                                        tmp_path: Path) -> None:
+    data = json.loads(CheckReport().to_json())  # an old or foreign report, read back as the plugin's merge does
+    data["checks"].append({"check": check, "passed": True, "method": "gradcam", "layer": "features", "target": 1,
+                           "metrics": metrics, "thresholds": thresholds, "test_id": "t.py::old"})
+    report = CheckReport.from_json(json.dumps(data))
+    [row] = sections(report.write_html(tmp_path / "r.html").read_text())
+    assert curves(row) == [] and "no picture" in row
+
+
+def test_garbage_thresholds_only_lose_the_limit_line(tmp_path: Path) -> None:
+    report = CheckReport()
+    report.add_record(record("t.py::a", True, check="stable", metrics={"ssims": [0.99, None, 0.97]},
+                             thresholds={"min_similarity": "high"}))
+    [row] = sections(report.write_html(tmp_path / "r.html").read_text())
+    [plot] = curves(row)
+    expected = plot_curves({"ssim": ([1, 2, 3], [0.99, math.nan, 0.97])}, x_label="perturbation")
+    assert differing_pixels(plot, expected) == 0
+
+
+QUALITY_TEST = """
+import torch
+from tests_models import SmallCNN
+
+def test_quality(camcheck):
+    torch.manual_seed(0)
+    model, x = SmallCNN().eval(), torch.rand(3, 32, 32)
+    camcheck.sane(model, x, 1, max_similarity=1.0)
+    camcheck.faithful(model, x, 1, steps=3, orderings=1, min_gain=-1.0)
+    camcheck.stable(model, x, 1, samples=2, min_similarity=1.0, noise=0.5)
+"""
+
+
+def test_the_plugin_report_draws_the_quality_curves(project: pytest.Pytester, lean_run, one_torch_thread: None) -> None:
+    project.makepyfile(test_q=QUALITY_TEST)
+    result = lean_run(project, "--camcheck-report=r.html", "--camcheck-device=cpu")
+    result.assert_outcomes(failed=1)
+    rows = sections((project.path / "r.html").read_text())
+    assert [re.search(r"<th>check</th><td>(\w+)</td>", row)[1] for row in rows] == ["sane", "faithful", "stable"]
+    assert [len(curves(row)) for row in rows] == [1, 1, 0]  # the failed stable check's picture holds its curve
+    assert "check FAILED" in rows[2] and len(re.findall(r'<img src="data:image/png;base64,', rows[2])) == 1
