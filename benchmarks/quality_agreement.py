@@ -37,7 +37,7 @@ def region_perturbation_gap(model: torch.nn.Module, x: torch.Tensor, label: int)
     sums = compute_cam(model, x, label).heatmap.reshape(4, PATCH, 4, PATCH).sum(axis=(1, 3))
     blocks = np.argsort(np.argsort(sums.ravel())).reshape(4, 4).astype(np.float32) / 15
     heatmap = np.kron(blocks, np.ones((PATCH, PATCH), np.float32))
-    ours = quality.faithfulness(model, x, label, heatmap=heatmap, steps=16, baseline="zero", orderings=1)
+    ours = quality.faithfulness(model, x, label, heatmap=heatmap, steps=16, baseline="zero", orderings=1, confidence=0)
     metric = quantus.RegionPerturbation(patch_size=PATCH, order="morf", regions_evaluation=16, perturb_baseline=0.0,
                                         normalise=False, disable_warnings=True, display_progressbar=False)
     drops = metric(model=model, x_batch=x[None].numpy(), y_batch=np.array([label]), a_batch=heatmap[None, None],

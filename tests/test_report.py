@@ -205,7 +205,7 @@ def quality(one_torch_thread: None) -> dict:
     context.add_listener(records.append)
     try:
         sane = assert_sane(model, x, 1, max_similarity=0.5)
-        faithful = assert_faithful(model, x, 1, steps=4, orderings=1, min_gain=-1.0)
+        faithful = assert_faithful(model, x, 1, steps=4, orderings=1, confidence=0, min_gain=-1.0)
         stable = assert_stable(model, x, 1, samples=3, min_similarity=0.5, noise=0.02)
         with pytest.raises(AssertionError, match="camcheck stable failed"):
             assert_stable(model, x, 1, samples=2, min_similarity=1.0, noise=0.5)
@@ -304,7 +304,7 @@ def test_quality(camcheck):
     torch.manual_seed(0)
     model, x = SmallCNN().eval(), torch.rand(3, 32, 32)
     camcheck.sane(model, x, 1, max_similarity=1.0)
-    camcheck.faithful(model, x, 1, steps=3, orderings=1, min_gain=-1.0)
+    camcheck.faithful(model, x, 1, steps=3, orderings=1, confidence=0, min_gain=-1.0)
     camcheck.stable(model, x, 1, samples=2, min_similarity=1.0, noise=0.5)
 """
 
