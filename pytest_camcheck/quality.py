@@ -57,6 +57,7 @@ from .engine.core import device_of, dtype_of
 from .engine.inputs import prepare
 from .engine.targets import check_logits, logits_of, resolve_target
 from .errors import CamCheckError
+from ._values import check_threshold
 from .metrics import check_heatmap
 from .zoo import attach_info, model_info
 
@@ -85,15 +86,17 @@ FORWARD_CHUNK = 64
 
 def _number(name: str, value: Any, *, low: float | None = None, high: float | None = None,
             low_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    try:
+        number = check_threshold(name, value)  # any real number type (numpy and torch scalars too), finite
+    except CamCheckError:
         raise CamCheckError(f"{name}={value!r} is not a finite number; pass a number"
-                            + (f" in [{low}, {high}]" if low is not None and high is not None else ""))
-    bad = (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high)
+                            + (f" in [{low}, {high}]" if low is not None and high is not None else "")) from None
+    bad = (low is not None and (number <= low if low_open else number < low)) or (high is not None and number > high)
     if bad:
         where = f"> {low}" if low_open else f">= {low}"
         where = where if high is None else f"{where} and <= {high}"
         raise CamCheckError(f"{name}={value!r} is out of range; pass a number {where}")
-    return float(value)
+    return number
 
 
 def _count(name: str, value: Any, low: int) -> int:
@@ -599,8 +602,10 @@ def faithfulness(model: nn.Module, image: Any, target: Any = None, *, metric: st
 
 
 def _confidence(value: Any, orderings: int) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise CamCheckError(f"confidence={value!r} is not valid; pass a number in [0, 1) (0: judge by min_gain alone)")
+    value = _number("confidence", value, low=0.0, high=1.0)
+    if value == 1:
+        raise CamCheckError("confidence=1.0 is not valid: no gain would ever be more than chance; pass a number in "
+                            "[0, 1) (0: judge by min_gain alone)")
     if value > 0 and orderings < 2:
         raise CamCheckError(
             f"orderings={orderings} gives no spread of random orderings to judge chance against; pass orderings >= 2 "
@@ -851,7 +856,7 @@ def assert_faithful(model: nn.Module, image: Any, target: Any = None, *, metric:
     ``steps`` equal shares of the pixels, is the target's softmax probability; the check holds when the map's AUC
     beats the mean AUC of ``orderings`` random orderings (seeded by ``seed``) by ``min_gain``, and by more than
     one more random ordering would with probability ``1 - confidence`` (``confidence=0``: ``min_gain`` alone; see
-    :func:`faithfulness`'s module notes). ``heatmap``: judge a
+    the module notes). ``heatmap``: judge a
     map from anywhere (any scale: only its order of pixels counts; shape of the original image) instead of computing
     one. Other keywords go to :func:`compute_cam`. Returns the :class:`FaithfulnessResult`.
 

@@ -63,7 +63,8 @@ BAD = [
     (assert_faithful, dict(orderings=0), "orderings=0 is not valid"),
     (assert_faithful, dict(orderings=1), "orderings=1 gives no spread"),
     (assert_faithful, dict(confidence=1.0), "confidence=1.0 is not valid"),
-    (assert_faithful, dict(confidence=float("nan")), "confidence=nan is not valid"),
+    (assert_faithful, dict(confidence=float("nan")), "confidence=nan is not a finite number"),
+    (assert_faithful, dict(confidence=-0.1), "confidence=-0.1 is out of range"),
     (assert_faithful, dict(heatmap=np.zeros((31, 32), np.float32)), r"heatmap= has shape \(31, 32\) but the image"),
     (assert_faithful, dict(heatmap=np.full((32, 32), np.nan, np.float32)), "heatmap= contains NaN"),
     (assert_faithful, dict(heatmap=np.zeros((32, 32, 1), np.float32)), "expected 2-D"),
@@ -182,6 +183,15 @@ def test_sanity_carries_categories_and_preprocessing_to_the_copy(monkeypatch: py
     r = quality.sanity(net, picture, "dog")
     assert r.original.label == "dog" and len(r.maps) == 9
     assert all(m.shape == (80, 100) for m in r.maps)
+
+
+def test_numpy_and_torch_scalars_are_accepted_as_numbers(small: nn.Module) -> None:
+    x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert quality.sanity(small, x, 1, max_similarity=np.float32(0.7)).max_similarity == pytest.approx(0.7)
+    f = quality.faithfulness(small, x, 1, steps=3, orderings=2, min_gain=np.float32(-1), confidence=np.float64(0.5))
+    assert f.min_gain == -1.0 and f.confidence == 0.5
+    st = quality.stability(small, x, 1, samples=1, noise=torch.tensor(0.05), min_similarity=np.float32(0.5))
+    assert st.noise == pytest.approx(0.05) and st.min_similarity == 0.5
 
 
 def _plain_copy(model: nn.Module) -> nn.Module:
