@@ -414,7 +414,7 @@ _Series = dict[str, tuple[list[float], list[float]]]
 _Plot = tuple[_Series, dict[str, Any]]  # plot_curves' series and keywords
 
 
-def _values(items: Any, *, gaps: bool = False) -> list[float]:
+def _plot_values(items: Any, *, gaps: bool = False) -> list[float]:
     """Plain numbers of a recorded list (JSON: bools and strings are not numbers); with ``gaps``, None and
     non-finite values become NaN (a hole in the curve), else they raise ValueError."""
     if not isinstance(items, list) or not items:
@@ -442,15 +442,16 @@ def _sane_plot(metrics: dict[str, Any], thresholds: dict[str, Any]) -> _Plot:
     curve = metrics["curve"]
     if not isinstance(curve, list) or not all(isinstance(p, list) and len(p) == 4 for p in curve):
         raise ValueError("the sanity curve is not a list of [step, group, spearman, ssim]")
-    steps = _values([p[0] for p in curve])
-    series = {name: (steps, _values([p[k] for p in curve], gaps=True)) for name, k in (("spearman", 2), ("ssim", 3))}
+    steps = _plot_values([p[0] for p in curve])
+    series = {name: (steps, _plot_values([p[k] for p in curve], gaps=True))
+              for name, k in (("spearman", 2), ("ssim", 3))}
     return series, {"x_label": "groups randomised", "y_range": (-1.0, 1.0),
                     "limit": _limit(thresholds, "max_similarity")}
 
 
 def _faithful_plot(metrics: dict[str, Any], thresholds: dict[str, Any]) -> _Plot:
     """The target's probability as shares of the pixels are deleted (inserted): the map's order and random ones."""
-    curve, random = _values(metrics["curve"], gaps=True), _values(metrics["random_curve"], gaps=True)
+    curve, random = _plot_values(metrics["curve"], gaps=True), _plot_values(metrics["random_curve"], gaps=True)
     if len(curve) < 2 or len(random) != len(curve):
         raise ValueError("the curves are not two of equal length")
     shares = [k / (len(curve) - 1) for k in range(len(curve))]
@@ -461,7 +462,7 @@ def _faithful_plot(metrics: dict[str, Any], thresholds: dict[str, Any]) -> _Plot
 
 def _stable_plot(metrics: dict[str, Any], thresholds: dict[str, Any]) -> _Plot:
     """The SSIM of each perturbed image's map with the clean map."""
-    ssims = _values(metrics["ssims"], gaps=True)
+    ssims = _plot_values(metrics["ssims"], gaps=True)
     return ({"ssim": (list(map(float, range(1, len(ssims) + 1))), ssims)},
             {"x_label": "perturbation", "y_range": (0.0, 1.0), "limit": _limit(thresholds, "min_similarity")})
 
