@@ -285,18 +285,23 @@ def _randomise(unit: _Unit, generator_seed: int, device: torch.device) -> None:
                 p.normal_(0.0, spread if spread > 0 and math.isfinite(spread) else 0.02)
 
 
-def _average_ranks(heatmap: np.ndarray) -> torch.Tensor:
-    """Ranks of the pixels (ties share their average rank), as float64: one sort instead of numpy's unique."""
-    flat = torch.from_numpy(np.ascontiguousarray(heatmap, dtype=np.float32).ravel())
-    values, order = torch.sort(flat)
-    _, inverse, counts = torch.unique_consecutive(values, return_inverse=True, return_counts=True)
-    ends = torch.cumsum(counts, 0).double()
-    ranks = torch.empty(flat.numel(), dtype=torch.float64)
-    ranks[order] = ((2 * ends - counts.double() - 1) / 2)[inverse]
+def _average_ranks(heatmap: np.ndarray) -> np.ndarray:
+    """Ranks of the pixels (ties share their average rank), as float64: one numpy argsort (several times faster
+    than torch.sort on a CPU map) instead of numpy's unique."""
+    flat = np.ascontiguousarray(heatmap, dtype=np.float32).ravel()
+    order = np.argsort(flat)
+    values = flat[order]
+    new = np.empty(flat.size, dtype=bool)
+    new[:1] = True
+    np.not_equal(values[1:], values[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    ends = np.append(starts[1:], flat.size)  # a tie group holds the sorted positions starts .. ends - 1
+    ranks = np.empty(flat.size, dtype=np.float64)
+    ranks[order] = ((starts + ends - 1) / 2)[np.cumsum(new) - 1]
     return ranks
 
 
-def _similarity(a: np.ndarray, a_ranks: torch.Tensor, b: np.ndarray) -> tuple[float, float]:
+def _similarity(a: np.ndarray, a_ranks: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """(Spearman, SSIM) of map ``b`` with map ``a`` whose ranks are known, as
     :func:`pytest_camcheck.metrics.map_similarity` defines them (the original's ranks are computed once)."""
     ssim = map_similarity_ssim(a, b)
@@ -305,8 +310,8 @@ def _similarity(a: np.ndarray, a_ranks: torch.Tensor, b: np.ndarray) -> tuple[fl
     if a.min() == a.max() or b.min() == b.max():
         return 0.0, ssim
     ra, rb = a_ranks - a_ranks.mean(), _average_ranks(b)
-    rb = rb - rb.mean()
-    return float((ra @ rb) / torch.sqrt((ra @ ra) * (rb @ rb))), ssim
+    rb -= rb.mean()
+    return float((ra @ rb) / math.sqrt((ra @ ra) * (rb @ rb))), ssim
 
 
 class SanityStep(NamedTuple):
