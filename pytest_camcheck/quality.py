@@ -53,7 +53,7 @@ from torch import nn
 from . import context
 from .engine import CamResult, compute_cam
 from .engine.capture import evaluation_mode, model_lock, run_model
-from .engine.core import device_of, dtype_of
+from .engine.core import cam_of_copies, device_of, dtype_of
 from .engine.inputs import prepare
 from .engine.targets import check_logits, logits_of, resolve_target
 from .errors import CamCheckError
@@ -381,8 +381,8 @@ def sanity(model: nn.Module, image: Any, target: Any = None, *, max_similarity: 
     info = model_info(model)
     if info is not None:
         attach_info(twin, info)
-    kwargs = dict(cam_kwargs, layer=original.layer)
     fixed_target = original.target if original.target >= 0 else target
+    explain = cam_of_copies(twin, image, fixed_target, **dict(cam_kwargs, layer=original.layer))  # prepared once
     groups = _groups(twin)
     device = device_of(twin)
     curve = [SanityStep(0, (), 1.0, 1.0)]
@@ -393,7 +393,7 @@ def sanity(model: nn.Module, image: Any, target: Any = None, *, max_similarity: 
         _randomise(unit, seed * 1000 + step, device)
         done.append(unit.name)
         try:
-            r = compute_cam(twin, image, fixed_target, **kwargs)
+            r = explain(twin)
         except CamCheckError as err:
             raise CamCheckError(
                 f"sanity step {step} (randomised {unit.name!r}) failed: {err}. The randomised copy could not be "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence, overload
 
@@ -238,6 +238,50 @@ def compute_cam(
     model, layer = _unwrapped(model, layer)
     spec = get_method(method)
     batch, jobs, categories, note = _inputs(model, image, target, preprocess, device, categories)
+    results = _explain(model, batch, jobs, categories, note, spec, layer, output, reshape)
+    if not batch.batched and len(results) == 1 and not isinstance(target, (list, tuple)):
+        return results[0]
+    return results
+
+
+def cam_of_copies(model: nn.Module, image: Any, target: Target | Sequence[Target] = None, *,
+                  method: str = "gradcam", layer: str | nn.Module | None = None, preprocess: Callable | None = None,
+                  device: str | torch.device | None = None, categories: Sequence[str] | None = None,
+                  output: Pick = None, reshape: Reshape | None = None
+                  ) -> Callable[[nn.Module], CamResult | list[CamResult]]:
+    """``compute_cam(m, image, target, ...)`` as a function of the model ``m``, for ``model`` and copies of it
+    (same class, device, dtype and attached model info, e.g. the randomised deep copies of the sanity check): the
+    image is checked and preprocessed once, here, for ``model``. Each call explains its own copy of that input
+    (a model that writes to its input cannot change the next call's) and gives what ``compute_cam`` gives.
+
+    Example:
+        >>> import torch, torchvision
+        >>> net = torchvision.models.resnet18(num_classes=10)
+        >>> explain = cam_of_copies(net, torch.rand(3, 64, 64), 3)
+        >>> explain(net).heatmap.shape
+        (64, 64)
+    """
+    unwrapped = _unwrapped(model, layer)[0]
+    spec = get_method(method)
+    batch, jobs, categories, note = _inputs(unwrapped, image, target, preprocess, device, categories)
+    single = not batch.batched and len(jobs) == 1 and not isinstance(target, (list, tuple))
+
+    def explain(copy: nn.Module) -> CamResult | list[CamResult]:
+        copy, copy_layer = _unwrapped(copy, layer)
+        if not _same_device(device_of(copy), batch.x.device):
+            raise CamCheckError(f"the copy is on {device_of(copy)}, the prepared input on {batch.x.device}; "
+                                "explain copies on the model's device")
+        results = _explain(copy, replace(batch, x=batch.x.clone()), jobs, categories, note, spec, copy_layer, output, reshape)
+        return results[0] if single else results
+
+    return explain
+
+
+def _explain(model: nn.Module, batch: Batch, jobs: list[Job], categories: Sequence[str] | None, note: str,
+             spec: Method, layer: str | nn.Module | None, output: Pick, reshape: Reshape | None) -> list[CamResult]:
+    """The stages after the inputs, on the unwrapped model: the layer, the forward pass with the layer captured
+    (and the backward pass a method needs), the map, the heatmap in the image's pixels, the results. The model
+    is locked and in eval mode from the layer's choice to the map; the capture's hooks are gone when it returns."""
     reader = Reader(output, len(categories) if categories else None)
     with model_lock(model), evaluation_mode(model):
         run = _run(model, batch, jobs, layer, categories, reader, reshape)
@@ -247,10 +291,7 @@ def compute_cam(
         raw = _build_map(spec, seen, jobs, evidence)
     norm, empty = _normalise(raw.detach())
     heatmaps = _to_image(norm, batch.geometries, jobs)
-    results = _results(run, seen, spec, raw, heatmaps, empty, note)
-    if not batch.batched and len(results) == 1 and not isinstance(target, (list, tuple)):
-        return results[0]
-    return results
+    return _results(run, seen, spec, raw, heatmaps, empty, note)
 
 
 def _unwrapped(model: Any, layer: str | nn.Module | None) -> tuple[nn.Module, str | nn.Module | None]:
