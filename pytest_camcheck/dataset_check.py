@@ -20,7 +20,6 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from . import context
+from ._ahead import one_ahead
 from ._values import check_threshold
 from .datasets import Dataset, load_dataset
 from .datasets.core import Entry
@@ -337,31 +337,23 @@ def run_dataset(model: torch.nn.Module, dataset: Dataset | str | Any, *, min_pas
     start = last = time.monotonic()
     images_done = 0
     batches = _batches(dataset, targets, difficult, batch_size, counts)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="camcheck-decode") as pool:
-        pending = None
-        first = next(batches, None)
-        if first is not None:
-            pending = pool.submit(_decode, dataset, first)
-        while pending is not None:
-            decoded = pending.result()
-            following = next(batches, None)
-            pending = pool.submit(_decode, dataset, following) if following is not None else None
-            pictures = [s.image for s, labels in decoded for _ in labels]
-            wanted = [targets[label] for _, labels in decoded for label in labels]
-            results = iter(_maps(model, pictures, wanted, cam_kwargs))
-            for sample, labels in decoded:
-                for label in labels:
-                    result = next(results)
-                    method, layer = result.method, result.layer
-                    checks.append(_one(sample, label, result, rule, centers, worst))
-            images_done += len(decoded)
-            now = time.monotonic()
-            finished = images_done == len(dataset)
-            if now - start >= PROGRESS_AFTER_S and (finished or now - last >= PROGRESS_EVERY_S):
-                last = now
-                rate = sum(c.passed for c in checks) / len(checks)
-                context.progress(f"camcheck dataset: {images_done}/{len(dataset)} images, {len(checks)} checks, "
-                                 f"{rate:.1%} passed so far", images_done, len(dataset))
+    for decoded in one_ahead(lambda batch: _decode(dataset, batch), batches, "camcheck-decode"):
+        pictures = [s.image for s, labels in decoded for _ in labels]
+        wanted = [targets[label] for _, labels in decoded for label in labels]
+        results = iter(_maps(model, pictures, wanted, cam_kwargs))
+        for sample, labels in decoded:
+            for label in labels:
+                result = next(results)
+                method, layer = result.method, result.layer
+                checks.append(_one(sample, label, result, rule, centers, worst))
+        images_done += len(decoded)
+        now = time.monotonic()
+        finished = images_done == len(dataset)
+        if now - start >= PROGRESS_AFTER_S and (finished or now - last >= PROGRESS_EVERY_S):
+            last = now
+            rate = sum(c.passed for c in checks) / len(checks)
+            context.progress(f"camcheck dataset: {images_done}/{len(dataset)} images, {len(checks)} checks, "
+                             f"{rate:.1%} passed so far", images_done, len(dataset))
     if not checks:
         raise CamCheckError(f"the dataset {dataset.root} has no (image, class) pair to check: every object is "
                             "difficult, or its label skipped. Fix: pass difficult=True, or classes=...")
