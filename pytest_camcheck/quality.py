@@ -43,7 +43,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ from PIL import Image
 from torch import nn
 
 from . import context
+from ._ahead import one_ahead
 from .engine import CamResult, compute_cam
 from .engine.capture import evaluation_mode, model_lock, run_model
 from .engine.core import cam_of_copies, device_of, dtype_of
@@ -174,19 +175,23 @@ class _Source:
         """The logits in a model output, found as ``compute_cam`` finds them (``output=``, class names)."""
         return logits_of(output, self.pick, len(self.categories) if self.categories else None)
 
-    def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Logits of ``x`` in batched forwards under inference mode, the model in eval mode and locked for the
-        duration as ``compute_cam`` does."""
+    def forward(self, model: nn.Module, x: torch.Tensor | Iterable[torch.Tensor]) -> torch.Tensor:
+        """Logits of ``x`` (a tensor, FORWARD_CHUNK inputs at a time, or the chunks as they come) in batched
+        forwards under inference mode, the model in eval mode and locked for the duration as ``compute_cam``
+        does."""
+        chunks = (x[i:i + FORWARD_CHUNK] for i in range(0, x.shape[0], FORWARD_CHUNK)) \
+            if isinstance(x, torch.Tensor) else x
         out = []
         with model_lock(model), evaluation_mode(model), torch.inference_mode():
-            for start in range(0, x.shape[0], FORWARD_CHUNK):
-                logits = self.logits(run_model(model, x[start:start + FORWARD_CHUNK]))
+            for chunk in chunks:
+                logits = self.logits(run_model(model, chunk))
                 check_logits(logits)
                 out.append(logits)
         return torch.cat(out) if len(out) > 1 else out[0]
 
 
-def _probabilities(model: nn.Module, source: _Source, x: torch.Tensor, index: int) -> np.ndarray:
+def _probabilities(model: nn.Module, source: _Source, x: torch.Tensor | Iterable[torch.Tensor],
+                   index: int) -> np.ndarray:
     """The probability of class ``index`` for every input of ``x``, in batched forwards under inference mode."""
     rows = source.forward(model, x).float()
     if rows.shape[1] == 1:
@@ -195,6 +200,24 @@ def _probabilities(model: nn.Module, source: _Source, x: torch.Tensor, index: in
     else:
         p = torch.softmax(rows, dim=1)[:, index]
     return p.cpu().numpy().astype(np.float64)
+
+
+def _curve_probabilities(model: nn.Module, source: _Source, changed: torch.Tensor, base: torch.Tensor,
+                         start: torch.Tensor, end: torch.Tensor, index: int) -> np.ndarray:
+    """The probability of class ``index`` for ``start``, each copy of the source's pixels with the ``changed``
+    pixels (one (H, W) mask per copy) taken from ``base``, and ``end``, in this order. The copies are built and
+    preprocessed one chunk of FORWARD_CHUNK inputs at a time in a background thread while the model runs on the
+    chunk before (the same chunks, so the same numbers, as one batch cut into chunks)."""
+    rows, masks = changed.shape[0] + 2, source.masks(changed)
+
+    def inputs(lo: int) -> torch.Tensor:
+        hi = min(lo + FORWARD_CHUNK, rows)
+        first, last = max(lo - 1, 0), min(hi - 1, rows - 2)  # copies first .. last - 1 are rows first + 1 .. last
+        copies = torch.where(masks[first:last], base[None], source.pixels[None]) if last > first else None
+        parts = [start[None]] * (lo == 0) + [copies] * (copies is not None) + [end[None]] * (hi == rows)
+        return source.inputs(copies if len(parts) == 1 and copies is not None else torch.cat(parts))
+
+    return _probabilities(model, source, one_ahead(inputs, range(0, rows, FORWARD_CHUNK), "camcheck-perturb"), index)
 
 
 # ----------------------------------------------------------------------------------------------------- sanity
@@ -593,10 +616,8 @@ def faithfulness(model: nn.Module, image: Any, target: Any = None, *, metric: st
     thresholds = torch.tensor(counts)[None, :, None, None]  # (1, K, 1, 1)
     first = rank_t[:, None] < thresholds  # (O, K, H, W): pixels taken first at each interior step
     changed = first if metric == "deletion" else ~first
-    stack = torch.where(source.masks(changed.reshape(-1, *h.shape)), base[None], pixels[None])
     start, end = (pixels, base) if metric == "deletion" else (base, pixels)
-    batch = torch.cat([start[None], stack, end[None]])
-    probs = _probabilities(model, source, source.inputs(batch), index)
+    probs = _curve_probabilities(model, source, changed.reshape(-1, *h.shape), base, start, end, index)
     inner = probs[1:-1].reshape(len(ranks), steps - 1)
     curves = np.concatenate([np.full((len(ranks), 1), probs[0]), inner, np.full((len(ranks), 1), probs[-1])], axis=1)
     aucs = [float(np.trapezoid(c, dx=1.0 / steps)) for c in curves]
