@@ -738,6 +738,13 @@ def _perturb(source: _Source, noise: float, samples: int, seed: int) -> torch.Te
     return pixels[None] + (torch.rand((samples, *pixels.shape), generator=gen) * 2 - 1) * noise
 
 
+def _norm(a: np.ndarray) -> float:
+    """The L2 norm of an array, without BLAS: np.linalg.norm's dot product goes to OpenBLAS, whose threads then
+    busy-wait and slowed the next forward passes down (stability: 245 ms instead of 70 ms on 2 cores)."""
+    flat = a.ravel()
+    return math.sqrt(float(np.einsum("i,i->", flat, flat)))
+
+
 def stability(model: nn.Module, image: Any, target: Any = None, *, noise: float = DEFAULT_NOISE, samples: int = 8,
               min_similarity: float = DEFAULT_MIN_SIMILARITY, seed: int = 0, **cam_kwargs: Any) -> StabilityResult:
     """Measure the stability check without asserting (see :func:`assert_stable`).
@@ -772,8 +779,8 @@ def stability(model: nn.Module, image: Any, target: Any = None, *, noise: float 
     prediction = clean.top[0][0] if clean.top else None
     predictions = [r.top[0][0] if r.top else None for r in perturbed]
     ssims = [map_similarity_ssim(clean.heatmap, r.heatmap) for r in perturbed]
-    norm = float(np.linalg.norm(clean.heatmap.astype(np.float64)))
-    changes = [float(np.linalg.norm(r.heatmap.astype(np.float64) - clean.heatmap)) for r in perturbed]
+    norm = _norm(clean.heatmap.astype(np.float64))
+    changes = [_norm(r.heatmap.astype(np.float64) - clean.heatmap) for r in perturbed]
     sensitivity = max(changes) / norm if norm > 0 else math.inf
     map_stable = not clean.empty and min(ssims) >= min_similarity
     prediction_stable = all(p == prediction for p in predictions)
