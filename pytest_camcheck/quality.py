@@ -734,8 +734,8 @@ def _perturb(source: _Source, noise: float, samples: int, seed: int) -> torch.Te
                 "pixel could change; pass noise >= 1/255, or the image as a float tensor"
             )
         offsets = torch.randint(-levels, levels + 1, (samples, *pixels.shape), generator=gen, dtype=torch.int16)
-        return (pixels[None].to(torch.int16) + offsets).clamp_(0, 255).to(torch.uint8)
-    return pixels[None] + (torch.rand((samples, *pixels.shape), generator=gen) * 2 - 1) * noise
+        return offsets.add_(pixels).clamp_(0, 255).to(torch.uint8)  # in place: no second (samples, ...) stack
+    return torch.rand((samples, *pixels.shape), generator=gen).mul_(2).sub_(1).mul_(noise).add_(pixels)
 
 
 def _norm(a: np.ndarray) -> float:
