@@ -207,8 +207,11 @@ def _curve_probabilities(model: nn.Module, source: _Source, changed: torch.Tenso
     """The probability of class ``index`` for ``start``, each copy of the source's pixels with the ``changed``
     pixels (one (H, W) mask per copy) taken from ``base``, and ``end``, in this order. The copies are built and
     preprocessed one chunk of FORWARD_CHUNK inputs at a time in a background thread while the model runs on the
-    chunk before (the same chunks, so the same numbers, as one batch cut into chunks)."""
+    chunk before (the same chunks, so the same numbers, as one batch cut into chunks). The last chunk, the
+    smallest, goes first: it is the one the model waits for."""
     rows, masks = changed.shape[0] + 2, source.masks(changed)
+    starts = list(range(0, rows, FORWARD_CHUNK))
+    starts = starts[-1:] + starts[:-1]
 
     def inputs(lo: int) -> torch.Tensor:
         hi = min(lo + FORWARD_CHUNK, rows)
@@ -217,7 +220,8 @@ def _curve_probabilities(model: nn.Module, source: _Source, changed: torch.Tenso
         parts = [start[None]] * (lo == 0) + [copies] * (copies is not None) + [end[None]] * (hi == rows)
         return source.inputs(copies if len(parts) == 1 and copies is not None else torch.cat(parts))
 
-    return _probabilities(model, source, one_ahead(inputs, range(0, rows, FORWARD_CHUNK), "camcheck-perturb"), index)
+    probs = _probabilities(model, source, one_ahead(inputs, starts, "camcheck-perturb"), index)
+    return np.roll(probs, starts[0] - rows)  # back in the order of the rows
 
 
 # ----------------------------------------------------------------------------------------------------- sanity
