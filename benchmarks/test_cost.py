@@ -172,15 +172,15 @@ def _rounds(forward_s: float, perturbation: bool) -> tuple[int, int]:
 
 
 def _measure(benchmark: Any, ours: Callable[[], object], companions: list[Companion], rounds: int, warmup: int,
-             info: dict[str, Any]) -> None:
+             info: dict[str, Any], slow_s: float = SLOW_COMPANION_S) -> None:
     """Time ``ours`` with pytest-benchmark; before each of its rounds time every companion once (rotating their
     order); write the fastest round of each and the ratios to ``extra_info`` (medians alongside).
 
     The fastest round estimates what a call costs: this machine's noise (other tenants, thread wake-ups) only ever
     adds time, and it hits whichever call happens to run then. A companion whose call takes over
-    ``SLOW_COMPANION_S`` seconds is timed once: a second call would change its ratio by far less than the ratio
-    itself, and it would make the full suite run past 15 minutes. Its ratio is then taken against ours in the
-    same round only (both are single calls in the same conditions), not against our fastest round.
+    ``slow_s`` seconds (``SLOW_COMPANION_S``) is timed once: a second call would change its ratio by far less than
+    the ratio itself, and it would make the full suite run past 15 minutes. Its ratio is then taken against ours in
+    the same round only (both are single calls in the same conditions), not against our fastest round.
     """
     turn = [0]
 
@@ -188,7 +188,7 @@ def _measure(benchmark: Any, ours: Callable[[], object], companions: list[Compan
         order = companions[turn[0] % len(companions):] + companions[:turn[0] % len(companions)] if companions else []
         turn[0] += 1
         for companion in order:
-            if len(companion.times) > warmup and companion.times[-1] > SLOW_COMPANION_S:
+            if len(companion.times) > warmup and companion.times[-1] > slow_s:
                 continue
             companion.once()
 
