@@ -327,7 +327,7 @@ def _average_ranks(heatmap: np.ndarray) -> np.ndarray:
     starts = np.flatnonzero(new)
     ends = np.append(starts[1:], flat.size)  # a tie group holds the sorted positions starts .. ends - 1
     ranks = np.empty(flat.size, dtype=np.float64)
-    ranks[order] = ((starts + ends - 1) / 2)[np.cumsum(new) - 1]
+    ranks[order] = np.repeat((starts + ends - 1) * 0.5, ends - starts)
     return ranks
 
 
