@@ -529,10 +529,12 @@ def _baseline(source: _Source, kind: str) -> torch.Tensor:
     kernel = min(2 * math.ceil(3 * sigma) + 1, 2 * ((min(h, w) - 1) // 2) + 1)
     if kind == "mean" or kernel < 3:
         out = chw.mean(dim=(1, 2), keepdim=True).expand_as(chw)
-    else:
-        import torchvision.transforms.functional as TF
+    else:  # torchvision's gaussian_blur (same kernel, reflect padding), but separable: 2K, not K^2, per pixel
+        from scipy.ndimage import gaussian_filter
 
-        out = TF.gaussian_blur(chw[None], [kernel, kernel], [sigma, sigma])[0]
+        axes = (0.0,) * (chw.dim() - 2) + (sigma, sigma)
+        out = torch.from_numpy(gaussian_filter(chw.contiguous().numpy(), sigma=axes, mode="mirror",
+                                               truncate=(kernel // 2) / sigma))
     if source.is_picture:
         return out.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
     return out.clone()

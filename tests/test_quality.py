@@ -185,6 +185,26 @@ def test_sanity_carries_categories_and_preprocessing_to_the_copy(monkeypatch: py
     assert all(m.shape == (80, 100) for m in r.maps)
 
 
+@pytest.mark.parametrize("kind", ["picture", "tensor"])
+def test_the_blur_baseline_is_torchvisions_gaussian_blur(small: nn.Module, kind: str) -> None:
+    import torchvision.transforms.functional as TF
+
+    rng = np.random.default_rng(3)
+    image = (Image.fromarray(rng.integers(0, 256, (61, 83, 3), dtype=np.uint8)) if kind == "picture"
+             else torch.from_numpy(rng.standard_normal((3, 61, 83)).astype(np.float32)))
+    source = quality._Source(small, image, {})
+    ours = quality._baseline(source, "blur")
+    chw = source.pixels.permute(2, 0, 1).float() if kind == "picture" else source.pixels
+    sigma = quality.BLUR_SIGMA * 61
+    kernel = 2 * math.ceil(3 * sigma) + 1
+    theirs = TF.gaussian_blur(chw[None], [kernel, kernel], [sigma, sigma])[0]
+    if kind == "picture":
+        theirs = theirs.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
+        assert int((ours.int() - theirs.int()).abs().max()) <= 1 and float((ours != theirs).float().mean()) < 0.01
+    else:
+        assert torch.allclose(ours, theirs, atol=1e-5)
+
+
 def test_numpy_and_torch_scalars_are_accepted_as_numbers(small: nn.Module) -> None:
     x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
     assert quality.sanity(small, x, 1, max_similarity=np.float32(0.7)).max_similarity == pytest.approx(0.7)
