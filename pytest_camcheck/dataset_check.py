@@ -20,6 +20,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -337,23 +338,25 @@ def run_dataset(model: torch.nn.Module, dataset: Dataset | str | Any, *, min_pas
     start = last = time.monotonic()
     images_done = 0
     batches = _batches(dataset, targets, difficult, batch_size, counts)
-    for decoded in one_ahead(lambda batch: _decode(dataset, batch), batches, "camcheck-decode"):
-        pictures = [s.image for s, labels in decoded for _ in labels]
-        wanted = [targets[label] for _, labels in decoded for label in labels]
-        results = iter(_maps(model, pictures, wanted, cam_kwargs))
-        for sample, labels in decoded:
-            for label in labels:
-                result = next(results)
-                method, layer = result.method, result.layer
-                checks.append(_one(sample, label, result, rule, centers, worst))
-        images_done += len(decoded)
-        now = time.monotonic()
-        finished = images_done == len(dataset)
-        if now - start >= PROGRESS_AFTER_S and (finished or now - last >= PROGRESS_EVERY_S):
-            last = now
-            rate = sum(c.passed for c in checks) / len(checks)
-            context.progress(f"camcheck dataset: {images_done}/{len(dataset)} images, {len(checks)} checks, "
-                             f"{rate:.1%} passed so far", images_done, len(dataset))
+    ahead = one_ahead(lambda batch: _decode(dataset, batch), batches, "camcheck-decode")
+    with closing(ahead):  # an error in the loop stops the decoding thread now, not when the traceback goes
+        for decoded in ahead:
+            pictures = [s.image for s, labels in decoded for _ in labels]
+            wanted = [targets[label] for _, labels in decoded for label in labels]
+            results = iter(_maps(model, pictures, wanted, cam_kwargs))
+            for sample, labels in decoded:
+                for label in labels:
+                    result = next(results)
+                    method, layer = result.method, result.layer
+                    checks.append(_one(sample, label, result, rule, centers, worst))
+            images_done += len(decoded)
+            now = time.monotonic()
+            finished = images_done == len(dataset)
+            if now - start >= PROGRESS_AFTER_S and (finished or now - last >= PROGRESS_EVERY_S):
+                last = now
+                rate = sum(c.passed for c in checks) / len(checks)
+                context.progress(f"camcheck dataset: {images_done}/{len(dataset)} images, {len(checks)} checks, "
+                                 f"{rate:.1%} passed so far", images_done, len(dataset))
     if not checks:
         raise CamCheckError(f"the dataset {dataset.root} has no (image, class) pair to check: every object is "
                             "difficult, or its label skipped. Fix: pass difficult=True, or classes=...")

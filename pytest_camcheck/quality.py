@@ -76,6 +76,8 @@ DEFAULT_ORDERINGS = 4
 DEFAULT_CONFIDENCE = 0.9
 CONFOUND_MARGIN = 0.2  # random orderings this far below the baseline image's probability: a perturbation artefact
 CONFOUND_SHARE = 0.3  # the baseline image keeps this share of the clean probability: little evidence to delete
+CONFOUND_FLOOR = 0.1  # ... and at least this probability (below it the class is simply not predicted)
+UNSURE = 0.1  # a clean probability below this: the model does not predict the class, little evidence to delete
 BASELINES = ("blur", "mean", "zero")
 METRICS = ("deletion", "insertion")
 BLUR_SIGMA = 0.1  # of the image's short side
@@ -182,11 +184,16 @@ class _Source:
         chunks = (x[i:i + FORWARD_CHUNK] for i in range(0, x.shape[0], FORWARD_CHUNK)) \
             if isinstance(x, torch.Tensor) else x
         out = []
-        with model_lock(model), evaluation_mode(model), torch.inference_mode():
-            for chunk in chunks:
-                logits = self.logits(run_model(model, chunk))
-                check_logits(logits)
-                out.append(logits)
+        try:
+            with model_lock(model), evaluation_mode(model), torch.inference_mode():
+                for chunk in chunks:
+                    logits = self.logits(run_model(model, chunk))
+                    check_logits(logits)
+                    out.append(logits)
+        finally:  # an error stops a background producer of the chunks now, not when its traceback is dropped
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
         return torch.cat(out) if len(out) > 1 else out[0]
 
 
@@ -299,9 +306,13 @@ def _randomise(unit: _Unit, generator_seed: int, device: torch.device) -> None:
     devices = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.no_grad():
-        if device.type == "cpu":  # the CPU generator only: torch.manual_seed also seeds CUDA's, which fork_rng
-            torch.default_generator.manual_seed(generator_seed)  # does not give back, and takes 0.25 ms a call
-        else:
+        # the generators fork_rng gives back only: torch.manual_seed would also seed every other GPU's (and takes
+        # 0.25 ms a call)
+        torch.default_generator.manual_seed(generator_seed)
+        if device.type == "cuda":
+            with torch.cuda.device(devices[0]):
+                torch.cuda.manual_seed(generator_seed)
+        elif device.type != "cpu":  # another accelerator: seeded, though fork_rng cannot give its state back
             torch.manual_seed(generator_seed)
         covered: set[int] = set()
         modules = list(unit.module.modules()) if unit.module is not None else []
@@ -502,7 +513,7 @@ class FaithfulnessResult:
         if self.metric != "deletion":
             return []
         out = []
-        if self.baseline_probability >= CONFOUND_SHARE * self.curve[0]:
+        if self.baseline_probability >= max(CONFOUND_SHARE * self.curve[0], CONFOUND_FLOOR):
             out.append(f"the fully {self.baseline!r}-replaced image still gets p = {self.baseline_probability:.2f} "
                        f"(the clean image {self.curve[0]:.2f}): the model gives this class to a featureless image, so "
                        "deleting its evidence cannot lower p much")
@@ -631,7 +642,7 @@ def faithfulness(model: nn.Module, image: Any, target: Any = None, *, metric: st
     gain = random_auc - aucs[0] if metric == "deletion" else aucs[0] - random_auc
     chance = _chance_gain(aucs[1:], confidence)
     return FaithfulnessResult(
-        passed=gain >= min_gain and (chance is None or gain > chance), metric=metric, baseline=baseline, gain=gain,
+        passed=_beats_random(gain, min_gain, chance), metric=metric, baseline=baseline, gain=gain,
         min_gain=min_gain, chance_gain=chance, confidence=confidence, auc=aucs[0],
         random_auc=random_auc, random_aucs=aucs[1:], fractions=[k / steps for k in range(steps + 1)],
         curve=curves[0].tolist(), random_curve=curves[1:].mean(axis=0).tolist(), target=index, label=label,
@@ -650,6 +661,11 @@ def _confidence(value: Any, orderings: int) -> float:
             f"(default {DEFAULT_ORDERINGS}), or confidence=0 to judge by min_gain alone"
         )
     return float(value)
+
+
+def _beats_random(gain: float, min_gain: float, chance: float | None) -> bool:
+    """The faithfulness verdict: the gain reaches ``min_gain`` and is more than chance (when judged)."""
+    return gain >= min_gain and (chance is None or gain > chance)
 
 
 def _chance_gain(random_aucs: Sequence[float], confidence: float) -> float | None:
@@ -683,6 +699,9 @@ def _faithful_message(r: FaithfulnessResult) -> list[str]:
     ]
     if r.result is not None and r.result.empty:
         lines.insert(0, "the map is EMPTY (no positive evidence): its ordering is random")
+    if r.metric == "deletion" and r.curve[0] < UNSURE:
+        lines.append(f"note: the clean image gives this class only p = {r.curve[0]:.2f}: the model does not predict "
+                     "it here, so deleting pixels cannot lower p much; explain the predicted class (target=None)")
     for why in r.confounds:
         lines.append(f"note, deletion is confounded here: {why}")
     if r.confounded and not r.passed:
@@ -809,7 +828,8 @@ def _stable_message(r: StabilityResult) -> list[str]:
         + ("" if r.map_stable else "  <-- the MAP is unstable"),
         f"max-sensitivity (largest ||map' - map|| / ||map||) {r.sensitivity:.3f}",
         f"prediction: clean {r.prediction}, perturbed {r.predictions}"
-        + ("" if r.prediction_stable else "  <-- the PREDICTION changes (the model is unstable here, not only the map)"),
+        + ("" if r.prediction_stable
+           else "  <-- the PREDICTION changes (the model is unstable here, not only the map)"),
     ]
     return lines
 
@@ -923,13 +943,16 @@ def assert_faithful(model: nn.Module, image: Any, target: Any = None, *, metric:
                            x_label=f"share of pixels ({r.metric})", y_range=(0.0, 1.0))
         return _strip("faithful", _picture_of_result(r.result, image), [r.heatmap], ["map"], plot)
 
-    metrics = {"gain": r.gain, "chance_gain": r.chance_gain, "auc": r.auc, "random_auc": r.random_auc,
+    over_chance = None if r.chance_gain is None else r.gain - r.chance_gain  # must be > 0: a report shows it paired
+    metrics = {"gain": r.gain, "chance_gain": r.chance_gain, "gain_over_chance": over_chance, "auc": r.auc,
+               "random_auc": r.random_auc,
                "random_aucs": r.random_aucs, "metric": r.metric, "baseline": r.baseline, "confounded": r.confounded,
                "curve": r.curve, "random_curve": r.random_curve}
     head = _head(r.result) if r.result is not None else f"given heatmap, class {r.target}"
     _finish("faithful", r.passed, head, _faithful_message(r), picture, r.result, r.target, r.label, metrics,
             {"min_gain": r.min_gain, "confidence": r.confidence, "steps": len(r.fractions) - 1,
-             "orderings": len(r.random_aucs), "seed": r.seed})
+             "orderings": len(r.random_aucs), "seed": r.seed,
+             **({"min_gain_over_chance": 0.0} if over_chance is not None else {})})
     return r
 
 

@@ -391,3 +391,24 @@ def test_the_fixture_records_the_checks_in_junit(pytester: pytest.Pytester, requ
     assert [v["passed"] for _, v in props] == [True, True, False]
     assert props[2][1]["threshold.min_similarity"] == 1.0 and props[2][1]["overlay"].endswith(".png")
     assert len(props[1][1]["curve"]) == 4 and "similarity" in props[0][1]
+
+
+def test_a_class_the_model_does_not_predict_is_not_called_confounded(shapes: nn.Module, scenes: list) -> None:
+    # a class with p ~ 0 on the clean image is not "given to a featureless image" unless the blurred image really
+    # gets it (p >= CONFOUND_FLOOR); either way the message says the model does not predict it
+    s = scenes[0]
+    unlikely = [r for r in (quality.faithfulness(shapes, s.image, k, steps=8) for k in range(6))
+                if r.curve[0] < quality.UNSURE]
+    assert len(unlikely) >= 3
+    for r in unlikely:
+        featureless = any("featureless" in why for why in r.confounds)
+        assert featureless == (r.baseline_probability >= quality.CONFOUND_FLOOR), (r.target, r.confounds)
+        assert "does not predict it here" in "\n".join(quality._faithful_message(r))
+    assert any(r.baseline_probability < quality.CONFOUND_FLOOR for r in unlikely)
+
+
+def test_the_chance_bound_is_students_prediction_bound() -> None:
+    # two random AUCs 0.4 and 0.6 (spread 0.1414): t(0.9, 1) = 3.0777, times sqrt(1 + 1/2): 0.533
+    assert quality._chance_gain([0.4, 0.6], 0.9) == pytest.approx(0.5331, abs=1e-4)
+    assert quality._chance_gain([0.5, 0.5, 0.5], 0.9) == 0.0  # no spread: the map only has to beat their mean
+    assert quality._chance_gain([0.4, 0.6], 0.0) is None

@@ -317,3 +317,20 @@ def test_the_plugin_report_draws_the_quality_curves(project: pytest.Pytester, le
     assert [re.search(r"<th>check</th><td>(\w+)</td>", row)[1] for row in rows] == ["sane", "faithful", "stable"]
     assert [len(curves(row)) for row in rows] == [1, 1, 0]  # the failed stable check's picture holds its curve
     assert "check FAILED" in rows[2] and len(re.findall(r'<img src="data:image/png;base64,', rows[2])) == 1
+
+
+def test_a_faithful_check_failing_only_on_chance_shows_that_in_red(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, x = SmallCNN().eval(), torch.rand(3, 32, 32)
+    seen: list = []
+    context.add_listener(seen.append)
+    try:
+        with pytest.raises(AssertionError, match="not better than chance"):
+            assert_faithful(model, x, 1, steps=4, orderings=3, min_gain=-1.0, confidence=0.999)
+    finally:
+        context.remove_listener(seen.append)
+    report = CheckReport()
+    report.add_record(seen[0])
+    page = report.write_html(tmp_path / "r.html").read_text()
+    assert re.search(r'class="ok">gain <b>[^<]+</b> \(need &ge; -1\)', page)  # min_gain alone is met ...
+    assert re.search(r'class="bad">gain_over_chance <b>[^<]+</b> \(need &ge; 0\)', page)  # ... the bound is not

@@ -10,6 +10,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+import torchvision
 from PIL import Image
 from scipy.stats import rankdata
 from torch import nn
@@ -127,3 +128,38 @@ def test_average_ranks_are_scipys_average_ranks() -> None:
     for m in maps:
         m = m.astype(np.float32)
         assert np.array_equal(quality._average_ranks(m), rankdata(m.ravel()) - 1)
+
+
+class _FailsOnBatches(torch.nn.Module):
+    """A classifier that raises on any batch of more than one image (the faithfulness curve's forwards)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 1:
+            raise RuntimeError("boom on a batch")
+        return self.fc(self.conv(x).mean(dim=(2, 3)))
+
+
+def test_an_error_in_the_curves_forwards_stops_the_background_thread_at_once() -> None:
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    heatmap = np.random.default_rng(1).random((40, 48)).astype(np.float32)
+    with pytest.raises(Exception, match="boom on a batch") as caught:  # the traceback is kept, as pytest keeps it
+        quality.faithfulness(_FailsOnBatches().eval(), picture, 1, heatmap=heatmap, steps=40)
+    assert caught.value is not None
+    alive = [t.name for t in threading.enumerate() if t.name.startswith("camcheck-perturb")]
+    assert alive == [], alive
+
+
+def test_a_copy_of_another_dtype_is_refused_with_the_reason() -> None:
+    from pytest_camcheck import CamCheckError
+    from pytest_camcheck.engine.core import cam_of_copies
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=3).eval()
+    explain = cam_of_copies(net, torch.rand(3, 32, 32), 1)
+    with pytest.raises(CamCheckError, match="in torch.float64.*in torch.float32"):
+        explain(copy.deepcopy(net).double())

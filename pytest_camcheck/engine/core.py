@@ -268,10 +268,11 @@ def cam_of_copies(model: nn.Module, image: Any, target: Target | Sequence[Target
 
     def explain(copy: nn.Module) -> CamResult | list[CamResult]:
         copy, copy_layer = _unwrapped(copy, layer)
-        if not _same_device(device_of(copy), batch.x.device):
-            raise CamCheckError(f"the copy is on {device_of(copy)}, the prepared input on {batch.x.device}; "
-                                "explain copies on the model's device")
-        results = _explain(copy, replace(batch, x=batch.x.clone()), jobs, categories, note, spec, copy_layer, output, reshape)
+        if not _same_device(device_of(copy), batch.x.device) or dtype_of(copy) != batch.x.dtype:
+            raise CamCheckError(f"the copy is on {device_of(copy)} in {dtype_of(copy)}, the prepared input on "
+                                f"{batch.x.device} in {batch.x.dtype}; explain copies of the model's device and dtype")
+        results = _explain(copy, replace(batch, x=batch.x.clone()), jobs, categories, note, spec, copy_layer, output,
+                           reshape)
         return results[0] if single else results
 
     return explain
