@@ -837,24 +837,32 @@ def _stable_message(r: StabilityResult) -> list[str]:
 # ------------------------------------------------------------------------------------------- assert and record
 
 def _strip(check: str, picture: Image.Image, maps: Sequence[np.ndarray], labels: Sequence[str],
-           plot: Image.Image) -> tuple[Any, str]:
-    from .render import overlay, save_png, side_by_side
+           metrics: dict[str, Any], thresholds: dict[str, Any]) -> tuple[Any, str]:
+    """The failure picture: the maps on the picture side by side with the check's curve (drawn from its recorded
+    metrics, as the report draws it), written to the artifacts folder; (path, text) or (None, why not)."""
+    from .render import overlay, quality_curve, save_png, side_by_side
 
+    try:
+        curve = [quality_curve(check, metrics, thresholds)]
+    except ValueError:  # no finite value to draw (e.g. every SSIM NaN): the maps alone
+        curve = []
     try:
         tiles = [overlay(picture, m) for m in maps]
         tiles = [t.resize((max(1, t.width * 160 // t.height), 160)) for t in tiles]
-        sheet = side_by_side(tiles + [plot], list(labels) + ["curve"])
+        sheet = side_by_side(tiles + curve, list(labels) + ["curve"] * len(curve))
         path = save_png(sheet, context.artifact_path(check))
     except OSError as err:
         return None, f"not written ({err})"
     return path, str(path)
 
 
-def _finish(check: str, passed: bool, head: str, lines: list[str], make_picture: Callable[[], tuple[Any, str]],
-            result: CamResult | None, target: int, label: str | None, metrics: dict[str, Any],
-            thresholds: dict[str, Any]) -> None:
+def _finish(check: str, passed: bool, head: str, lines: list[str],
+            maps: Callable[[], tuple[Image.Image, Sequence[np.ndarray], Sequence[str]]], result: CamResult | None,
+            target: int, label: str | None, metrics: dict[str, Any], thresholds: dict[str, Any]) -> None:
+    """Record the check; when it failed, write its picture (``maps()``: the picture, the maps drawn on it and
+    their labels) and raise ``AssertionError`` with the message."""
     __tracebackhide__ = True
-    picture, picture_text = (None, "") if passed else make_picture()
+    picture, picture_text = (None, "") if passed else _strip(check, *maps(), metrics, thresholds)
     message = "" if passed else "\n".join([f"camcheck {check} failed", f"  {head}", *[f"  {x}" for x in lines],
                                            f"  picture: {picture_text}"])
     context.record(context.CheckRecord(
@@ -892,19 +900,13 @@ def assert_sane(model: nn.Module, image: Any, target: Any = None, *,
     __tracebackhide__ = True
     r = sanity(model, image, target, max_similarity=max_similarity, seed=seed, **cam_kwargs)
 
-    def picture() -> tuple[Any, str]:
-        from .render import plot_curves
-
-        steps = [s.step for s in r.curve]
-        plot = plot_curves({"spearman": (steps, [s.spearman for s in r.curve]),
-                            "ssim": (steps, [s.ssim for s in r.curve])},
-                           x_label="groups randomised", y_range=(-1.0, 1.0), limit=r.max_similarity)
+    def maps() -> tuple[Image.Image, Sequence[np.ndarray], Sequence[str]]:
         labels = ["original"] + [f"{s.step}: {s.layers[-1]}"[:28] for s in r.curve[1:]]
-        return _strip("sane", _picture_of_result(r.original, image), r.maps, labels, plot)
+        return _picture_of_result(r.original, image), r.maps, labels
 
     metrics = {"similarity": r.similarity, "ssim": r.ssim, "steps": len(r.curve) - 1,
                "curve": [[s.step, s.layers[-1] if s.layers else "", s.spearman, s.ssim] for s in r.curve]}
-    _finish("sane", r.passed, _head(r.original), _sanity_message(r), picture, r.original, r.original.target,
+    _finish("sane", r.passed, _head(r.original), _sanity_message(r), maps, r.original, r.original.target,
             r.original.label, metrics, {"max_similarity": r.max_similarity, "seed": r.seed})
     return r
 
@@ -936,12 +938,8 @@ def assert_faithful(model: nn.Module, image: Any, target: Any = None, *, metric:
     r = faithfulness(model, image, target, metric=metric, steps=steps, baseline=baseline, min_gain=min_gain,
                      heatmap=heatmap, orderings=orderings, confidence=confidence, seed=seed, **cam_kwargs)
 
-    def picture() -> tuple[Any, str]:
-        from .render import plot_curves
-
-        plot = plot_curves({"map": (r.fractions, r.curve), "random": (r.fractions, r.random_curve)},
-                           x_label=f"share of pixels ({r.metric})", y_range=(0.0, 1.0))
-        return _strip("faithful", _picture_of_result(r.result, image), [r.heatmap], ["map"], plot)
+    def maps() -> tuple[Image.Image, Sequence[np.ndarray], Sequence[str]]:
+        return _picture_of_result(r.result, image), [r.heatmap], ["map"]
 
     over_chance = None if r.chance_gain is None else r.gain - r.chance_gain  # must be > 0: a report shows it paired
     metrics = {"gain": r.gain, "chance_gain": r.chance_gain, "gain_over_chance": over_chance, "auc": r.auc,
@@ -949,7 +947,7 @@ def assert_faithful(model: nn.Module, image: Any, target: Any = None, *, metric:
                "random_aucs": r.random_aucs, "metric": r.metric, "baseline": r.baseline, "confounded": r.confounded,
                "curve": r.curve, "random_curve": r.random_curve}
     head = _head(r.result) if r.result is not None else f"given heatmap, class {r.target}"
-    _finish("faithful", r.passed, head, _faithful_message(r), picture, r.result, r.target, r.label, metrics,
+    _finish("faithful", r.passed, head, _faithful_message(r), maps, r.result, r.target, r.label, metrics,
             {"min_gain": r.min_gain, "confidence": r.confidence, "steps": len(r.fractions) - 1,
              "orderings": len(r.random_aucs), "seed": r.seed,
              **({"min_gain_over_chance": 0.0} if over_chance is not None else {})})
@@ -977,20 +975,14 @@ def assert_stable(model: nn.Module, image: Any, target: Any = None, *, noise: fl
     r = stability(model, image, target, noise=noise, samples=samples, min_similarity=min_similarity, seed=seed,
                   **cam_kwargs)
 
-    def picture() -> tuple[Any, str]:
-        from .render import plot_curves
-
+    def maps() -> tuple[Image.Image, Sequence[np.ndarray], Sequence[str]]:
         worst = sorted(range(len(r.ssims)), key=lambda j: r.ssims[j])[:3]
-        idx = list(range(1, len(r.ssims) + 1))
-        plot = plot_curves({"ssim": (idx, r.ssims)}, x_label="perturbation", y_range=(0.0, 1.0),
-                           limit=r.min_similarity)
-        maps = [r.clean.heatmap] + [r.perturbed[j].heatmap for j in worst]
         labels = ["clean"] + [f"#{j + 1} ssim {r.ssims[j]:.2f}" for j in worst]
-        return _strip("stable", _picture_of_result(r.clean, image), maps, labels, plot)
+        return _picture_of_result(r.clean, image), [r.clean.heatmap] + [r.perturbed[j].heatmap for j in worst], labels
 
     metrics = {"similarity": r.similarity, "sensitivity": r.sensitivity, "prediction_stable": r.prediction_stable,
                "ssims": r.ssims, "predictions": r.predictions}
-    _finish("stable", r.passed, _head(r.clean), _stable_message(r), picture, r.clean, r.clean.target, r.clean.label,
+    _finish("stable", r.passed, _head(r.clean), _stable_message(r), maps, r.clean, r.clean.target, r.clean.label,
             metrics, {"min_similarity": r.min_similarity, "noise": r.noise, "samples": len(r.ssims), "seed": r.seed})
     return r
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -249,3 +249,84 @@ def plot_curves(
             draw.ellipse([px - 1.5, py - 1.5, px + 1.5, py + 1.5], fill=colour)
         draw.text((width - right - 70, top + 2 + 11 * k), name, fill=colour, font=font)
     return img
+
+
+# ------------------------------------------------------------------------------ curves of the quality checks
+
+_Series = dict[str, tuple[list[float], list[float]]]
+_Plot = tuple[_Series, dict[str, Any]]  # plot_curves' series and keywords
+
+
+def _plot_values(items: Any, *, gaps: bool = False) -> list[float]:
+    """Plain numbers of a recorded list (JSON: bools and strings are not numbers); with ``gaps``, None and
+    non-finite values become NaN (a hole in the curve), else they raise ValueError."""
+    if not isinstance(items, list) or not items:
+        raise ValueError("not a non-empty list")
+    out = []
+    for item in items:
+        if gaps and item is None:
+            out.append(math.nan)
+        elif isinstance(item, (int, float)) and not isinstance(item, bool) and (gaps or math.isfinite(item)):
+            out.append(float(item) if math.isfinite(item) else math.nan)
+        else:
+            raise ValueError(f"{item!r} is not a number")
+    return out
+
+
+def _limit(thresholds: dict[str, Any], name: str) -> float | None:
+    """The threshold ``name`` as a finite number, or None (no limit line)."""
+    value = thresholds.get(name)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def _sane_plot(metrics: dict[str, Any], thresholds: dict[str, Any]) -> _Plot:
+    """Spearman and SSIM with the original map against the number of groups randomised."""
+    curve = metrics["curve"]
+    if not isinstance(curve, list) or not all(isinstance(p, list) and len(p) == 4 for p in curve):
+        raise ValueError("the sanity curve is not a list of [step, group, spearman, ssim]")
+    steps = _plot_values([p[0] for p in curve])
+    series = {name: (steps, _plot_values([p[k] for p in curve], gaps=True))
+              for name, k in (("spearman", 2), ("ssim", 3))}
+    return series, {"x_label": "groups randomised", "y_range": (-1.0, 1.0),
+                    "limit": _limit(thresholds, "max_similarity")}
+
+
+def _faithful_plot(metrics: dict[str, Any], thresholds: dict[str, Any]) -> _Plot:
+    """The target's probability as shares of the pixels are deleted (inserted): the map's order and random ones."""
+    curve, random = _plot_values(metrics["curve"], gaps=True), _plot_values(metrics["random_curve"], gaps=True)
+    if len(curve) < 2 or len(random) != len(curve):
+        raise ValueError("the curves are not two of equal length")
+    shares = [k / (len(curve) - 1) for k in range(len(curve))]
+    metric = metrics.get("metric")
+    label = f"share of pixels ({metric[:20]})" if isinstance(metric, str) and metric else "share of pixels"
+    return {"map": (shares, curve), "random": (shares, random)}, {"x_label": label, "y_range": (0.0, 1.0)}
+
+
+def _stable_plot(metrics: dict[str, Any], thresholds: dict[str, Any]) -> _Plot:
+    """The SSIM of each perturbed image's map with the clean map."""
+    ssims = _plot_values(metrics["ssims"], gaps=True)
+    return ({"ssim": (list(map(float, range(1, len(ssims) + 1))), ssims)},
+            {"x_label": "perturbation", "y_range": (0.0, 1.0), "limit": _limit(thresholds, "min_similarity")})
+
+
+QUALITY_CURVES: dict[str, Callable[[dict[str, Any], dict[str, Any]], _Plot]] = {
+    "sane": _sane_plot, "faithful": _faithful_plot, "stable": _stable_plot,
+}
+
+
+def quality_curve(check: str, metrics: dict[str, Any], thresholds: dict[str, Any],
+                  size: tuple[int, int] = (240, 160)) -> Image.Image:
+    """The curve of an explanation-quality check ("sane", "faithful" or "stable") drawn from what it records (its
+    metrics and thresholds, as in the JUnit properties and the report): for its failure picture and for the
+    report. Raises ``KeyError`` / ``TypeError`` / ``ValueError`` when the metrics are not what the check records
+    (an old or foreign report), or hold no finite value.
+
+    Example:
+        >>> quality_curve("stable", {"ssims": [0.99, 0.97]}, {"min_similarity": 0.95}).size
+        (240, 160)
+    """
+    series, options = QUALITY_CURVES[check](metrics, thresholds)
+    if not any(math.isfinite(y) for _, ys in series.values() for y in ys):
+        raise ValueError("the curve has no finite value")
+    return plot_curves(series, size=size, **options)

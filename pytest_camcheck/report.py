@@ -27,7 +27,7 @@ import os
 import re
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from ._io import atomic_write
 from .context import CheckRecord
@@ -410,82 +410,17 @@ def _png_data(img: Any) -> str:
 
 # ------------------------------------------------------------------------------ curves of the quality checks
 
-_Series = dict[str, tuple[list[float], list[float]]]
-_Plot = tuple[_Series, dict[str, Any]]  # plot_curves' series and keywords
-
-
-def _plot_values(items: Any, *, gaps: bool = False) -> list[float]:
-    """Plain numbers of a recorded list (JSON: bools and strings are not numbers); with ``gaps``, None and
-    non-finite values become NaN (a hole in the curve), else they raise ValueError."""
-    if not isinstance(items, list) or not items:
-        raise ValueError("not a non-empty list")
-    out = []
-    for item in items:
-        if gaps and item is None:
-            out.append(math.nan)
-        elif isinstance(item, (int, float)) and not isinstance(item, bool) and (gaps or math.isfinite(item)):
-            out.append(float(item) if math.isfinite(item) else math.nan)
-        else:
-            raise ValueError(f"{item!r} is not a number")
-    return out
-
-
-def _limit(thresholds: dict[str, Any], name: str) -> float | None:
-    """The threshold ``name`` as a finite number, or None (no limit line)."""
-    value = thresholds.get(name)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return float(value) if ok else None
-
-
-def _sane_plot(metrics: dict[str, Any], thresholds: dict[str, Any]) -> _Plot:
-    """Spearman and SSIM with the original map against the number of groups randomised."""
-    curve = metrics["curve"]
-    if not isinstance(curve, list) or not all(isinstance(p, list) and len(p) == 4 for p in curve):
-        raise ValueError("the sanity curve is not a list of [step, group, spearman, ssim]")
-    steps = _plot_values([p[0] for p in curve])
-    series = {name: (steps, _plot_values([p[k] for p in curve], gaps=True))
-              for name, k in (("spearman", 2), ("ssim", 3))}
-    return series, {"x_label": "groups randomised", "y_range": (-1.0, 1.0),
-                    "limit": _limit(thresholds, "max_similarity")}
-
-
-def _faithful_plot(metrics: dict[str, Any], thresholds: dict[str, Any]) -> _Plot:
-    """The target's probability as shares of the pixels are deleted (inserted): the map's order and random ones."""
-    curve, random = _plot_values(metrics["curve"], gaps=True), _plot_values(metrics["random_curve"], gaps=True)
-    if len(curve) < 2 or len(random) != len(curve):
-        raise ValueError("the curves are not two of equal length")
-    shares = [k / (len(curve) - 1) for k in range(len(curve))]
-    metric = metrics.get("metric")
-    label = f"share of pixels ({metric[:20]})" if isinstance(metric, str) and metric else "share of pixels"
-    return {"map": (shares, curve), "random": (shares, random)}, {"x_label": label, "y_range": (0.0, 1.0)}
-
-
-def _stable_plot(metrics: dict[str, Any], thresholds: dict[str, Any]) -> _Plot:
-    """The SSIM of each perturbed image's map with the clean map."""
-    ssims = _plot_values(metrics["ssims"], gaps=True)
-    return ({"ssim": (list(map(float, range(1, len(ssims) + 1))), ssims)},
-            {"x_label": "perturbation", "y_range": (0.0, 1.0), "limit": _limit(thresholds, "min_similarity")})
-
-
-_CURVES: dict[str, Callable[[dict[str, Any], dict[str, Any]], _Plot]] = {
-    "sane": _sane_plot, "faithful": _faithful_plot, "stable": _stable_plot,
-}
-
-
 def _curve_html(row: dict[str, Any]) -> str:
     """The check's curve as an inlined plot (:data:`PLOT_SIZE`) drawn from its recorded metrics; '' for checks
     without one and for metrics that are missing or not what the check records (an old or foreign report)."""
+    from .render import QUALITY_CURVES, quality_curve
+
     check = row.get("check")
-    how = _CURVES.get(check) if isinstance(check, str) else None
-    if how is None:
+    if not isinstance(check, str) or check not in QUALITY_CURVES:
         return ""
     try:
-        series, options = how(_dict(row.get("metrics")), _dict(row.get("thresholds")))
-        if not any(math.isfinite(y) for _, ys in series.values() for y in ys):
-            return ""
-        from .render import plot_curves
-
-        data = _png_data(plot_curves(series, size=PLOT_SIZE, **options))
+        data = _png_data(quality_curve(check, _dict(row.get("metrics")), _dict(row.get("thresholds")),
+                                       size=PLOT_SIZE))
     except (KeyError, TypeError, ValueError, OverflowError):  # CamCheckError is a ValueError
         return ""
     return (f'<img class="curve" src="data:image/png;base64,{data}" width="{PLOT_SIZE[0]}" '
