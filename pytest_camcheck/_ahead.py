@@ -22,7 +22,8 @@ def one_ahead(make: Callable[[T], R], items: Iterable[T], name: str) -> Iterator
     """``make(item)`` for every item, in order; each is made in a background thread (named ``name``...) while the
     caller still works on the one before. The items themselves are drawn in the caller's thread, when the one
     before is handed over. An error of ``make`` is raised where its result is taken; leaving the loop early waits
-    for the one item then in the making."""
+    for the one item then in the making. Wrap it in ``contextlib.closing`` where the loop can end by an error: a
+    generator left that way stops its thread only when it is closed, and a kept traceback keeps it open."""
     found = iter(items)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=name) as pool:
         pending = _next(pool, make, found)

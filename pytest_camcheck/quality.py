@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import math
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
@@ -184,16 +185,11 @@ class _Source:
         chunks = (x[i:i + FORWARD_CHUNK] for i in range(0, x.shape[0], FORWARD_CHUNK)) \
             if isinstance(x, torch.Tensor) else x
         out = []
-        try:
-            with model_lock(model), evaluation_mode(model), torch.inference_mode():
-                for chunk in chunks:
-                    logits = self.logits(run_model(model, chunk))
-                    check_logits(logits)
-                    out.append(logits)
-        finally:  # an error stops a background producer of the chunks now, not when its traceback is dropped
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
+        with model_lock(model), evaluation_mode(model), torch.inference_mode():
+            for chunk in chunks:
+                logits = self.logits(run_model(model, chunk))
+                check_logits(logits)
+                out.append(logits)
         return torch.cat(out) if len(out) > 1 else out[0]
 
 
@@ -227,7 +223,8 @@ def _curve_probabilities(model: nn.Module, source: _Source, changed: torch.Tenso
         parts = [start[None]] * (lo == 0) + [copies] * (copies is not None) + [end[None]] * (hi == rows)
         return source.inputs(copies if len(parts) == 1 and copies is not None else torch.cat(parts))
 
-    probs = _probabilities(model, source, one_ahead(inputs, starts, "camcheck-perturb"), index)
+    with closing(one_ahead(inputs, starts, "camcheck-perturb")) as chunks:  # an error stops the thread now
+        probs = _probabilities(model, source, chunks, index)
     return np.roll(probs, starts[0] - rows)  # back in the order of the rows
 
 
