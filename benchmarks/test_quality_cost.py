@@ -67,7 +67,17 @@ def _rounds(least: Companion) -> int:
     return max(3, min(15, int(ROUNDS_BUDGET_S / (time.perf_counter() - start))))
 
 
-def _run(benchmark: Any, ours: Any, companions: list[Companion], info: dict[str, Any]) -> None:
+def _subject(benchmark: Any, name: str) -> tuple[torch.nn.Module, Any, Any]:
+    """The model, its input and its top-1 map (whose class and layer every check explains), in this device's
+    group."""
+    benchmark.group = f"quality {DEVICE}"
+    net, image = model(name, DEVICE), _image(name)
+    return net, image, compute_cam(net, image)
+
+
+def _run(benchmark: Any, ours: Any, companions: list[Companion], info: dict[str, Any], least: str) -> None:
+    """Time ours interleaved with the companions (the first is the least work, described by ``least``) and record
+    the ratios."""
     rounds = _rounds(companions[0])
     for other in companions[1:]:
         other.call(None)
@@ -76,6 +86,7 @@ def _run(benchmark: Any, ours: Any, companions: list[Companion], info: dict[str,
     # the ratio of the fastest rounds when this virtual machine's speed changes from one second to the next
     pairs = [o / l for o, l in zip(benchmark.stats.stats.data, companions[0].times)]
     benchmark.extra_info["ours_over_least_paired_median"] = statistics.median(pairs)
+    _record(benchmark, least)
 
 
 def _record(benchmark: Any, least: str) -> None:
@@ -89,24 +100,21 @@ def _record(benchmark: Any, least: str) -> None:
 
 @pytest.mark.parametrize("name", MODELS)
 def test_faithful_cost(benchmark: Any, name: str) -> None:
-    net, image = model(name, DEVICE), _image(name)
-    benchmark.group = f"quality {DEVICE}"
-    target = compute_cam(net, image).target
+    net, image, first = _subject(benchmark, name)
+    target = first.target
     x = quality._Source(net, image, {}).clean_input
     batch = x.expand(FORWARDS, -1, -1, -1).clone()
     map_call = Companion("map", lambda _: compute_cam(net, image, target))
     forwards = _least_forwards(net, batch)
     least = Companion("least", lambda _: (map_call.call(None), forwards.call(None)))
     _run(benchmark, lambda: assert_faithful(net, image, target, steps=STEPS, min_gain=-1.0), [least],
-         dict(case="quality", check="faithful", model=name, steps=STEPS, orderings=ORDERINGS))
-    _record(benchmark, f"1 map + {FORWARDS} forwards")
+         dict(case="quality", check="faithful", model=name, steps=STEPS, orderings=ORDERINGS),
+         f"1 map + {FORWARDS} forwards")
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_sane_cost(benchmark: Any, name: str) -> None:
-    net, image = model(name, DEVICE), _image(name)
-    benchmark.group = f"quality {DEVICE}"
-    first = compute_cam(net, image)
+    net, image, first = _subject(benchmark, name)
     calls = len(quality.cascade_groups(net)) + 1
 
     def least_calls(_: Any) -> list:  # as ours: the layer chosen once, then fixed, the image prepared once for it
@@ -117,8 +125,8 @@ def test_sane_cost(benchmark: Any, name: str) -> None:
     whole = Companion("calls", lambda _: [compute_cam(net, image, first.target)] + [
         compute_cam(net, image, first.target, layer=first.layer) for _ in range(calls - 1)])
     _run(benchmark, lambda: assert_sane(net, image, first.target, max_similarity=1.0), [least, whole],
-         dict(case="quality", check="sane", model=name, steps=calls - 1))
-    _record(benchmark, f"{calls} Grad-CAM calls, the image prepared once")
+         dict(case="quality", check="sane", model=name, steps=calls - 1),
+         f"{calls} Grad-CAM calls, the image prepared once")
     info = benchmark.extra_info
     info["ours_over_calls"] = info["ours_s"] / info["calls_s"]
     info.pop("calls_over_ours", None)
@@ -126,11 +134,9 @@ def test_sane_cost(benchmark: Any, name: str) -> None:
 
 @pytest.mark.parametrize("name", MODELS)
 def test_stable_cost(benchmark: Any, name: str) -> None:
-    net, image = model(name, DEVICE), _image(name)
-    benchmark.group = f"quality {DEVICE}"
-    target = compute_cam(net, image).target
+    net, image, first = _subject(benchmark, name)
+    target = first.target
     batch = [image] * (SAMPLES + 1) if isinstance(image, Image.Image) else image.expand(SAMPLES + 1, -1, -1, -1)
     least = Companion("least", lambda _: compute_cam(net, batch, target))
     _run(benchmark, lambda: assert_stable(net, image, target, samples=SAMPLES, min_similarity=-1.0), [least],
-         dict(case="quality", check="stable", model=name, samples=SAMPLES))
-    _record(benchmark, f"1 Grad-CAM call on {SAMPLES + 1} images")
+         dict(case="quality", check="stable", model=name, samples=SAMPLES), f"1 Grad-CAM call on {SAMPLES + 1} images")
