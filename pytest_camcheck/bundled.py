@@ -43,7 +43,7 @@ INPUT_SIZE = (112, 112)
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
 _WIDTHS = (16, 32, 48, 96)
-_VIT = {"dim": 96, "depth": 4, "heads": 3, "mlp_ratio": 4.0}
+_VIT = {"dim": 96, "depth": 4, "heads": 3, "mlp_ratio": 4.0, "init_values": 1e-4}
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -141,19 +141,33 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``; (B, N, dim) in and out."""
+class LayerScale(nn.Module):
+    """``x * gamma``, one learned scale per channel (CaiT's LayerScale, timm's ``init_values``)."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
+    def __init__(self, dim: int, init_values: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with LayerScale (timm's ``Block`` with ``init_values``): ``x + ls1(attn(norm1(x)))``,
+    then ``x + ls2(mlp(norm2(x)))``; (B, N, dim) in and out."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, init_values: float) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, num_heads)
+        self.ls1 = LayerScale(dim, init_values)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.ls2 = LayerScale(dim, init_values)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.ls1(self.attn(self.norm1(x)))
+        return x + self.ls2(self.mlp(self.norm2(x)))
 
 
 class TokensToGrid(nn.Module):
@@ -193,8 +207,8 @@ class ShapesViT(nn.Module):
     """
 
     def __init__(self, classes: int = len(CLASSES), *, dim: int = _VIT["dim"],
-                 depth: int = _VIT["depth"], num_heads: int = _VIT["heads"], mlp_ratio: float = _VIT["mlp_ratio"]
-                 ) -> None:
+                 depth: int = _VIT["depth"], num_heads: int = _VIT["heads"], mlp_ratio: float = _VIT["mlp_ratio"],
+                 init_values: float = _VIT["init_values"]) -> None:
         super().__init__()
         self.global_pool = "avg"
         self.num_prefix_tokens = 1
@@ -202,7 +216,7 @@ class ShapesViT(nn.Module):
         self.patch_embed = PatchEmbed(INPUT_SIZE, dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + self.patch_embed.num_patches, dim))
-        self.blocks = nn.Sequential(*(Block(dim, num_heads, mlp_ratio) for _ in range(depth)))
+        self.blocks = nn.Sequential(*(Block(dim, num_heads, mlp_ratio, init_values) for _ in range(depth)))
         self.tokens_to_grid = TokensToGrid(self.patch_embed.grid_size, self.num_prefix_tokens)
         self.fc_norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, classes)

@@ -80,6 +80,7 @@ DEFAULT_CONFIDENCE = 0.9
 CONFOUND_MARGIN = 0.2  # random orderings this far below the baseline image's probability: a perturbation artefact
 CONFOUND_SHARE = 0.3  # the baseline image keeps this share of the clean probability: little evidence to delete
 CONFOUND_FLOOR = 0.1  # ... and at least this probability (below it the class is simply not predicted)
+CONFOUND_CHANCE = 2.0  # ... and at least this many times chance (1 / classes), which a featureless image may get
 UNSURE = 0.1  # a clean probability below this: the model does not predict the class, little evidence to delete
 BASELINES = ("blur", "mean", "zero")
 METRICS = ("deletion", "insertion")
@@ -152,6 +153,7 @@ class _Source:
             self.pixels = torch.from_numpy(np.array(self.picture, dtype=np.uint8))
         else:
             self.pixels = image.detach().to("cpu", torch.float32).clone()
+        self.classes = 0  # the number of classes of the model's output (2 for one logit), once it has run
 
     def masks(self, masks: torch.Tensor) -> torch.Tensor:
         """Boolean (K, H, W) masks shaped to select pixels of a (K, ...) stack of copies."""
@@ -192,6 +194,7 @@ class _Source:
                 logits = self.logits(run_model(model, chunk))
                 check_logits(logits)
                 out.append(logits)
+                self.classes = max(2, logits.shape[1])
         return torch.cat(out) if len(out) > 1 else out[0]
 
 
@@ -504,6 +507,7 @@ class FaithfulnessResult:
     heatmap: np.ndarray = field(repr=False)
     result: CamResult | None = field(default=None, repr=False)
     seed: int = 0
+    classes: int = 0
 
     @property
     def baseline_probability(self) -> float:
@@ -511,12 +515,21 @@ class FaithfulnessResult:
         return self.curve[-1] if self.metric == "deletion" else self.curve[0]
 
     @property
+    def featureless_floor(self) -> float:
+        """The probability at which the baseline image counts as given this class (see ``confounds``):
+        CONFOUND_SHARE of the clean image's, at least CONFOUND_FLOOR, and at least CONFOUND_CHANCE times the
+        chance level 1 / ``classes``, the probability a model trained to call a featureless image no class gives
+        every class."""
+        chance = CONFOUND_CHANCE / self.classes if self.classes else 0.0
+        return max(CONFOUND_SHARE * self.curve[0], CONFOUND_FLOOR, chance)
+
+    @property
     def confounds(self) -> list[str]:
         """Why deletion may misjudge this map (empty when it is not confounded); see ``confounded``."""
         if self.metric != "deletion":
             return []
         out = []
-        if self.baseline_probability >= max(CONFOUND_SHARE * self.curve[0], CONFOUND_FLOOR):
+        if self.baseline_probability >= self.featureless_floor:
             out.append(f"the fully {self.baseline!r}-replaced image still gets p = {self.baseline_probability:.2f} "
                        f"(the clean image {self.curve[0]:.2f}): the model gives this class to a featureless image, so "
                        "deleting its evidence cannot lower p much")
@@ -538,20 +551,31 @@ def _baseline(source: _Source, kind: str) -> torch.Tensor:
     if kind == "zero":
         return torch.zeros_like(pixels)
     chw = pixels.permute(2, 0, 1).float() if source.is_picture else pixels
-    h, w = chw.shape[-2:]
-    sigma = max(1.0, BLUR_SIGMA * min(h, w))
-    kernel = min(2 * math.ceil(3 * sigma) + 1, 2 * ((min(h, w) - 1) // 2) + 1)
-    if kind == "mean" or kernel < 3:
-        out = chw.mean(dim=(1, 2), keepdim=True).expand_as(chw)
-    else:  # torchvision's gaussian_blur (same kernel, reflect padding), but separable: 2K, not K^2, per pixel
-        from scipy.ndimage import gaussian_filter
-
-        axes = (0.0,) * (chw.dim() - 2) + (sigma, sigma)
-        out = torch.from_numpy(gaussian_filter(chw.contiguous().numpy(), sigma=axes, mode="mirror",
-                                               truncate=(kernel // 2) / sigma))
+    out = chw.mean(dim=(1, 2), keepdim=True).expand_as(chw) if kind == "mean" else blur(chw)
     if source.is_picture:
         return out.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
     return out.clone()
+
+
+def blur(images: torch.Tensor) -> torch.Tensor:
+    """The "blur" baseline of (..., C, H, W) float images: a Gaussian of sigma ``BLUR_SIGMA`` x the short side
+    over the last two axes, as torchvision's ``gaussian_blur`` (same kernel, reflect padding) but separable, so
+    2K, not K^2, operations per pixel; images under 3 px on a side get their mean colour.
+
+    Example:
+        >>> blur(torch.ones(3, 20, 30)).shape
+        torch.Size([3, 20, 30])
+    """
+    h, w = images.shape[-2:]
+    sigma = max(1.0, BLUR_SIGMA * min(h, w))
+    kernel = min(2 * math.ceil(3 * sigma) + 1, 2 * ((min(h, w) - 1) // 2) + 1)
+    if kernel < 3:
+        return images.mean(dim=(-2, -1), keepdim=True).expand_as(images).clone()
+    from scipy.ndimage import gaussian_filter
+
+    axes = (0.0,) * (images.dim() - 2) + (sigma, sigma)
+    return torch.from_numpy(gaussian_filter(images.contiguous().numpy(), sigma=axes, mode="mirror",
+                                            truncate=(kernel // 2) / sigma))
 
 
 def _ranks(heatmap: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -649,7 +673,7 @@ def faithfulness(model: nn.Module, image: Any, target: Any = None, *, metric: st
         min_gain=min_gain, chance_gain=chance, confidence=confidence, auc=aucs[0],
         random_auc=random_auc, random_aucs=aucs[1:], fractions=[k / steps for k in range(steps + 1)],
         curve=curves[0].tolist(), random_curve=curves[1:].mean(axis=0).tolist(), target=index, label=label,
-        heatmap=h, result=result, seed=seed,
+        heatmap=h, result=result, seed=seed, classes=source.classes,
     )
 
 

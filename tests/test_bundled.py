@@ -186,3 +186,22 @@ def test_recipes_cover_every_bundled_model() -> None:
     assert RECIPES["camcheck-shapes-shortcut"].mix == (("shortcut", "watermark"),), "only the watermark predicts"
     assert RECIPES["camcheck-shapes-vit"].mix == RECIPES["camcheck-shapes"].mix, "the transformer sees the same scenes"
     assert RECIPES["camcheck-shapes-vit"].arch == "vit"
+
+
+def test_deletion_training_replaces_a_share_of_pixels_and_softens_the_target() -> None:
+    from pytest_camcheck.train import _deleted
+
+    x = torch.zeros(400, 3, 20, 20, dtype=torch.uint8)
+    blurred = torch.full_like(x, 255)
+    y = torch.arange(400) % 6
+    out, goal = _deleted(x, blurred, y, 0.5, torch.Generator().manual_seed(0))
+    gone = (out == 255).float()
+    assert torch.equal(gone[:, 0], gone[:, 1]) and torch.equal(gone[:, 0], gone[:, 2])  # whole pixels replaced
+    share = gone.mean(dim=(1, 2, 3))
+    untouched = share == 0
+    assert 0.4 < untouched.float().mean() < 0.6  # about half the batch is left as it is, with a one-hot target
+    assert torch.equal(goal[untouched], nn.functional.one_hot(y[untouched], 6).float())
+    assert torch.allclose(goal.sum(dim=1), torch.ones(400))
+    # the label keeps 1 - f (plus its even share f / 6), f being the share of pixels replaced, up to sampling
+    assert torch.allclose(goal[torch.arange(400), y], 1 - share * 5 / 6, atol=0.12)
+    assert share[~untouched].max() > 0.9 and share[~untouched].min() < 0.1  # f spans [0, 1]

@@ -178,6 +178,6 @@ def test_transformer_map_comes_from_its_last_blocks_patch_tokens(scenes) -> None
 
 def test_transformer_points_at_the_object(vit_single: Run) -> None:
     metrics = vit_single.on(_object)
-    assert vit_single.hit_rate(_object) >= 0.55
-    assert np.mean([m.energy for m in metrics]) >= 2.5 * np.mean([m.chance for m in metrics])
-    assert np.mean([m.lift > 1.5 for m in metrics]) >= 0.55
+    assert vit_single.hit_rate(_object) >= 0.90  # measured 97.5%
+    assert np.mean([m.energy for m in metrics]) >= 3 * np.mean([m.chance for m in metrics])  # measured 6.8x
+    assert np.mean([m.lift > 1.5 for m in metrics]) >= 0.9  # measured 98.5%

@@ -59,7 +59,8 @@ def test_write_json_never_replaces_a_file_without_force(tmp_path, capsys, monkey
     assert (tmp_path / "scene.json").read_text() == "mine"
     assert cli.main(["show", "camcheck-shapes", "scene.png", "--write-json", "--force"]) == 0
     assert json.loads((tmp_path / "scene.json").read_text())["regions"].keys() == {"star"}
-    assert cli.main(["show", "camcheck-shapes", "scene.png", "--target", "circle", "--write-json", "--force"]) == 2
+    (tmp_path / "other.png").write_bytes((FIXTURE / "images" / "single-1000901.png").read_bytes())
+    assert cli.main(["show", "camcheck-shapes", "other.png", "--target", "circle", "--write-json", "--force"]) == 2
     assert "is empty, so there is no box to write" in capsys.readouterr().err
 
 

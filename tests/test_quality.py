@@ -20,7 +20,7 @@ from pytest_camcheck import (CamCheckError, assert_faithful, assert_sane, assert
                              quality)
 from pytest_camcheck.bundled import ShapesNet, load_bundled
 from pytest_camcheck.scenes import HELD_OUT, make_scene
-from pytest_camcheck.zoo import ModelInfo, attach_info
+from pytest_camcheck.zoo import ModelInfo, attach_info, model_info
 
 from .models import SmallCNN
 
@@ -324,8 +324,7 @@ def test_faithfulness_passes_gradcam_and_fails_inverted_and_random_maps(shapes: 
                 for s, f in zip(scenes[:6], good)]
     rand = [quality.faithfulness(shapes, s.image, s.label, steps=16, heatmap=random_map(f.heatmap.shape, seed))
             for s, f in zip(scenes[:6], good) for seed in (s.seed, s.seed + 1)]
-    # calibration: Grad-CAM passes 85% of 40 scenes, and 96.6% of the scenes where deletion is not confounded (the
-    # bundled CNN gives "triangle" to a featureless image, so deleting a triangle leaves p near 0.45)
+    # calibration: Grad-CAM passes 97.5% of 40 scenes, none of them confounded
     clear = [r for r in good if not r.confounded]
     assert len(clear) >= 6 and np.mean([r.passed for r in clear]) >= 0.75, [(r.gain, r.chance_gain) for r in clear]
     assert np.mean([r.passed for r in good]) >= 0.5
@@ -337,11 +336,28 @@ def test_faithfulness_passes_gradcam_and_fails_inverted_and_random_maps(shapes: 
     assert all(r.chance_gain is not None and r.chance_gain > 0 for r in good + rand)
 
 
+class GivesClassToAnything(nn.Module):
+    """The bundled CNN with its logit of class ``k`` raised by 8: even a featureless image gets class ``k``."""
+
+    def __init__(self, net: nn.Module, k: int) -> None:
+        super().__init__()
+        self.net, self.k = net, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) + 8.0 * nn.functional.one_hot(torch.tensor(self.k), 6).to(x.dtype)
+
+
 def test_a_confounded_deletion_says_so_in_the_failure(shapes: nn.Module, scenes: list) -> None:
-    failing = next(s for s in scenes if (lambda r: r.confounded and not r.passed)(
-        quality.faithfulness(shapes, s.image, s.label, steps=16)))
-    with pytest.raises(AssertionError, match=r"(?s)deletion is confounded here: .*metric='insertion'"):
-        assert_faithful(shapes, failing.image, failing.label, steps=16)
+    # the bundled CNN was trained to call a featureless image no class, so none of its scenes is confounded; a model
+    # that gives one class to anything is: deleting that class's evidence cannot lower its p
+    s = scenes[0]
+    biased = GivesClassToAnything(shapes, s.label)
+    attach_info(biased, model_info(shapes))
+    r = quality.faithfulness(biased, s.image, s.label, steps=16)
+    assert r.confounded and not r.passed and r.baseline_probability >= r.featureless_floor, (r.gain, r.curve)
+    assert not quality.faithfulness(shapes, s.image, s.label, steps=16).confounded
+    with pytest.raises(AssertionError, match=r"(?s)deletion is confounded here: .*featureless.*metric='insertion'"):
+        assert_faithful(biased, s.image, s.label, steps=16)
 
 
 def test_the_chance_bound_is_what_stops_a_lucky_random_map(shapes: nn.Module, scenes: list) -> None:
@@ -402,9 +418,11 @@ def test_a_class_the_model_does_not_predict_is_not_called_confounded(shapes: nn.
     assert len(unlikely) >= 3
     for r in unlikely:
         featureless = any("featureless" in why for why in r.confounds)
-        assert featureless == (r.baseline_probability >= quality.CONFOUND_FLOOR), (r.target, r.confounds)
+        assert featureless == (r.baseline_probability >= r.featureless_floor), (r.target, r.confounds)
         assert "does not predict it here" in "\n".join(quality._faithful_message(r))
-    assert any(r.baseline_probability < quality.CONFOUND_FLOOR for r in unlikely)
+        # this model gives a featureless image about 1/6 for every class: chance, which is not keeping the class
+        assert r.classes == 6 and r.featureless_floor >= quality.CONFOUND_CHANCE / 6
+    assert any(quality.CONFOUND_FLOOR <= r.baseline_probability < r.featureless_floor for r in unlikely)
 
 
 def test_the_chance_bound_is_students_prediction_bound() -> None:
