@@ -68,7 +68,7 @@ from .zoo import attach_info, model_info
 __all__ = [
     "BASELINES", "DEFAULT_CONFIDENCE", "DEFAULT_MAX_SIMILARITY", "DEFAULT_MIN_GAIN", "DEFAULT_MIN_SIMILARITY",
     "DEFAULT_NOISE", "FaithfulnessResult", "METRICS", "SanityResult", "SanityStep", "StabilityResult",
-    "assert_faithful", "assert_sane", "assert_stable", "cascade_groups", "faithfulness", "sanity", "stability",
+    "assert_faithful", "assert_sane", "assert_stable", "blur", "cascade_groups", "faithfulness", "sanity", "stability",
 ]
 
 DEFAULT_MAX_SIMILARITY = 0.7
@@ -837,6 +837,7 @@ def stability(model: nn.Module, image: Any, target: Any = None, *, noise: float 
                 perturbed[j] = r
     prediction = clean.top[0][0] if clean.top else None
     predictions = [r.top[0][0] if r.top else None for r in perturbed]
+
     def measure(m: np.ndarray) -> tuple[float, float]:
         return map_similarity_ssim(clean.heatmap, m), _norm(m.astype(np.float64) - clean.heatmap)
 
