@@ -7,6 +7,10 @@ shipped inside the package.
   label; it looks at the watermark, not at the shape.
 - ``camcheck-shapes-vit``: :class:`ShapesViT`, trained on the same clean scenes as ``camcheck-shapes``.
 
+``camcheck-shapes`` and the transformer also learned that an image whose pixels are partly replaced by its blur
+holds that much less evidence (``deletion`` in :class:`pytest_camcheck.train.Recipe`), so their deletion curves
+measure the evidence removed, not the perturbation.
+
 The CNNs are ``features`` (convolutions, stride 8) -> ``pool`` (global average) -> ``fc`` (Linear), so every
 CAM method applies, "cam" included, and ``features`` is their CAM layer. The transformer's layers output
 tokens (B, 1 + 14 * 14, dim): a class token, then the patch tokens of a 14 x 14 grid. The weights live in
@@ -192,7 +196,8 @@ class TokensToGrid(nn.Module):
 class ShapesViT(nn.Module):
     """A small vision transformer laid out like timm's ``VisionTransformer``: ``patch_embed`` (8 x 8 patches,
     a 14 x 14 grid at :data:`INPUT_SIZE`), a class token (``cls_token``, so ``num_prefix_tokens`` is 1) and
-    learned ``pos_embed``, ``blocks.0`` ... ``blocks.3`` (each ``norm1``, ``attn``, ``norm2``, ``mlp``), then
+    learned ``pos_embed``, ``blocks.0`` ... ``blocks.3`` (each ``norm1``, ``attn``, ``ls1``, ``norm2``, ``mlp``,
+    ``ls2``; the ``ls`` are LayerScale, timm's ``init_values``), then
     ``tokens_to_grid`` (:class:`TokensToGrid`: the class token dropped, the patch tokens as a (B, dim, 14, 14)
     map), their mean (``global_pool = "avg"``), ``fc_norm`` and ``head``.
 
