@@ -80,7 +80,7 @@ DEFAULT_CONFIDENCE = 0.9
 CONFOUND_MARGIN = 0.2  # random orderings this far below the baseline image's probability: a perturbation artefact
 CONFOUND_SHARE = 0.3  # the baseline image keeps this share of the clean probability: little evidence to delete
 CONFOUND_FLOOR = 0.1  # ... and at least this probability (below it the class is simply not predicted)
-CONFOUND_CHANCE = 2.0  # ... and at least this many times chance (1 / classes), which a featureless image may get
+CONFOUND_CHANCE = 2.0  # ... and at least this many times chance (1 / classes), or chance + CONFOUND_MARGIN if lower
 UNSURE = 0.1  # a clean probability below this: the model does not predict the class, little evidence to delete
 BASELINES = ("blur", "mean", "zero")
 METRICS = ("deletion", "insertion")
@@ -513,10 +513,18 @@ class FaithfulnessResult:
     @property
     def featureless_floor(self) -> float:
         """The probability at which the baseline image counts as given this class (see ``confounds``):
-        CONFOUND_SHARE of the clean image's, at least CONFOUND_FLOOR, and at least CONFOUND_CHANCE times the
-        chance level 1 / ``classes``, the probability a model trained to call a featureless image no class gives
-        every class."""
-        chance = CONFOUND_CHANCE / self.classes if self.classes else 0.0
+        CONFOUND_SHARE of the clean image's, at least CONFOUND_FLOOR, and well above the chance level 1 /
+        ``classes`` (the probability a model trained to call a featureless image no class gives every class):
+        CONFOUND_CHANCE times it, or chance + CONFOUND_MARGIN where that is lower (2 classes: 0.7, not 1).
+
+        Example:
+            >>> r = FaithfulnessResult(False, "deletion", "blur", 0.0, 0.05, None, 0.0, 0.5, 0.5, [0.5], [0.0, 1.0],
+            ...                        [0.9, 0.5], [0.9, 0.5], 0, None, np.zeros((2, 2)), classes=6)
+            >>> from dataclasses import replace
+            >>> round(r.featureless_floor, 3), round(replace(r, classes=2).featureless_floor, 3)
+            (0.333, 0.7)
+        """
+        chance = min(CONFOUND_CHANCE / self.classes, 1 / self.classes + CONFOUND_MARGIN) if self.classes else 0.0
         return max(CONFOUND_SHARE * self.curve[0], CONFOUND_FLOOR, chance)
 
     @property
@@ -797,7 +805,8 @@ def _in_threads(measure: Callable[[np.ndarray], Any], maps: Sequence[np.ndarray]
     """``measure`` of every map, in order, over up to 4 threads. Run once the model is done: SSIM's filters and
     the rank sorts release the GIL, so 8 SSIMs took 6 ms instead of 14 on 2 cores, while the same measurements
     in a thread beside the sanity cascade's next step fought it for the GIL."""
-    workers = min(4, len(maps), os.cpu_count() or 1)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = min(4, len(maps), cpus)
     if workers < 2:
         return [measure(m) for m in maps]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="camcheck-similarity") as pool:

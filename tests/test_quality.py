@@ -430,3 +430,17 @@ def test_the_chance_bound_is_students_prediction_bound() -> None:
     assert quality._chance_gain([0.4, 0.6], 0.9) == pytest.approx(0.5331, abs=1e-4)
     assert quality._chance_gain([0.5, 0.5, 0.5], 0.9) == 0.0  # no spread: the map only has to beat their mean
     assert quality._chance_gain([0.4, 0.6], 0.0) is None
+
+
+def test_the_featureless_floor_stays_reachable_for_two_classes(shapes: nn.Module, scenes: list) -> None:
+    # twice chance is 1.0 for two classes, which no probability reaches: there the floor is chance + the margin
+    from dataclasses import replace
+
+    s = scenes[0]
+    r = quality.faithfulness(GivesClassToAnything(shapes, s.label), s.image, s.label, steps=4, preprocess=None)
+    for classes, floor in ((2, 0.5 + quality.CONFOUND_MARGIN), (6, 2 / 6), (1000, quality.CONFOUND_FLOOR)):
+        two = replace(r, classes=classes, curve=[0.2, *r.curve[1:-1], floor])
+        assert two.featureless_floor == pytest.approx(floor)
+        assert two.confounded and any("featureless" in why for why in two.confounds)
+        below = replace(two, curve=[*two.curve[:-1], floor - 0.01])
+        assert not any("featureless" in why for why in below.confounds)
