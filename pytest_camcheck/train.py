@@ -49,8 +49,9 @@ class Recipe:
     (:class:`~pytest_camcheck.bundled.ShapesViT`: its ``patch_embed.backbone`` is ``camcheck-shapes``'
     ``features``, frozen, and the rest is trained); ``clip`` bounds the gradient norm (0: no clipping).
 
-    ``deletion`` is the share of each batch shown with a random share ``f`` of its pixels (uniform in [0, 1],
-    scattered) replaced by the scene's blur (the default baseline of ``assert_faithful``), the target then
+    ``deletion`` is the chance of each training image to be shown with a random share ``f`` of its pixels
+    (uniform in [0, 1], scattered) replaced by its blur (the Gaussian of ``assert_faithful``'s default baseline,
+    :func:`pytest_camcheck.quality.blur`, here on the resized image rather than the original), the target then
     ``1 - f`` on the label and ``f`` spread evenly over all classes: an image whose evidence is removed is no
     class. Without it the deletion curve measures the perturbation as much as the evidence (the argument of
     ROAR, Hooker et al. 2019): scattered blurred pixels drove every class of a model trained without it to zero,
@@ -115,7 +116,8 @@ def _normaliser(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def _blurred(images: torch.Tensor, chunk: int = 256) -> torch.Tensor:
-    """The blur baseline of ``assert_faithful`` of every uint8 (N, 3, h, w) image, as uint8."""
+    """:func:`~pytest_camcheck.quality.blur` (``assert_faithful``'s blur baseline) of every uint8 (N, 3, h, w)
+    image, as uint8."""
     from .quality import blur
 
     return torch.cat([blur(images[i:i + chunk].float()).round_().clamp_(0, 255).to(torch.uint8)
@@ -124,8 +126,8 @@ def _blurred(images: torch.Tensor, chunk: int = 256) -> torch.Tensor:
 
 def _deleted(x: torch.Tensor, blurred: torch.Tensor, y: torch.Tensor, share: float,
              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """A ``share`` of the batch with a random share ``f`` of each image's pixels replaced by its blur, and the
-    soft targets: ``1 - f`` on the label, ``f`` spread over the classes (see :class:`Recipe`)."""
+    """Each image, with probability ``share``, with a random share ``f`` of its pixels replaced by its blur, and
+    the soft targets: ``1 - f`` on the label, ``f`` spread over the classes (see :class:`Recipe`)."""
     n, _, h, w = x.shape
     f = torch.rand(n, generator=generator) * (torch.rand(n, generator=generator) < share)
     gone = torch.rand(n, 1, h, w, generator=generator) < f[:, None, None, None]
@@ -218,8 +220,9 @@ def train_model(name: str, *, epochs: int | None = None, scenes: int | None = No
     model.eval().requires_grad_(True)
     meta = {"model": name, "arch": recipe.arch, "mix": [list(m) for m in recipe.mix], "scenes": scenes,
             "epochs": epochs, "seed": seed, "train_accuracy": round(correct / total, 4)}
-    if recipe.deletion:
+    if recipe.deletion:  # the accuracy above then counts the deleted images too, scored against their label
         meta["deletion"] = recipe.deletion
+        meta["train_accuracy_counts"] = "every training image of the last epoch, the deleted ones included"
     if recipe.arch == "vit":
         meta["frozen"] = "patch_embed.backbone: the features of camcheck-shapes"
     log(f"{name}: trained in {time.perf_counter() - start:.0f}s")
