@@ -50,6 +50,18 @@ def test_show_prints_the_classes_a_box_a_test_and_the_annotation_and_writes_json
 
 
 
+BLIND_TO_CIRCLES = """
+import torch
+from pytest_camcheck.bundled import load_bundled
+
+def make():
+    model = load_bundled("camcheck-shapes")
+    with torch.no_grad():
+        model.fc.weight[0] = 0.0
+    return model
+"""
+
+
 def test_write_json_never_replaces_a_file_without_force(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "scene.png").write_bytes((FIXTURE / "images" / "single-1000900.png").read_bytes())
@@ -59,8 +71,9 @@ def test_write_json_never_replaces_a_file_without_force(tmp_path, capsys, monkey
     assert (tmp_path / "scene.json").read_text() == "mine"
     assert cli.main(["show", "camcheck-shapes", "scene.png", "--write-json", "--force"]) == 0
     assert json.loads((tmp_path / "scene.json").read_text())["regions"].keys() == {"star"}
-    (tmp_path / "other.png").write_bytes((FIXTURE / "images" / "single-1000901.png").read_bytes())
-    assert cli.main(["show", "camcheck-shapes", "other.png", "--target", "circle", "--write-json", "--force"]) == 2
+    # a model with no evidence for "circle" at all (its weights for the class are zero), so its map is empty
+    (tmp_path / "blind.py").write_text(BLIND_TO_CIRCLES)
+    assert cli.main(["show", "blind.py:make", "scene.png", "--target", "circle", "--write-json", "--force"]) == 2
     assert "is empty, so there is no box to write" in capsys.readouterr().err
 
 
