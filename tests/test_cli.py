@@ -49,7 +49,6 @@ def test_show_prints_the_classes_a_box_a_test_and_the_annotation_and_writes_json
         os.chdir(cwd)
 
 
-
 BLIND_TO_CIRCLES = """
 import torch
 from pytest_camcheck.bundled import load_bundled
