@@ -178,7 +178,7 @@ def test_sanity_carries_categories_and_preprocessing_to_the_copy(monkeypatch: py
     net = torchvision.models.resnet18(num_classes=3).eval()
     prep = torchvision.transforms.Compose([torchvision.transforms.Resize(64), torchvision.transforms.ToTensor()])
     attach_info(net, ModelInfo("toy", ("cat", "dog", "fox"), prep))
-    monkeypatch.setattr(quality.copy, "deepcopy", lambda m: _plain_copy(m))
+    monkeypatch.setattr(quality.copy, "deepcopy", lambda m, memo=None: _plain_copy(m))
     picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 100, 3), dtype=np.uint8))
     r = quality.sanity(net, picture, "dog")
     assert r.original.label == "dog" and len(r.maps) == 9
@@ -444,3 +444,21 @@ def test_the_featureless_floor_stays_reachable_for_two_classes(shapes: nn.Module
         assert two.confounded and any("featureless" in why for why in two.confounds)
         below = replace(two, curve=[*two.curve[:-1], floor - 0.01])
         assert not any("featureless" in why for why in below.confounds)
+
+
+def test_the_sanity_copy_is_a_deep_copy_with_its_own_hook_tables() -> None:
+    net = torchvision.models.resnet18(num_classes=3).eval()
+    seen: list = []
+    net.layer4.register_forward_hook(lambda m, i, o: seen.append(1))
+    twin = quality._deep_copy(net)
+    assert [type(m) for m in twin.modules()] == [type(m) for m in net.modules()]
+    assert all(torch.equal(a, b) and a.data_ptr() != b.data_ptr()
+               for a, b in zip(net.state_dict().values(), twin.state_dict().values()))
+    for original, copied in zip(net.modules(), twin.modules()):  # no table of the copy is the model's
+        for key, value in vars(original).items():
+            if isinstance(value, (dict, set)):
+                assert vars(copied)[key] is not value and list(vars(copied)[key]) == list(value), key
+    twin.fc.register_forward_hook(lambda m, i, o: None)  # a hook on the copy stays on the copy
+    assert not net.fc._forward_hooks and len(twin.layer4._forward_hooks) == 1  # the user's hook copied, as deepcopy
+    with torch.no_grad():
+        torch.testing.assert_close(twin(torch.ones(1, 3, 32, 32)), net(torch.ones(1, 3, 32, 32)))
