@@ -816,9 +816,9 @@ def _norm(a: np.ndarray) -> float:
 
 
 def _in_threads(measure: Callable[[np.ndarray], Any], maps: Sequence[np.ndarray]) -> list[Any]:
-    """``measure`` of every map, in order, over up to 4 threads. Run once the model is done: SSIM's filters and
-    the rank sorts release the GIL, so 8 SSIMs took 6 ms instead of 14 on 2 cores, while the same measurements
-    in a thread beside the sanity cascade's next step fought it for the GIL."""
+    """``measure`` of every map, in order, over up to 4 threads. Run once the model is done: parts of SSIM and of
+    the rank sorts release the GIL, so stability's 8 SSIMs took 6.5-9 ms instead of 9-10 on 2 cores; the same
+    measurements in a thread beside the sanity cascade's next step fought it for the GIL."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = min(4, len(maps), cpus)
     if workers < 2:
