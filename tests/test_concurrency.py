@@ -75,3 +75,90 @@ def test_a_target_callable_may_call_compute_cam_on_the_same_model() -> None:
 
     outer = compute_cam(model, x, target, layer="features")
     assert np.allclose(outer.heatmap, inner[0].heatmap, atol=1e-6)
+
+
+class Scaled(torch.nn.Module):
+    """A wrapper around a shared backbone: the same modules reached from another root."""
+
+    def __init__(self, backbone: torch.nn.Module, scale: float) -> None:
+        super().__init__()
+        self.backbone, self.scale = backbone, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x) * self.scale
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_two_wrappers_of_one_backbone_in_two_threads_get_the_single_threaded_maps(train: bool) -> None:
+    # hooks and training flags live on the shared modules, so a lock per root object would let the two calls
+    # mix their captures or flip each other's modes
+    torch.manual_seed(5)
+    backbone = SmallCNN().train(train)
+    models = [Scaled(backbone, 1.0), Scaled(backbone, 2.0)]
+    images = [torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(k)) for k in range(THREADS)]
+    targets = [1, 3]
+    expected = [compute_cam(models[k], images[k], targets[k], layer="backbone.features").heatmap
+                for k in range(THREADS)]
+    before = snapshot(backbone)
+
+    def calls(k: int) -> list[np.ndarray]:
+        return [compute_cam(models[k], images[k], targets[k], layer="backbone.features").heatmap
+                for _ in range(CALLS)]
+
+    results = _run_together(calls, THREADS)
+    for k, maps in enumerate(results):
+        assert not isinstance(maps, BaseException), f"thread {k}: {maps!r}"
+        wrong = sum(not np.allclose(m, expected[k], atol=1e-6) for m in maps)
+        assert wrong == 0, f"thread {k}: {wrong} of {CALLS} maps differ from the single-threaded map"
+    assert_same(before, snapshot(backbone))
+
+
+def test_models_that_share_modules_share_a_lock_and_others_do_not() -> None:
+    from pytest_camcheck.engine.capture import model_lock
+
+    backbone, other = SmallCNN(), SmallCNN()
+    first, second = Scaled(backbone, 1.0), Scaled(backbone, 2.0)
+    assert model_lock(first) is model_lock(second) is model_lock(backbone) is model_lock(backbone.features)
+    assert model_lock(other) is not model_lock(backbone)
+    # an ensemble of two models locked before takes both locks, and nothing else can take either meanwhile
+    both = torch.nn.ModuleList([first, other])
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with model_lock(both):
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert held.wait(10)
+    try:
+        for m in (second, other, both):
+            lock = model_lock(m)
+            parts = getattr(lock, "locks", [lock])  # several locks, or one
+            got = [part for part in parts if part.acquire(blocking=False)]
+            for part in got:
+                part.release()
+            assert not got, f"{m.__class__.__name__} could be locked while the ensemble was"
+    finally:
+        release.set()
+        t.join()
+    with model_lock(both):  # free again, and re-entrant in one thread
+        with model_lock(both):
+            pass
+
+
+def test_the_locks_of_a_dead_model_are_dropped() -> None:
+    import gc
+
+    from pytest_camcheck.engine import capture
+
+    gc.collect()
+    before = len(capture._LOCKS)
+    model = SmallCNN()
+    capture.model_lock(model)
+    assert len(capture._LOCKS) == before + len(list(model.modules()))
+    del model
+    gc.collect()
+    assert len(capture._LOCKS) == before
