@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pytest_camcheck import compute_cam
+from pytest_camcheck import CamCheckError, compute_cam
 
 from .models import SmallCNN
 from .test_engine_safety import assert_same, snapshot
@@ -118,8 +118,12 @@ def test_models_that_share_modules_share_a_lock_and_others_do_not() -> None:
 
     backbone, other = SmallCNN(), SmallCNN()
     first, second = Scaled(backbone, 1.0), Scaled(backbone, 2.0)
-    assert model_lock(first) is model_lock(second) is model_lock(backbone) is model_lock(backbone.features)
-    assert model_lock(other) is not model_lock(backbone)
+    shared = set(model_lock(first).locks) & set(model_lock(second).locks)
+    assert shared and shared == set(model_lock(backbone).locks) == set(model_lock(backbone.features).locks)
+    assert not set(model_lock(other).locks) & set(model_lock(backbone).locks)
+    head = torch.nn.Linear(2, 2)  # a module first seen beside a known backbone gets its own lock
+    assert len(model_lock(torch.nn.ModuleList([backbone, head])).locks) == 2
+    assert not set(model_lock(head).locks) & set(model_lock(backbone).locks)
     # an ensemble of two models locked before takes both locks, and nothing else can take either meanwhile
     both = torch.nn.ModuleList([first, other])
     held = threading.Event()
@@ -134,19 +138,53 @@ def test_models_that_share_modules_share_a_lock_and_others_do_not() -> None:
     t.start()
     assert held.wait(10)
     try:
-        for m in (second, other, both):
-            lock = model_lock(m)
-            parts = getattr(lock, "locks", [lock])  # several locks, or one
+        for m in (second, other, both):  # each needs a lock the ensemble holds
+            parts = model_lock(m).locks
             got = [part for part in parts if part.acquire(blocking=False)]
             for part in got:
                 part.release()
-            assert not got, f"{m.__class__.__name__} could be locked while the ensemble was"
+            assert len(got) < len(parts), f"{m.__class__.__name__} could be locked while the ensemble was"
     finally:
         release.set()
         t.join()
     with model_lock(both):  # free again, and re-entrant in one thread
         with model_lock(both):
             pass
+
+
+def test_a_nested_call_that_could_deadlock_is_refused_not_left_waiting() -> None:
+    # thread 1 holds the model whose lock sorts last and, from a target callable, wants an ensemble that also
+    # needs the first lock, which thread 2 holds (and thread 2 could be waiting for thread 1's next): refused
+    from pytest_camcheck.engine.capture import model_lock
+
+    a, b = SmallCNN(), SmallCNN()
+    (low, _), (high, _) = sorted(((m, model_lock(m).locks[0]) for m in (a, b)), key=lambda pair: id(pair[1]))
+    ensemble = torch.nn.ModuleList([a, b])
+    model_lock(ensemble)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with model_lock(low):
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert held.wait(10)
+    try:
+        with model_lock(high):
+            with pytest.raises(CamCheckError, match="could deadlock"):
+                with model_lock(ensemble):
+                    pass
+    finally:
+        release.set()
+        t.join()
+    with model_lock(high):  # with the first lock free, the same nested call goes through
+        with model_lock(ensemble):
+            pass
+    assert all(part.acquire(blocking=False) for part in model_lock(ensemble).locks)  # nothing left held
+    for part in model_lock(ensemble).locks:
+        part.release()
 
 
 def test_the_locks_of_a_dead_model_are_dropped() -> None:

@@ -82,42 +82,68 @@ def _forget(key: int) -> Callable[[weakref.ref], None]:
     return forget
 
 
+_HELD = threading.local()  # .counts: id(lock) -> how many times this thread holds it through model_lock
+
+
 class _Locks:
-    """Several modules' locks taken together, always in the same order (by id), so two threads that each need
-    several never wait for each other in a cycle; released in the reverse order, also when taking one fails."""
+    """The locks of a model's modules, taken together in one order (by id) and released in the reverse order,
+    also when taking one fails. A thread that takes them all at once never waits in a cycle with another. A
+    nested call (a target callable explaining another model while its caller's locks are held) may need a lock
+    that comes before one it holds: it takes such a lock only if it is free, and is refused otherwise, since
+    waiting could wait forever for a thread that waits for it."""
 
     def __init__(self, locks: list[threading.RLock]) -> None:
         self.locks = sorted(locks, key=id)
 
     def __enter__(self) -> "_Locks":
+        counts: dict[int, int] = _HELD.__dict__.setdefault("counts", {})
+        top = max(counts, default=-1)
         taken: list[threading.RLock] = []
         try:
             for lock in self.locks:
-                lock.acquire()
+                if id(lock) in counts or id(lock) > top:  # held already (re-entrant), or in order
+                    lock.acquire()
+                elif not lock.acquire(blocking=False):
+                    raise CamCheckError(
+                        "a nested camcheck call (from a target callable) needs a model that another thread is "
+                        "explaining, while this thread holds a model that thread may need next; waiting could "
+                        "deadlock. Fix: explain the second model outside the target callable"
+                    )
                 taken.append(lock)
+                top = max(top, id(lock))
         except BaseException:
             for lock in reversed(taken):
                 lock.release()
             raise
+        for lock in self.locks:
+            counts[id(lock)] = counts.get(id(lock), 0) + 1
         return self
 
     def __exit__(self, *exc: object) -> None:
+        counts: dict[int, int] = _HELD.__dict__.setdefault("counts", {})
         for lock in reversed(self.locks):
+            left = counts.get(id(lock), 1) - 1
+            if left:
+                counts[id(lock)] = left
+            else:
+                counts.pop(id(lock), None)
             lock.release()
 
 
-def model_lock(model: nn.Module) -> "threading.RLock | _Locks":
-    """The lock that serialises camcheck's use of ``model`` across threads: hooks and training flags live on
+def model_lock(model: nn.Module) -> _Locks:
+    """The locks that serialise camcheck's use of ``model`` across threads: hooks and training flags live on
     the modules, so two calls on models that share a module (one model, or two wrappers of one backbone) run one
-    after the other, and calls on models that share none run in parallel. Every module has one lock, given the
-    first time a model holding it is locked (a module new to camcheck joins the model's lock); a model whose
-    modules have several takes them all, in a fixed order. Re-entrant, so a target callable may itself call
-    ``compute_cam`` on the same model.
+    after the other, and calls on models that share none run in parallel. Every module gets a lock the first
+    time a model holding it is locked (the modules new to camcheck in one call share a new lock, so modules first
+    seen together stay serialised together); a model takes the locks of all its modules, in a fixed order.
+    Re-entrant, so a target callable may itself call ``compute_cam`` on the same model.
 
     Example:
         >>> m = nn.Linear(2, 2)
-        >>> model_lock(m) is model_lock(m) is model_lock(nn.Sequential(m))
+        >>> model_lock(m).locks == model_lock(m).locks
         True
+        >>> len(model_lock(nn.Sequential(m)).locks)  # the Sequential's own new lock, and m's
+        2
     """
     with _LOCKS_GUARD:
         found: dict[int, threading.RLock] = {}
@@ -128,10 +154,12 @@ def model_lock(model: nn.Module) -> "threading.RLock | _Locks":
                 found[id(entry[1])] = entry[1]
             else:
                 new.append(module)
-        locks = list(found.values()) or [threading.RLock()]
-        for module in new:
-            _LOCKS[id(module)] = (weakref.ref(module, _forget(id(module))), locks[0])
-        return locks[0] if len(locks) == 1 else _Locks(locks)
+        if new:
+            fresh = threading.RLock()
+            found[id(fresh)] = fresh
+            for module in new:
+                _LOCKS[id(module)] = (weakref.ref(module, _forget(id(module))), fresh)
+        return _Locks(list(found.values()))
 
 
 _MODULE_LIMIT = 1_000_000
