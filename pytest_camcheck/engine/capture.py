@@ -136,7 +136,9 @@ def model_lock(model: nn.Module) -> _Locks:
     after the other, and calls on models that share none run in parallel. Every module gets a lock the first
     time a model holding it is locked (the modules new to camcheck in one call share a new lock, so modules first
     seen together stay serialised together); a model takes the locks of all its modules, in a fixed order.
-    Re-entrant, so a target callable may itself call ``compute_cam`` on the same model.
+    Re-entrant, so a target callable may itself call ``compute_cam`` on the same model. The locks are those of
+    the modules the model holds when the call starts: a module another thread attaches during the call is not
+    covered.
 
     Example:
         >>> m = nn.Linear(2, 2)
