@@ -3,7 +3,9 @@ alone gets, and the model's modes and buffers never change."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -38,27 +40,31 @@ def _run_together(fn, n: int) -> list:
     return out
 
 
-@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
-@pytest.mark.parametrize("method", METHODS)
-def test_two_threads_on_one_model_get_the_single_threaded_maps(method: str, train: bool) -> None:
-    torch.manual_seed(3)
-    model = SmallCNN().train(train)
+def _assert_threads_get_the_single_threaded_maps(models: list, watched: torch.nn.Module, **cam: object) -> None:
+    """Thread k explains ``models[k]`` CALLS times; every map must equal that model's map computed alone first,
+    and ``watched`` (the shared modules) must keep its modes and buffers."""
     images = [torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(k)) for k in range(THREADS)]
     targets = [1, 3]
-    expected = [compute_cam(model, images[k], targets[k], method=method, layer="features").heatmap
-                for k in range(THREADS)]
-    before = snapshot(model)
+    expected = [compute_cam(models[k], images[k], targets[k], **cam).heatmap for k in range(THREADS)]
+    before = snapshot(watched)
 
     def calls(k: int) -> list[np.ndarray]:
-        return [compute_cam(model, images[k], targets[k], method=method, layer="features").heatmap
-                for _ in range(CALLS)]
+        return [compute_cam(models[k], images[k], targets[k], **cam).heatmap for _ in range(CALLS)]
 
     results = _run_together(calls, THREADS)
     for k, maps in enumerate(results):
         assert not isinstance(maps, BaseException), f"thread {k}: {maps!r}"
         wrong = sum(not np.allclose(m, expected[k], atol=1e-6) for m in maps)
         assert wrong == 0, f"thread {k}: {wrong} of {CALLS} maps differ from the single-threaded map"
-    assert_same(before, snapshot(model))
+    assert_same(before, snapshot(watched))
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("method", METHODS)
+def test_two_threads_on_one_model_get_the_single_threaded_maps(method: str, train: bool) -> None:
+    torch.manual_seed(3)
+    model = SmallCNN().train(train)
+    _assert_threads_get_the_single_threaded_maps([model] * THREADS, model, method=method, layer="features")
 
 
 def test_a_target_callable_may_call_compute_cam_on_the_same_model() -> None:
@@ -95,22 +101,40 @@ def test_two_wrappers_of_one_backbone_in_two_threads_get_the_single_threaded_map
     torch.manual_seed(5)
     backbone = SmallCNN().train(train)
     models = [Scaled(backbone, 1.0), Scaled(backbone, 2.0)]
-    images = [torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(k)) for k in range(THREADS)]
-    targets = [1, 3]
-    expected = [compute_cam(models[k], images[k], targets[k], layer="backbone.features").heatmap
-                for k in range(THREADS)]
-    before = snapshot(backbone)
+    _assert_threads_get_the_single_threaded_maps(models, backbone, layer="backbone.features")
 
-    def calls(k: int) -> list[np.ndarray]:
-        return [compute_cam(models[k], images[k], targets[k], layer="backbone.features").heatmap
-                for _ in range(CALLS)]
 
-    results = _run_together(calls, THREADS)
-    for k, maps in enumerate(results):
-        assert not isinstance(maps, BaseException), f"thread {k}: {maps!r}"
-        wrong = sum(not np.allclose(m, expected[k], atol=1e-6) for m in maps)
-        assert wrong == 0, f"thread {k}: {wrong} of {CALLS} maps differ from the single-threaded map"
-    assert_same(before, snapshot(backbone))
+@contextlib.contextmanager
+def _held_by_another_thread(model: torch.nn.Module) -> Iterator[None]:
+    """Another thread holds ``model``'s locks while the body runs."""
+    from pytest_camcheck.engine.capture import model_lock
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with model_lock(model):
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert held.wait(10)
+    try:
+        yield
+    finally:
+        release.set()
+        t.join()
+
+
+def _free_locks(model: torch.nn.Module) -> tuple[int, int]:
+    """(how many of ``model``'s locks this thread could take now, how many it has); none is kept."""
+    from pytest_camcheck.engine.capture import model_lock
+
+    parts = model_lock(model).locks
+    got = [part for part in parts if part.acquire(blocking=False)]
+    for part in got:
+        part.release()
+    return len(got), len(parts)
 
 
 def test_models_that_share_modules_share_a_lock_and_others_do_not() -> None:
@@ -126,27 +150,10 @@ def test_models_that_share_modules_share_a_lock_and_others_do_not() -> None:
     assert not set(model_lock(head).locks) & set(model_lock(backbone).locks)
     # an ensemble of two models locked before takes both locks, and nothing else can take either meanwhile
     both = torch.nn.ModuleList([first, other])
-    held = threading.Event()
-    release = threading.Event()
-
-    def hold() -> None:
-        with model_lock(both):
-            held.set()
-            release.wait(10)
-
-    t = threading.Thread(target=hold)
-    t.start()
-    assert held.wait(10)
-    try:
+    with _held_by_another_thread(both):
         for m in (second, other, both):  # each needs a lock the ensemble holds
-            parts = model_lock(m).locks
-            got = [part for part in parts if part.acquire(blocking=False)]
-            for part in got:
-                part.release()
-            assert len(got) < len(parts), f"{m.__class__.__name__} could be locked while the ensemble was"
-    finally:
-        release.set()
-        t.join()
+            free, needed = _free_locks(m)
+            assert free < needed, f"{m.__class__.__name__} could be locked while the ensemble was"
     with model_lock(both):  # free again, and re-entrant in one thread
         with model_lock(both):
             pass
@@ -161,30 +168,16 @@ def test_a_nested_call_that_could_deadlock_is_refused_not_left_waiting() -> None
     (low, _), (high, _) = sorted(((m, model_lock(m).locks[0]) for m in (a, b)), key=lambda pair: id(pair[1]))
     ensemble = torch.nn.ModuleList([a, b])
     model_lock(ensemble)
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with model_lock(low):
-            held.set()
-            release.wait(10)
-
-    t = threading.Thread(target=hold)
-    t.start()
-    assert held.wait(10)
-    try:
+    with _held_by_another_thread(low):
         with model_lock(high):
             with pytest.raises(CamCheckError, match="could deadlock"):
                 with model_lock(ensemble):
                     pass
-    finally:
-        release.set()
-        t.join()
     with model_lock(high):  # with the first lock free, the same nested call goes through
         with model_lock(ensemble):
             pass
-    assert all(part.acquire(blocking=False) for part in model_lock(ensemble).locks)  # nothing left held
-    for part in model_lock(ensemble).locks:
-        part.release()
+    free, needed = _free_locks(ensemble)
+    assert free == needed  # nothing left held
 
 
 def test_the_locks_of_a_dead_model_are_dropped() -> None:
