@@ -190,7 +190,7 @@ class _Source:
         chunks = (x[i:i + FORWARD_CHUNK] for i in range(0, x.shape[0], FORWARD_CHUNK)) \
             if isinstance(x, torch.Tensor) else x
         out = []
-        with model_lock(model), evaluation_mode(model), torch.inference_mode():
+        with model_lock(model) as held, evaluation_mode(model, held.modules), torch.inference_mode():
             for chunk in chunks:
                 logits = self.logits(run_model(model, chunk))
                 check_logits(logits)

@@ -92,8 +92,9 @@ class _Locks:
     that comes before one it holds: it takes such a lock only if it is free, and is refused otherwise, since
     waiting could wait forever for a thread that waits for it."""
 
-    def __init__(self, locks: list[threading.RLock]) -> None:
+    def __init__(self, locks: list[threading.RLock], modules: list[nn.Module]) -> None:
         self.locks = sorted(locks, key=id)
+        self.modules = modules  # the modules these locks cover, as all_modules listed them
 
     def __enter__(self) -> "_Locks":
         counts: dict[int, int] = _HELD.__dict__.setdefault("counts", {})
@@ -150,7 +151,8 @@ def model_lock(model: nn.Module) -> _Locks:
     with _LOCKS_GUARD:
         found: dict[int, threading.RLock] = {}
         new: list[nn.Module] = []
-        for module in all_modules(model):
+        modules = all_modules(model)
+        for module in modules:
             entry = _LOCKS.get(id(module))
             if entry is not None and entry[0]() is module:
                 found[id(entry[1])] = entry[1]
@@ -161,7 +163,7 @@ def model_lock(model: nn.Module) -> _Locks:
             found[id(fresh)] = fresh
             for module in new:
                 _LOCKS[id(module)] = (weakref.ref(module, _forget(id(module))), fresh)
-        return _Locks(list(found.values()))
+        return _Locks(list(found.values()), modules)
 
 
 _MODULE_LIMIT = 1_000_000
@@ -186,9 +188,10 @@ def all_modules(model: nn.Module) -> list[nn.Module]:
 
 
 @contextlib.contextmanager
-def evaluation_mode(model: nn.Module) -> Iterator[None]:
-    """Run ``model`` in eval mode and give each module that was training its flag back afterwards."""
-    training = [m for m in all_modules(model) if m.training]
+def evaluation_mode(model: nn.Module, modules: list[nn.Module] | None = None) -> Iterator[None]:
+    """Run ``model`` in eval mode and give each module that was training its flag back afterwards. ``modules``:
+    its modules as already listed (a held :func:`model_lock`'s ``modules``), so they are not walked twice."""
+    training = [m for m in (all_modules(model) if modules is None else modules) if m.training]
     try:
         for module in training:
             module.training = False

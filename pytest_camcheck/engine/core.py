@@ -284,7 +284,7 @@ def _explain(model: nn.Module, batch: Batch, jobs: list[Job], categories: Sequen
     (and the backward pass a method needs), the map, the heatmap in the image's pixels, the results. The model
     is locked and in eval mode from the layer's choice to the map; the capture's hooks are gone when it returns."""
     reader = Reader(output, len(categories) if categories else None)
-    with model_lock(model), evaluation_mode(model):
+    with model_lock(model) as held, evaluation_mode(model, held.modules):
         run = _run(model, batch, jobs, layer, categories, reader, reshape)
         kind = EVIDENCE[spec.needs]
         seen = forward_with_capture(run, gradients=kind.gradients)
