@@ -64,3 +64,27 @@ def test_verdicts_name_each_target() -> None:
     assert cam == [("fwd", False, "<= 1.05x fwd")]
     assert report.verdicts({"case": "classes", "ours_s": 1.6, "one_class_s": 1.0})[0][1] is False
     assert report.verdicts({"case": "assert", "ours_s": 1.05, "compute_cam_s": 1.0})[0][1] is True
+    sane = report.verdicts({"case": "quality", "ours_over_least": 1.4, "ours_over_measured": 1.1})
+    assert [(k, ok) for k, ok, _ in sane] == [("quality", False), ("quality-measured", True)]
+    faithful = report.verdicts({"case": "quality", "ours_over_least": 1.1})  # no measured companion
+    assert [(k, ok) for k, ok, _ in faithful] == [("quality", True)]
+
+
+def test_the_report_puts_several_runs_on_one_page(tmp_path: Path) -> None:
+    def run(path: Path, extra_info: dict) -> Path:
+        path.write_text(json.dumps({"machine_info": {"cpu": {"brand_raw": "test CPU"}}, "datetime": "2026-12-01",
+                                    "benchmarks": [{"name": path.stem, "extra_info": extra_info}]}))
+        return path
+
+    classes = run(tmp_path / "suite.json", {"case": "classes", "model": "m", "classes": 10, "ours_s": 0.012,
+                                             "one_class_s": 0.01})
+    sane = run(tmp_path / "quality.json", {"case": "quality", "model": "m", "check": "sane", "least": "8 calls",
+                                            "ours_s": 0.07, "least_s": 0.05, "ours_over_least": 1.4,
+                                            "measured_s": 0.065, "ours_over_measured": 1.08})
+    page = tmp_path / "BENCHMARKS.md"
+    _report_module().main([str(classes), str(sane), "-o", str(page)])
+    text = page.read_text()
+    assert "test CPU" in text and "## Several classes of one image" in text
+    row = next(line for line in text.splitlines() if line.startswith("| m | sane |"))
+    assert "| 1.40x |" in row and "| 65.0 | 1.08x |" in row
+    assert "MISSED" in row and "with its measurements" in row

@@ -124,7 +124,8 @@ def test_chunked_curve_equals_one_batch_bit_for_bit(kind: str, copies: int) -> N
 def test_average_ranks_are_scipys_average_ranks() -> None:
     rng = np.random.default_rng(0)
     maps = [rng.random((30, 40)), np.round(rng.random((30, 40)), 1), np.maximum(rng.normal(size=(30, 40)), 0),
-            np.zeros((5, 5))]
+            np.zeros((5, 5)), rng.normal(size=(30, 40)), np.array([[-0.0, 0.0, -1e-30], [1e-30, -3.0, 2.0]]),
+            np.array([[np.inf, -np.inf, 0.0]]), rng.integers(-3, 3, size=(200, 300))]
     for m in maps:
         m = m.astype(np.float32)
         assert np.array_equal(quality._average_ranks(m), rankdata(m.ravel()) - 1)
