@@ -14,7 +14,7 @@ import json
 import platform
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 GRADIENT = ["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"]
 ORDER = ["cam", *GRADIENT, "eigencam", "scorecam", "ablationcam"]
@@ -95,6 +95,23 @@ def _map_key(row: dict[str, Any]) -> tuple:
     return (row.get("device", "cpu"), model, row["batch"], ORDER.index(row["method"]) if row["method"] in ORDER else 99)
 
 
+def _case(rows: list[dict[str, Any]], case: str) -> list[dict[str, Any]]:
+    return [r for r in rows if r["case"] == case]
+
+
+def _table(heading: str, columns: list[tuple[str, bool]], rows: list[dict[str, Any]],
+           cells: Callable[[dict[str, Any]], list[Any]], intro: str = "") -> list[str]:
+    """A section of the page: its heading, an optional line, and a markdown table of one line per row
+    (``columns``: each column's name and whether it is a number, aligned right); nothing when there are no rows."""
+    if not rows:
+        return []
+    out = [f"## {heading}", ""] + ([intro, ""] if intro else [])
+    out += ["| " + " | ".join(name for name, _ in columns) + " |",
+            "| " + " | ".join("---:" if number else "---" for _, number in columns) + " |"]
+    out += ["| " + " | ".join(str(c) for c in cells(r)) + " |" for r in rows]
+    return out + [""]
+
+
 def render(loaded: dict[str, Any], command: str, notes: str = "") -> str:
     """The markdown page."""
     m = loaded["machine"]
@@ -130,66 +147,47 @@ def render(loaded: dict[str, Any], command: str, notes: str = "") -> str:
 
     maps = sorted((r for r in rows if r["case"] == "map"), key=_map_key)
     for device in sorted({r.get("device", "cpu") for r in maps}):
-        lines += [f"## Maps, {device}", "",
-                  "| model | batch | method | layer | ours ms | forward ms | ours/forward | grad-cam ms | "
-                  "grad-cam/ours | torch-cam ms | torch-cam/ours | targets |",
-                  "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
-        for r in maps:
-            if r.get("device", "cpu") != device:
-                continue
-            lines.append(
-                f"| {r['model']} | {r['batch']} | {r['method']} | {r.get('layer', '')} | {_ms(r['ours_s'])} | "
-                f"{_ms(r.get('forward_s'))} | {_x(r.get('ours_over_forward'))} | {_ms(r.get('grad-cam_s'))} | "
-                f"{_x(r.get('grad-cam_over_ours'))} | {_ms(r.get('torch-cam_s'))} | {_x(r.get('torch-cam_over_ours'))} "
-                f"| {_targets(r)} |")
-        lines.append("")
+        lines += _table(f"Maps, {device}", [
+            ("model", False), ("batch", True), ("method", False), ("layer", False), ("ours ms", True),
+            ("forward ms", True), ("ours/forward", True), ("grad-cam ms", True), ("grad-cam/ours", True),
+            ("torch-cam ms", True), ("torch-cam/ours", True), ("targets", False),
+        ], [r for r in maps if r.get("device", "cpu") == device], lambda r: [
+            r["model"], r["batch"], r["method"], r.get("layer", ""), _ms(r["ours_s"]), _ms(r.get("forward_s")),
+            _x(r.get("ours_over_forward")), _ms(r.get("grad-cam_s")), _x(r.get("grad-cam_over_ours")),
+            _ms(r.get("torch-cam_s")), _x(r.get("torch-cam_over_ours")), _targets(r)])
     if not any(r.get("device", "cpu").startswith("cuda") for r in maps):
         lines += ["## Maps, cuda", "",
                   "Not measured: no GPU was available for this run. Reproduce on a GPU with "
                   "`CAMCHECK_BENCH_DEVICE=cuda CAMCHECK_BENCH_MODELS=resnet50 CAMCHECK_BENCH_BATCHES=1,64 "
                   "pytest benchmarks --benchmark-only --benchmark-json=cuda.json` and again with "
                   "`CAMCHECK_BENCH_AUTOCAST=bf16`.", ""]
-
-    classes = [r for r in rows if r["case"] == "classes"]
-    if classes:
-        lines += ["## Several classes of one image", "",
-                  "| model | classes | one call ms | one class ms | ratio | forward ms | target |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
-        for r in sorted(classes, key=lambda r: r["model"]):
-            lines.append(f"| {r['model']} | {r['classes']} | {_ms(r['ours_s'])} | {_ms(r['one_class_s'])} | "
-                         f"{_x(r['ours_s'] / r['one_class_s'])} | {_ms(r.get('forward_s'))} | {_targets(r)} |")
-        lines.append("")
-    asserts = [r for r in rows if r["case"] == "assert"]
-    if asserts:
-        lines += ["## assert_attends_to against compute_cam", "",
-                  "| model | assert ms | compute_cam ms | ratio | target |", "| --- | ---: | ---: | ---: | --- |"]
-        for r in sorted(asserts, key=lambda r: r["model"]):
-            lines.append(f"| {r['model']} | {_ms(r['ours_s'])} | {_ms(r['compute_cam_s'])} | "
-                         f"{_x(r['ours_s'] / r['compute_cam_s'])} | {_targets(r)} |")
-        lines.append("")
-    tokens = [r for r in rows if r["case"] == "tokens"]
-    if tokens:
-        lines += ["## Grad-CAM on transformer token layers", "",
-                  "| model | batch | layer | layout | ours ms | limit ms | ours/limit | forward ms | grad-cam ms | "
-                  "grad-cam/ours | targets |", "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
-        for r in sorted(tokens, key=lambda r: (r["model"], r["batch"])):
-            lines.append(f"| {r['model']} | {r['batch']} | {r['layer']} | {r.get('layout', '')} | {_ms(r['ours_s'])} | "
-                         f"{_ms(r['limit_s'])} | {_x(r['ours_over_limit'])} | {_ms(r.get('forward_s'))} | "
-                         f"{_ms(r.get('grad-cam_s'))} | {_x(r.get('grad-cam_over_ours'))} | {_targets(r)} |")
-        lines.append("")
-    quality = [r for r in rows if r["case"] == "quality"]
-    if quality:
-        threads = ", ".join(str(t) for t in sorted({r.get("threads") for r in quality if r.get("threads")}))
-        lines += ["## Explanation-quality checks against the least work they need", "",
-                  f"Timed with torch threads: {threads or 'not recorded'}.", "",
-                  "| model | check | least work | ours ms | least ms | ratio | least + measurements ms | ratio | "
-                  "target |",
-                  "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
-        for r in sorted(quality, key=lambda r: (r["model"], r["check"])):
-            lines.append(f"| {r['model']} | {r['check']} | {r['least']} | {_ms(r['ours_s'])} | {_ms(r['least_s'])} | "
-                         f"{_x(r['ours_over_least'])} | {_ms(r.get('measured_s'))} | "
-                         f"{_x(r.get('ours_over_measured'))} | {_targets(r)} |")
-        lines.append("")
+    lines += _table("Several classes of one image", [
+        ("model", False), ("classes", True), ("one call ms", True), ("one class ms", True), ("ratio", True),
+        ("forward ms", True), ("target", False),
+    ], sorted(_case(rows, "classes"), key=lambda r: r["model"]), lambda r: [
+        r["model"], r["classes"], _ms(r["ours_s"]), _ms(r["one_class_s"]), _x(r["ours_s"] / r["one_class_s"]),
+        _ms(r.get("forward_s")), _targets(r)])
+    lines += _table("assert_attends_to against compute_cam", [
+        ("model", False), ("assert ms", True), ("compute_cam ms", True), ("ratio", True), ("target", False),
+    ], sorted(_case(rows, "assert"), key=lambda r: r["model"]), lambda r: [
+        r["model"], _ms(r["ours_s"]), _ms(r["compute_cam_s"]), _x(r["ours_s"] / r["compute_cam_s"]), _targets(r)])
+    lines += _table("Grad-CAM on transformer token layers", [
+        ("model", False), ("batch", True), ("layer", False), ("layout", False), ("ours ms", True), ("limit ms", True),
+        ("ours/limit", True), ("forward ms", True), ("grad-cam ms", True), ("grad-cam/ours", True),
+        ("targets", False),
+    ], sorted(_case(rows, "tokens"), key=lambda r: (r["model"], r["batch"])), lambda r: [
+        r["model"], r["batch"], r["layer"], r.get("layout", ""), _ms(r["ours_s"]), _ms(r["limit_s"]),
+        _x(r["ours_over_limit"]), _ms(r.get("forward_s")), _ms(r.get("grad-cam_s")), _x(r.get("grad-cam_over_ours")),
+        _targets(r)])
+    quality = sorted(_case(rows, "quality"), key=lambda r: (r["model"], r["check"]))
+    threads = ", ".join(str(t) for t in sorted({r.get("threads") for r in quality if r.get("threads")}))
+    lines += _table("Explanation-quality checks against the least work they need", [
+        ("model", False), ("check", False), ("least work", False), ("ours ms", True), ("least ms", True),
+        ("ratio", True), ("least + measurements ms", True), ("ratio", True), ("target", False),
+    ], quality, lambda r: [
+        r["model"], r["check"], r["least"], _ms(r["ours_s"]), _ms(r["least_s"]), _x(r["ours_over_least"]),
+        _ms(r.get("measured_s")), _x(r.get("ours_over_measured")), _targets(r)],
+        intro=f"Timed with torch threads: {threads or 'not recorded'}.")
     if notes:
         lines += ["## Notes", "", notes.strip(), ""]
     return "\n".join(lines)
