@@ -919,9 +919,10 @@ def _strip(check: str, picture: Image.Image, maps: Sequence[np.ndarray], labels:
 
 def _finish(check: str, passed: bool, head: str, lines: list[str],
             maps: Callable[[], tuple[Image.Image, Sequence[np.ndarray], Sequence[str]]], result: CamResult | None,
-            target: int, label: str | None, metrics: dict[str, Any], thresholds: dict[str, Any]) -> None:
-    """Record the check; when it failed, write its picture (``maps()``: the picture, the maps drawn on it and
-    their labels) and raise ``AssertionError`` with the message."""
+            target: int, label: str | None, metrics: dict[str, Any], thresholds: dict[str, Any], image: Any) -> None:
+    """Record the check (naming ``image`` as the attention checks do); when it failed, write its picture
+    (``maps()``: the picture, the maps drawn on it and their labels) and raise ``AssertionError`` with the
+    message."""
     __tracebackhide__ = True
     picture, picture_text = (None, "") if passed else _strip(check, *maps(), metrics, thresholds)
     message = "" if passed else "\n".join([f"camcheck {check} failed", f"  {head}", *[f"  {x}" for x in lines],
@@ -930,7 +931,7 @@ def _finish(check: str, passed: bool, head: str, lines: list[str],
         check=check, passed=passed, method=result.method if result else "given heatmap",
         layer=result.layer if result else "", target=target, label=label,
         probability=result.probability if result else None, metrics=metrics, thresholds=thresholds,
-        overlay=picture, message=message,
+        overlay=picture, message=message, image=context.describe_image(image),
     ))
     if not passed:
         raise AssertionError(message)
@@ -968,7 +969,7 @@ def assert_sane(model: nn.Module, image: Any, target: Any = None, *,
     metrics = {"similarity": r.similarity, "ssim": r.ssim, "steps": len(r.curve) - 1,
                "curve": [[s.step, s.layers[-1] if s.layers else "", s.spearman, s.ssim] for s in r.curve]}
     _finish("sane", r.passed, _head(r.original), _sanity_message(r), maps, r.original, r.original.target,
-            r.original.label, metrics, {"max_similarity": r.max_similarity, "seed": r.seed})
+            r.original.label, metrics, {"max_similarity": r.max_similarity, "seed": r.seed}, image)
     return r
 
 
@@ -1011,7 +1012,7 @@ def assert_faithful(model: nn.Module, image: Any, target: Any = None, *, metric:
     _finish("faithful", r.passed, head, _faithful_message(r), maps, r.result, r.target, r.label, metrics,
             {"min_gain": r.min_gain, "confidence": r.confidence, "steps": len(r.fractions) - 1,
              "orderings": len(r.random_aucs), "seed": r.seed,
-             **({"min_gain_over_chance": 0.0} if over_chance is not None else {})})
+             **({"min_gain_over_chance": 0.0} if over_chance is not None else {})}, image)
     return r
 
 
@@ -1044,7 +1045,8 @@ def assert_stable(model: nn.Module, image: Any, target: Any = None, *, noise: fl
     metrics = {"similarity": r.similarity, "sensitivity": r.sensitivity, "prediction_stable": r.prediction_stable,
                "ssims": r.ssims, "predictions": r.predictions}
     _finish("stable", r.passed, _head(r.clean), _stable_message(r), maps, r.clean, r.clean.target, r.clean.label,
-            metrics, {"min_similarity": r.min_similarity, "noise": r.noise, "samples": len(r.ssims), "seed": r.seed})
+            metrics, {"min_similarity": r.min_similarity, "noise": r.noise, "samples": len(r.ssims), "seed": r.seed},
+            image)
     return r
 
 

@@ -293,6 +293,7 @@ def test_failures_explain_with_the_curve_and_a_picture(shapes: nn.Module, tmp_pa
         context.remove_listener(seen.append)
         context.set_artifacts_dir(None)
     assert [r.check for r in seen] == ["sane", "faithful", "stable"] and not any(r.passed for r in seen)
+    assert {r.image for r in seen} == {f"ndarray of shape {scene.image.shape}"}  # named as the attention checks are
     for rec in seen:
         with Image.open(rec.overlay) as img:
             assert img.width > 2 * img.height  # the maps and the curve side by side
