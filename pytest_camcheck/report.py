@@ -39,6 +39,7 @@ __all__ = ["OUTCOMES", "PLOT_SIZE", "THUMBNAIL_SIZE", "WORKER_OUTPUT_KEY", "Chec
 OUTCOMES = ("failed", "error", "xpassed", "passed", "xfailed", "skipped", "unknown")
 THUMBNAIL_SIZE = (720, 300)
 PLOT_SIZE = (240, 160)
+LIST_SHOWN = 8  # a metric holding more values than this (a curve) is folded away in the row
 WORKER_OUTPUT_KEY = "camcheck_report"
 _FORMAT = "pytest-camcheck-report"
 _VERSION = 1
@@ -332,6 +333,8 @@ def _number(value: Any) -> str:
         return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_number(v) for v in value) + "]"
     return str(value)
 
 
@@ -376,6 +379,9 @@ def _metrics_html(metrics: dict[str, Any], thresholds: dict[str, Any]) -> str:
             sign = "&ge;" if kind == "min" else "&le;"
             cells.append(f'<span class="{"ok" if ok else "bad"}">{_e(name)} <b>{_e(_number(value))}</b> '
                          f"(need {sign} {_e(_number(limit))})</span>")
+        elif isinstance(value, (list, tuple)) and len(value) > LIST_SHOWN:  # a curve: folded, drawn as a plot
+            cells.append(f'<details class="list"><summary>{_e(name)} ({len(value)} values)</summary>'
+                         f"{_e(_number(value))}</details>")
         elif value is not None:
             cells.append(f"<span>{_e(name)} {_e(_number(value))}</span>")
     if rest:
@@ -527,6 +533,7 @@ table {{ border-collapse: collapse; margin: 6px 0; }}
 th {{ text-align: left; font-weight: normal; color: #666; padding-right: 4px; }}
 td {{ padding-right: 16px; }}
 .metrics span {{ display: inline-block; margin-right: 14px; }}
+.metrics details.list {{ display: inline-block; margin-right: 14px; vertical-align: top; }}
 .thr, .none {{ color: #666; }}
 img {{ display: block; margin-top: 6px; border: 1px solid #ddd; }}
 pre {{ white-space: pre-wrap; background: #f3f3f3; padding: 6px; }}

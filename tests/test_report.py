@@ -188,6 +188,20 @@ def test_html_pairs_assertion_metrics_with_their_thresholds(tmp_path: Path) -> N
     assert "region.hit no" in page and "thresholds: tolerance 15, pointing yes" in page
 
 
+def test_long_metric_lists_are_folded_and_rounded(tmp_path: Path) -> None:
+    report = CheckReport()
+    curve = [1 / 3 + i for i in range(20)]
+    report.add_record(record("t.py::a", True, check="faithful",
+                             metrics={"curve": curve, "ssims": [0.123456] * 8, "region.peak": [67, 65]}))
+    page = report.write_html(tmp_path / "r.html").read_text()
+    [folded] = re.findall(r'<details class="list"><summary>(.*?)</summary>(.*?)</details>', page)
+    assert folded[0] == "curve (20 values)"
+    assert folded[1].startswith("[0.3333, 1.333, 2.333, ") and folded[1].endswith(", 18.33, 19.33]")
+    assert folded[1].count(", ") == 19 and "0.33333" not in page
+    assert "<span>ssims [0.1235, 0.1235, 0.1235, 0.1235, 0.1235, 0.1235, 0.1235, 0.1235]</span>" in page
+    assert "<span>region.peak [67, 65]</span>" in page
+
+
 def test_empty_report(tmp_path: Path) -> None:
     page = CheckReport().write_html(tmp_path / "r.html").read_text()
     assert "No camcheck checks in this run." in page
