@@ -425,6 +425,7 @@ def _record(result: DatasetResult, dataset: Dataset, message: str) -> None:
                  "interval_low": result.interval[0], "interval_high": result.interval[1]},
         thresholds={"min_pass_rate": result.min_pass_rate},
         overlay=next((g["overlay"] for g in gallery if g["overlay"] is not None), None), message=message,
+        image=f"{dataset.format} dataset {dataset.root}",
         details={"dataset": str(dataset.root), "format": dataset.format,
                  "per_class": {k: list(v) for k, v in result.per_class.items()}, "worst": gallery,
                  "skipped": dict(result.skipped)},

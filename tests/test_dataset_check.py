@@ -82,6 +82,7 @@ def test_the_shortcut_model_fails_on_watermarked_scenes_with_a_full_message(chea
     message, (rec,) = str(err.value), records
     rate, centre = rec.metrics["pass_rate"], rec.metrics["center_baseline"]
     assert rate < 0.5 and not rec.passed and rec.message == message
+    assert rec.image == f"coco dataset {watermarked}"  # the report row names the dataset
     assert f"{rate:.1%} of 12 checks passed (95% interval {rec.metrics['interval_low']:.1%}-" in message
     assert f"centre baseline (a centred Gaussian map, same rule): {centre:.1%}" in message
     worst = sorted(rec.details["per_class"].items(), key=lambda kv: kv[1][0] / kv[1][1])[0]
