@@ -261,8 +261,8 @@ def _units(module: nn.Module, prefix: str, extra: Sequence[nn.Parameter] = ()) -
                 out.append(_Unit(f"{prefix}{name}", child, params))
     if own and out:
         out[0].extra, out[0].params = own, own + out[0].params
-    elif own:
-        out.append(_Unit(prefix.rstrip(".") or "(parameters)", None, own))
+    elif own:  # no child holds parameters: the module is the unit, so that its reset_parameters runs
+        out.append(_Unit(prefix.rstrip(".") or "(parameters)", module, own))
     return out
 
 
@@ -291,7 +291,7 @@ def _groups(model: nn.Module) -> list[_Unit]:
         for i in sorted(range(len(groups)), key=lambda k: -groups[k].size):
             unit = groups[i]
             subs = _units(unit.module, unit.name + ".", unit.extra) if unit.module is not None else []
-            if len(subs) == 1:
+            if len(subs) == 1 and subs[0].module is not unit.module:  # a wrapper of one block: go into it
                 groups[i] = subs[0]
                 break
             wanted = len(groups) < MIN_STEPS or unit.size > 0.5 * total
@@ -474,9 +474,10 @@ def _sanity_message(r: SanityResult) -> list[str]:
                  + ("  <-- too similar: the map does not depend on the weights" if r.similarity > r.max_similarity
                     else ""))
     lines.append("cascade (output side first):  step | randomised | spearman | ssim")
-    for s in r.curve:
+    for s, m in zip(r.curve, r.maps):
+        empty = "  (map empty: Spearman taken as 0)" if s.step and m.min() == m.max() else ""
         lines.append(f"  {s.step:4d} | {(s.layers[-1] if s.layers else '(original)'):<24} | {s.spearman:8.3f} | "
-                     f"{s.ssim:6.3f}")
+                     f"{s.ssim:6.3f}{empty}")
     return lines
 
 
@@ -518,6 +519,7 @@ class FaithfulnessResult:
     result: CamResult | None = field(default=None, repr=False)
     seed: int = 0
     classes: int = 0
+    flat: bool = False  # the map ranks no pixel above another (empty or constant): it cannot pass
 
     @property
     def baseline_probability(self) -> float:
@@ -607,6 +609,10 @@ def _ranks(heatmap: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _check_given_map(heatmap: Any, size: tuple[int, int]) -> np.ndarray:
     if isinstance(heatmap, torch.Tensor):
+        if heatmap.device.type == "meta":
+            raise CamCheckError("heatmap= is a tensor on the meta device, which holds no values; pass the map itself")
+        if heatmap.dtype.is_floating_point and heatmap.dtype not in (torch.float16, torch.float32, torch.float64):
+            heatmap = heatmap.float()  # bfloat16, float8: types numpy has not
         heatmap = heatmap.detach().cpu().numpy()
     if isinstance(heatmap, np.ndarray) and heatmap.ndim == 2 and heatmap.size and np.issubdtype(heatmap.dtype,
                                                                                                np.floating):
@@ -615,7 +621,11 @@ def _check_given_map(heatmap: Any, size: tuple[int, int]) -> np.ndarray:
                                 "upstream)")
         low, high = float(heatmap.min()), float(heatmap.max())
         if low < 0 or high > 1:  # another library's scale: only the order of the pixels matters here
-            heatmap = (heatmap - low) / (high - low) if high > low else np.zeros_like(heatmap)
+            # in float64 and divided by the largest magnitude first, so that a range as wide as +-1e308 or a
+            # float16 map's +-6e4 cannot overflow
+            scale = max(abs(low), abs(high))
+            wide = heatmap.astype(np.float64) / scale
+            heatmap = (wide - low / scale) / (high / scale - low / scale) if high > low else np.zeros_like(wide)
     h = check_heatmap(heatmap, "heatmap=")
     if h.shape != tuple(size):
         raise CamCheckError(
@@ -686,12 +696,13 @@ def faithfulness(model: nn.Module, image: Any, target: Any = None, *, metric: st
     random_auc = float(np.mean(aucs[1:]))
     gain = random_auc - aucs[0] if metric == "deletion" else aucs[0] - random_auc
     chance = _chance_gain(aucs[1:], confidence)
+    flat = bool(h.min() == h.max())  # its order is the seeded tie-break, i.e. one more random ordering
     return FaithfulnessResult(
-        passed=_beats_random(gain, min_gain, chance), metric=metric, baseline=baseline, gain=gain,
+        passed=not flat and _beats_random(gain, min_gain, chance), metric=metric, baseline=baseline, gain=gain,
         min_gain=min_gain, chance_gain=chance, confidence=confidence, auc=aucs[0],
         random_auc=random_auc, random_aucs=aucs[1:], fractions=[k / steps for k in range(steps + 1)],
         curve=curves[0].tolist(), random_curve=curves[1:].mean(axis=0).tolist(), target=index, label=label,
-        heatmap=h, result=result, seed=seed, classes=source.classes,
+        heatmap=h, result=result, seed=seed, classes=source.classes, flat=flat,
     )
 
 
@@ -742,8 +753,10 @@ def _faithful_message(r: FaithfulnessResult) -> list[str]:
         "  map:      " + " ".join(f"{p:.2f}" for p in r.curve),
         "  random:   " + " ".join(f"{p:.2f}" for p in r.random_curve),
     ]
-    if r.result is not None and r.result.empty:
-        lines.insert(0, "the map is EMPTY (no positive evidence): its ordering is random")
+    if r.flat:
+        what = "EMPTY (no positive evidence)" if r.result is not None and r.result.empty else "CONSTANT"
+        lines.insert(0, f"the map is {what}: it ranks no pixel above another, so its ordering is a random one "
+                        "and it cannot pass, whatever the curve")
     if r.metric == "deletion" and r.curve[0] < UNSURE:
         lines.append(f"note: the clean image gives this class only p = {r.curve[0]:.2f}: the model does not predict "
                      "it here, so deleting pixels cannot lower p much; explain the predicted class (target=None)")

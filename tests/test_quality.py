@@ -161,6 +161,41 @@ def test_no_step_yields_nan_and_norms_are_reset_not_kept() -> None:
     assert not torch.isfinite(out).all()
 
 
+def test_groups_that_are_single_modules_are_reset_as_in_a_new_network() -> None:
+    """resnet18's bn1 and fc and the bundled ViT's final LayerNorm are groups of one module each: their own
+    reset_parameters re-initialises them (running statistics 0 / 1, norm weights 1, biases 0, a Linear within its
+    initialisation bound), not a normal draw of each parameter's spread that keeps the statistics."""
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=4)
+    with torch.no_grad():  # trained-looking values that a reset must replace
+        net.bn1.running_mean.fill_(0.5), net.bn1.running_var.fill_(3.0), net.bn1.weight.fill_(2.0)
+        net.bn1.bias.fill_(0.7), net.fc.weight.fill_(5.0)
+    vit = load_bundled("camcheck-shapes-vit")
+    assert not torch.equal(vit.fc_norm.weight, torch.ones_like(vit.fc_norm.weight))  # trained
+    twins = [quality.copy.deepcopy(net), quality.copy.deepcopy(vit)]
+    for twin, names in zip(twins, (("fc", "bn1"), ("fc_norm",))):
+        units = {u.name: u for u in quality._groups(twin)}
+        for step, name in enumerate(names, start=1):
+            quality._randomise(units[name], step, torch.device("cpu"))
+    bn, fc, ln = twins[0].bn1, twins[0].fc, twins[1].fc_norm
+    assert torch.equal(bn.running_mean, torch.zeros(64)) and torch.equal(bn.running_var, torch.ones(64))
+    assert torch.equal(bn.weight, torch.ones(64)) and torch.equal(bn.bias, torch.zeros(64))
+    bound = 1 / math.sqrt(512)  # nn.Linear's reset: uniform within 1 / sqrt(fan_in)
+    weight = fc.weight.detach()
+    assert float(weight.abs().max()) <= bound and float(weight.std()) > bound / 4
+    assert torch.equal(ln.weight, torch.ones_like(ln.weight)) and torch.equal(ln.bias, torch.zeros_like(ln.bias))
+
+
+def test_the_sanity_message_marks_steps_whose_map_is_empty(shapes: nn.Module) -> None:
+    scene = make_scene(HELD_OUT + 320_000)  # a cascade step of this scene leaves no positive evidence
+    with pytest.raises(AssertionError) as err:
+        assert_sane(shapes, scene.image, scene.label, max_similarity=-1.0)
+    r = quality.sanity(shapes, scene.image, scene.label)
+    empty = [s.step for s, m in zip(r.curve, r.maps) if s.step and m.min() == m.max()]
+    marked = [int(line.split("|")[0]) for line in str(err.value).splitlines() if "(map empty" in line]
+    assert empty and marked == empty and all(r.curve[k].spearman == 0.0 for k in empty)
+
+
 def test_sanity_fixes_the_original_target_and_leaves_the_global_rng_alone(shapes: nn.Module) -> None:
     scene = make_scene(SEEDS[0])
     state = torch.random.get_rng_state()
@@ -228,6 +263,37 @@ def test_a_given_heatmap_is_judged_like_the_computed_one(shapes: nn.Module) -> N
     given = quality.faithfulness(shapes, scene.image, scene.label, steps=8, orderings=2,
                                  heatmap=computed.heatmap * 7.0 - 2.0)  # another scale: only the order counts
     assert given.curve == computed.curve and given.gain == computed.gain
+
+
+def test_a_flat_map_never_passes(shapes: nn.Module) -> None:
+    """An empty or constant map ranks no pixel above another, so its order is the seeded tie-break: one more random
+    ordering, which beats the others by chance now and then. It must fail, whatever its curve."""
+    scene = make_scene(HELD_OUT + 123)
+    shape = scene.image.shape[:2]
+    for heatmap in (np.zeros(shape, np.float32), np.full(shape, 0.3), np.full(shape, 7.0)):
+        for seed in range(3):
+            r = quality.faithfulness(shapes, scene.image, scene.label, heatmap=heatmap, seed=seed)
+            assert r.flat and not r.passed, (seed, r.gain, r.chance_gain)
+    with pytest.raises(AssertionError, match="the map is CONSTANT: it ranks no pixel above another"):
+        assert_faithful(shapes, scene.image, scene.label, steps=8, heatmap=np.full(shape, 0.3))
+    blind = load_bundled("camcheck-shapes")
+    with torch.no_grad():
+        blind.fc.weight[scene.label].zero_()  # no evidence for the class: an empty Grad-CAM map
+    r = quality.faithfulness(blind, scene.image, scene.label, steps=8)
+    assert r.result.empty and r.flat and not r.passed
+
+
+def test_heatmaps_of_any_float_type_and_range_are_judged_by_their_order(shapes: nn.Module) -> None:
+    scene = make_scene(SEEDS[1])
+    computed = quality.faithfulness(shapes, scene.image, scene.label, steps=4, orderings=2)
+    h = torch.from_numpy(computed.heatmap)
+    wide = np.where(computed.heatmap > 0.5, 1e308, -1e308) / (computed.heatmap.astype(np.float64) + 1)  # finite,
+    # but its range (max - min) overflows
+    for given in (h.bfloat16(), h.to(torch.float8_e4m3fn), wide, (h * 6e4).half()):
+        r = quality.faithfulness(shapes, scene.image, scene.label, steps=4, orderings=2, heatmap=given)
+        assert np.isfinite(r.heatmap).all() and 0 <= r.heatmap.min() < r.heatmap.max() <= 1
+    with pytest.raises(CamCheckError, match="meta device"):
+        quality.faithfulness(shapes, scene.image, scene.label, steps=4, heatmap=torch.empty(h.shape, device="meta"))
 
 
 def test_insertion_runs_the_other_way(shapes: nn.Module) -> None:
