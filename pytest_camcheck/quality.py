@@ -64,6 +64,7 @@ from .engine.targets import check_logits, logits_of, resolve_target
 from .errors import CamCheckError
 from ._values import check_threshold
 from .metrics import check_heatmap
+from .integrations import adapt_preprocess
 from .zoo import attach_info, model_info
 
 __all__ = [
@@ -139,7 +140,9 @@ class _Source:
     def __init__(self, model: nn.Module, image: Any, cam_kwargs: dict[str, Any]) -> None:
         info = model_info(model)
         self.explicit = cam_kwargs.get("preprocess") is not None
-        self.preprocess = cam_kwargs.get("preprocess") if self.explicit else (info.preprocess if info else None)
+        # a Hugging Face image processor becomes a callable image -> tensor, as compute_cam makes it
+        self.preprocess = adapt_preprocess(cam_kwargs.get("preprocess") if self.explicit
+                                           else (info.preprocess if info else None))
         self.categories = cam_kwargs.get("categories") or (info.categories if info else None)
         self.device, self.dtype = device_of(model), dtype_of(model)
         self.pick = cam_kwargs.get("output")

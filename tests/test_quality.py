@@ -327,6 +327,19 @@ def test_a_picture_goes_through_the_users_preprocessing() -> None:
     assert r.curve[0] == pytest.approx(float(p[0]), abs=1e-5) and r.curve[-1] == pytest.approx(float(p[1]), abs=1e-5)
 
 
+def test_a_hugging_face_image_processor_preprocesses_the_copies() -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=4).eval()
+    processor = transformers.ViTImageProcessor(size={"height": 32, "width": 32})
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    r = quality.faithfulness(net, picture, 0, steps=3, orderings=2, baseline="zero", preprocess=processor)
+    with torch.inference_mode():
+        x = processor(images=[picture, Image.new("RGB", (48, 40))], return_tensors="pt")["pixel_values"]
+        p = torch.softmax(net(x), dim=1)[:, 0]
+    assert r.curve[0] == pytest.approx(float(p[0]), abs=1e-5) and r.curve[-1] == pytest.approx(float(p[1]), abs=1e-5)
+
+
 # ------------------------------------------------------------------------------------------------- stability
 
 def test_perturbations_stay_in_the_ball_and_change_pixels(shapes: nn.Module) -> None:
