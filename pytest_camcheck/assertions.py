@@ -314,7 +314,10 @@ class CamCheck:
         __tracebackhide__ = True
         from .quality import assert_faithful
 
-        return assert_faithful(model, image, target, **self._kw(kwargs))
+        bound = self._kw(kwargs)
+        if kwargs.get("heatmap") is not None and "method" not in kwargs:
+            bound.pop("method")  # a given map is judged as it is: the bound method would do nothing
+        return assert_faithful(model, image, target, **bound)
 
     def stable(self, model: torch.nn.Module, image: Any, target: Any = None, **kwargs: Any) -> Any:
         """:func:`pytest_camcheck.assert_stable` with the bound defaults."""

@@ -58,7 +58,7 @@ from . import context
 from ._ahead import one_ahead
 from .engine import CamResult, compute_cam
 from .engine.capture import evaluation_mode, model_lock, run_model
-from .engine.core import cam_of_copies, device_of, dtype_of
+from .engine.core import cam_of_copies, checked_device, device_of, dtype_of
 from .engine.inputs import prepare
 from .engine.targets import check_logits, logits_of, resolve_target
 from .errors import CamCheckError
@@ -114,8 +114,35 @@ def _count(name: str, value: Any, low: int) -> int:
     return int(value)
 
 
+MAX_SEED = 2**32 - 1  # each check derives its generators' seeds from it, all of which take this range
+
+
 def _seed(value: Any) -> int:
-    return _count("seed", value, 0)
+    seed = _count("seed", value, 0)
+    if seed > MAX_SEED:
+        raise CamCheckError(f"seed={value!r} is too large; pass an integer from 0 to 2**32 - 1")
+    return seed
+
+
+CAM_KEYWORDS = ("method", "layer", "preprocess", "device", "categories", "output", "reshape")  # compute_cam's
+MAP_KEYWORDS = ("method", "layer", "reshape")  # those only a computed map uses
+
+
+def _check_call(model: Any, cam_kwargs: dict[str, Any], *, given_map: bool = False) -> None:
+    """The model is a module on the device asked for (if any), and the keywords are compute_cam's; with a given
+    map (``heatmap=``), none of those that only a computed map would use, since they would silently do nothing."""
+    if not isinstance(model, nn.Module):
+        raise CamCheckError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    unknown = sorted(set(cam_kwargs) - set(CAM_KEYWORDS))
+    if unknown:
+        raise CamCheckError(f"unknown keyword{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; besides its "
+                            f"own, the check takes compute_cam's: {', '.join(CAM_KEYWORDS)}")
+    if given_map:
+        unused = [f"{k}=" for k in MAP_KEYWORDS if cam_kwargs.get(k) is not None]
+        if unused:
+            raise CamCheckError(f"heatmap= judges the map given, so {', '.join(unused)} would do nothing; remove it "
+                                "(preprocess=, categories=, output= and device= still apply to the model's forwards)")
+    checked_device(model, cam_kwargs.get("device"))
 
 
 def _one_image(image: Any) -> None:
@@ -426,8 +453,7 @@ def sanity(model: nn.Module, image: Any, target: Any = None, *, max_similarity: 
     seed = _seed(seed)
     _one_image(image)
     _no_list_target(target)
-    if not isinstance(model, nn.Module):
-        raise CamCheckError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    _check_call(model, cam_kwargs)
     original = compute_cam(model, image, target, **cam_kwargs)
     assert isinstance(original, CamResult)
     try:
@@ -665,8 +691,7 @@ def faithfulness(model: nn.Module, image: Any, target: Any = None, *, metric: st
     if callable(target) and not isinstance(target, (str, int)):
         raise CamCheckError("faithfulness curves are the target class's softmax probability, which a callable "
                             "target has not; pass a class index or name (or None for the top-1 class)")
-    if not isinstance(model, nn.Module):
-        raise CamCheckError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    _check_call(model, cam_kwargs, given_map=heatmap is not None)
     source = _Source(model, image, cam_kwargs)
     result = None
     if heatmap is None:
@@ -682,6 +707,8 @@ def faithfulness(model: nn.Module, image: Any, target: Any = None, *, metric: st
         from .engine.targets import label_of
 
         label = label_of(index, source.categories)
+    if steps > h.size:
+        raise CamCheckError(f"steps={steps} is more than the image's {h.size} pixels; pass steps <= {h.size}")
     rng = np.random.default_rng(seed)
     ranks = [_ranks(h, rng)] + [rng.permutation(h.size).reshape(h.shape) for _ in range(orderings)]
     pixels = source.pixels
@@ -813,6 +840,9 @@ def _perturb(source: _Source, noise: float, samples: int, seed: int) -> torch.Te
     gen = torch.Generator().manual_seed(seed)
     pixels = source.pixels
     if source.is_picture:
+        if noise > 1:
+            raise CamCheckError(f"noise={noise:g} is more than the whole range of an 8-bit picture: noise is in [0, 1] "
+                                "pixel units (0.02 is 5 grey levels); pass noise <= 1")
         levels = math.floor(noise * 255 + 1e-9)
         if levels < 1:
             raise CamCheckError(
@@ -821,6 +851,9 @@ def _perturb(source: _Source, noise: float, samples: int, seed: int) -> torch.Te
             )
         offsets = torch.randint(-levels, levels + 1, (samples, *pixels.shape), generator=gen, dtype=torch.int16)
         return offsets.add_(pixels).clamp_(0, 255).to(torch.uint8)  # in place: no second (samples, ...) stack
+    if noise > torch.finfo(torch.float32).max / 4:
+        raise CamCheckError(f"noise={noise:g} takes the image's values beyond float32; pass a noise in the tensor's own "
+                            "units (e.g. 0.02 of its range)")
     return torch.rand((samples, *pixels.shape), generator=gen).mul_(2).sub_(1).mul_(noise).add_(pixels)
 
 
@@ -860,8 +893,7 @@ def stability(model: nn.Module, image: Any, target: Any = None, *, noise: float 
     seed = _seed(seed)
     _one_image(image)
     _no_list_target(target)
-    if not isinstance(model, nn.Module):
-        raise CamCheckError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    _check_call(model, cam_kwargs)
     source = _Source(model, image, cam_kwargs)
     noisy = _perturb(source, noise, samples, seed)
     images = source.images(torch.cat([source.pixels[None], noisy]))

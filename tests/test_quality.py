@@ -73,6 +73,12 @@ BAD = [
     (assert_faithful, dict(target=lambda out: out.sum()), "callable target"),
     (assert_sane, dict(max_similarity=1.5), "max_similarity=1.5 is out of range"),
     (assert_sane, dict(seed=-1), "seed=-1 is not valid"),
+    (assert_sane, dict(seed=2**62), "seed=4611686018427387904 is too large"),
+    (assert_stable, dict(seed=2**64), "is too large; pass an integer from 0 to 2"),
+    (assert_faithful, dict(seed=2**32), "seed=4294967296 is too large"),
+    (assert_stable, dict(noise=1e39), "noise=1e\\+39 takes the image's values beyond float32"),
+    (assert_faithful, dict(steps=32 * 32 + 1), "steps=1025 is more than the image's 1024 pixels"),
+    (assert_faithful, dict(heatmap=torch.zeros(32, 32, dtype=torch.complex64)), "dtype complex64"),
     (assert_sane, dict(target=[0, 1]), "one target at a time"),
 ]
 
@@ -91,10 +97,14 @@ def test_a_batch_is_refused(small: nn.Module, check) -> None:
         check(small, torch.rand(2, 3, 32, 32), 0)
 
 
-def test_noise_below_one_grey_level_of_a_picture_is_refused(small: nn.Module) -> None:
+def test_noise_below_one_grey_level_or_above_the_range_of_a_picture_is_refused(small: nn.Module) -> None:
     picture = np.zeros((32, 32, 3), np.uint8)
     with pytest.raises(CamCheckError, match="less than one grey level"):
         assert_stable(small, picture, 0, noise=0.003)
+    for noise in (1.01, 129, 1e300):
+        with pytest.raises(CamCheckError, match="more than the whole range of an 8-bit picture"):
+            assert_stable(small, picture, 0, noise=noise)
+    assert quality.stability(small, picture, 0, noise=1.0, samples=2).noise == 1.0  # the whole range is allowed
 
 
 # ------------------------------------------------------------------------------------------------ the cascade
@@ -294,6 +304,29 @@ def test_heatmaps_of_any_float_type_and_range_are_judged_by_their_order(shapes: 
         assert np.isfinite(r.heatmap).all() and 0 <= r.heatmap.min() < r.heatmap.max() <= 1
     with pytest.raises(CamCheckError, match="meta device"):
         quality.faithfulness(shapes, scene.image, scene.label, steps=4, heatmap=torch.empty(h.shape, device="meta"))
+
+
+def test_keywords_that_would_do_nothing_are_refused(small: nn.Module) -> None:
+    import inspect
+
+    from pytest_camcheck.assertions import CamCheck
+
+    signature = inspect.signature(compute_cam).parameters.values()
+    assert quality.CAM_KEYWORDS == tuple(p.name for p in signature if p.kind is p.KEYWORD_ONLY)
+    x, h = torch.rand(3, 32, 32), np.random.default_rng(0).random((32, 32))
+    for keywords, match in [({"layer": "features"}, "so layer= would do nothing"), ({"method": "cam"}, "method="),
+                            ({"device": "cuda:0"}, "never moves your model"), ({"lyer": "x"}, "unknown keyword lyer")]:
+        with pytest.raises(CamCheckError, match=match):
+            quality.faithfulness(small, x, 1, steps=3, heatmap=h, **keywords)
+    for check in (quality.sanity, quality.stability, quality.faithfulness):
+        with pytest.raises(CamCheckError, match="unknown keywords lyer, mehtod"):
+            check(small, x, 1, lyer="x", mehtod="cam")
+    # the fixture's bound device holds for a given map too; its bound method is not the user's, so it is dropped
+    with pytest.raises(CamCheckError, match="never moves your model"):
+        CamCheck(device="cuda:0").faithful(small, x, 1, steps=3, heatmap=h)
+    given = CamCheck(device="cpu", method="cam").faithful(small, x, 1, steps=3, heatmap=h, min_gain=-1.0,
+                                                          confidence=0)
+    assert given.result is None and len(given.curve) == 4
 
 
 def test_insertion_runs_the_other_way(shapes: nn.Module) -> None:

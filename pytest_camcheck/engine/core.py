@@ -302,10 +302,9 @@ def _unwrapped(model: Any, layer: str | nn.Module | None) -> tuple[nn.Module, st
     return unwrap_model(model), unwrap_layer(model, layer)
 
 
-def _inputs(model: nn.Module, image: Any, target: Any, preprocess: Callable | None, device: Any,
-            categories: Sequence[str] | None) -> tuple[Batch, list[Job], Sequence[str] | None, str]:
-    """The inputs stage: the checked model device, the input batch with its geometries, the jobs, the class
-    names (given, else what is known for the model) and which preprocessing made the input."""
+def checked_device(model: nn.Module, device: Any) -> torch.device:
+    """The model's device, after checking that it holds values (not the meta device) and is ``device`` when one
+    is asked for: the model is never moved, so a suite run for the GPU must not explain on the CPU."""
     model_device = device_of(model)
     if model_device.type == "meta":
         raise CamCheckError(
@@ -323,6 +322,14 @@ def _inputs(model: nn.Module, image: Any, target: Any, preprocess: Callable | No
                 f"device={str(device)!r} was asked but the model is on {model_device}; pytest-camcheck never moves "
                 f"your model. Fix: model.to({str(device)!r}) before the call, or leave device=None"
             )
+    return model_device
+
+
+def _inputs(model: nn.Module, image: Any, target: Any, preprocess: Callable | None, device: Any,
+            categories: Sequence[str] | None) -> tuple[Batch, list[Job], Sequence[str] | None, str]:
+    """The inputs stage: the checked model device, the input batch with its geometries, the jobs, the class
+    names (given, else what is known for the model) and which preprocessing made the input."""
+    model_device = checked_device(model, device)
     info = model_info(model)
     if categories is None and info is not None:
         categories = info.categories
