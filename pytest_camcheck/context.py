@@ -92,14 +92,35 @@ def set_artifacts_dir(path: str | os.PathLike | None) -> None:
 
 
 def artifacts_dir() -> Path:
-    """The folder overlay pictures are written to.
+    """The folder overlay pictures are written to: the one set with :func:`set_artifacts_dir` (under pytest,
+    ``--camcheck-artifacts`` or ``<basetemp>/camcheck``), else ``camcheck-artifacts-<uid>`` in the system's
+    temporary folder (refused when it is a link or another user's, see :func:`artifact_path`).
 
     Example:
         >>> artifacts_dir().name != ""
         True
     """
     path = _state["artifacts_dir"]
-    return path if path is not None else Path(tempfile.gettempdir()) / "camcheck-artifacts"
+    return path if path is not None else _default_artifacts_dir()
+
+
+def _default_artifacts_dir() -> Path:
+    """Outside pytest: a folder of this user's own in the system's temporary folder (shared by every user)."""
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    return Path(tempfile.gettempdir()) / ("camcheck-artifacts" + (f"-{uid}" if uid is not None else ""))
+
+
+def _check_default_folder(path: Path) -> None:
+    """The default folder lies in a temporary folder every user may write to: another user's folder or a link
+    planted at its name would have the pictures written where that user chose, so both are refused."""
+    from .errors import FileRefused
+
+    if path.is_symlink():
+        raise FileRefused(f"{path} is a symbolic link; camcheck writes its pictures only into a real folder. Fix: "
+                          "remove the link, or choose a folder with set_artifacts_dir() (--camcheck-artifacts)")
+    if hasattr(os, "getuid") and path.exists() and path.stat().st_uid != os.getuid():
+        raise FileRefused(f"{path} belongs to another user; camcheck will not write its pictures there. Fix: choose "
+                          "a folder with set_artifacts_dir() (--camcheck-artifacts)")
 
 
 def artifact_path(check: str, suffix: str = ".png") -> Path:
@@ -111,7 +132,10 @@ def artifact_path(check: str, suffix: str = ".png") -> Path:
     """
     test = safe_name(current_test_id().split("/")[-1], "check")
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    return artifacts_dir() / f"{test[:120]}-{check}-{worker}-{os.getpid()}-{next(_counter)}{suffix}"
+    folder = artifacts_dir()
+    if _state["artifacts_dir"] is None:
+        _check_default_folder(folder)
+    return folder / f"{test[:120]}-{check}-{worker}-{os.getpid()}-{next(_counter)}{suffix}"
 
 
 def add_listener(fn: Callable[[CheckRecord], None]) -> None:

@@ -225,3 +225,34 @@ def test_a_pickled_member_is_refused_without_loading_it(tmp_path: Path) -> None:
     np.savez(path, heatmap=np.array([object()], dtype=object))
     with pytest.raises(CamCheckError, match="Python objects"):
         read_baseline(path)
+
+
+def test_the_default_picture_folder_is_this_users_and_never_a_link(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside pytest the pictures go to the system's temporary folder, which every user may write to: the folder
+    is this user's own, and a link or another user's folder planted at its name is refused, not written into."""
+    import tempfile
+
+    from pytest_camcheck import assert_attends_to, context
+    from pytest_camcheck.regions import Box
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setitem(context._state, "artifacts_dir", None)  # as outside pytest
+    uid = os.getuid()
+    folder = tmp_path / f"camcheck-artifacts-{uid}"
+    assert context.artifact_path("attends_to").parent == folder
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    folder.symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(FileRefused, match="is a symbolic link"):
+        context.artifact_path("attends_to")
+    torch.manual_seed(0)
+    with pytest.raises(AssertionError, match=r"overlay: not written \(.*is a symbolic link"):
+        assert_attends_to(SmallCNN().eval(), torch.rand(3, 32, 32), 0, Box(0, 0, 2, 2), min_lift=100.0)
+    assert list(elsewhere.iterdir()) == []
+    if uid == 0:  # root can give the folder to another user, as a shared /tmp could hold it
+        folder.unlink()
+        folder.mkdir()
+        os.chown(folder, 12345, -1)
+        with pytest.raises(FileRefused, match="belongs to another user"):
+            context.artifact_path("attends_to")
