@@ -523,6 +523,7 @@ class FaithfulnessResult:
     probability much), or when random orderings push the probability well below the baseline image's (scattered
     replaced pixels are out of distribution for the model, which punishes random orderings for the perturbation
     rather than for the evidence removed). Either way deletion can fail a good map; the message says which.
+    ``flat`` is set when the map ranks no pixel above another (empty or constant): such a map never passes.
 
     Example:
         >>> r = assert_faithful(model, image, "circle")  # doctest: +SKIP
