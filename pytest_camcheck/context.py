@@ -94,7 +94,8 @@ def set_artifacts_dir(path: str | os.PathLike | None) -> None:
 def artifacts_dir() -> Path:
     """The folder overlay pictures are written to: the one set with :func:`set_artifacts_dir` (under pytest,
     ``--camcheck-artifacts`` or ``<basetemp>/camcheck``), else ``camcheck-artifacts-<uid>`` in the system's
-    temporary folder (refused when it is a link or another user's, see :func:`artifact_path`).
+    temporary folder (``camcheck-artifacts`` where the system has no user ids; refused when it is a link or
+    another user's, see :func:`artifact_path`).
 
     Example:
         >>> artifacts_dir().name != ""
@@ -112,9 +113,16 @@ def _default_artifacts_dir() -> Path:
 
 def _check_default_folder(path: Path) -> None:
     """The default folder lies in a temporary folder every user may write to: another user's folder or a link
-    planted at its name would have the pictures written where that user chose, so both are refused."""
+    planted at its name would have the pictures written where that user chose, so both are refused. It is made
+    here, private to this user, so that nothing can be planted between this check and the writing."""
     from .errors import FileRefused
 
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return  # not writable: the writer reports it with its own message
     if path.is_symlink():
         raise FileRefused(f"{path} is a symbolic link; camcheck writes its pictures only into a real folder. Fix: "
                           "remove the link, or choose a folder with set_artifacts_dir() (--camcheck-artifacts)")

@@ -269,30 +269,42 @@ def _curve_probabilities(model: nn.Module, source: _Source, changed: torch.Tenso
 @dataclass
 class _Unit:
     name: str
-    module: nn.Module | None
+    module: nn.Module
     params: list[nn.Parameter]
     extra: list[nn.Parameter] = field(default_factory=list)  # a parent's own parameters, randomised with it
+    # parameter-less siblings with running statistics (a BatchNorm without affine weights), reset with it
+    stats: list[nn.Module] = field(default_factory=list)
 
     @property
     def size(self) -> int:
         return sum(p.numel() for p in self.params)
 
 
+def _has_stats(module: nn.Module) -> bool:
+    return any(callable(getattr(m, "reset_running_stats", None)) for m in module.modules())
+
+
 def _units(module: nn.Module, prefix: str, extra: Sequence[nn.Parameter] = ()) -> list[_Unit]:
     """The parameter-holding children of ``module`` in registration order. The module's own parameters
     (class tokens, position embeddings: input-side parts) and ``extra`` go with its first such child, or form
-    a unit of their own when it has none."""
+    a unit of their own when it has none. A child without parameters but with running statistics goes with the
+    child before it (the one whose output it normalises), or the first one."""
     own = list(extra) + [p for p in module._parameters.values() if p is not None]
-    out = []
+    out: list[_Unit] = []
+    waiting: list[nn.Module] = []  # statistics met before the first unit
     for name, child in module._modules.items():
-        if child is not None:
-            params = list(child.parameters())
-            if params:
-                out.append(_Unit(f"{prefix}{name}", child, params))
+        if child is None:
+            continue
+        params = list(child.parameters())
+        if params:
+            out.append(_Unit(f"{prefix}{name}", child, params, stats=waiting))
+            waiting = []
+        elif _has_stats(child):
+            (out[-1].stats if out else waiting).append(child)
     if own and out:
         out[0].extra, out[0].params = own, own + out[0].params
     elif own:  # no child holds parameters: the module is the unit, so that its reset_parameters runs
-        out.append(_Unit(prefix.rstrip(".") or "(parameters)", module, own))
+        out.append(_Unit(prefix.rstrip(".") or "(parameters)", module, own, stats=waiting))
     return out
 
 
@@ -320,7 +332,9 @@ def _groups(model: nn.Module) -> list[_Unit]:
     while True:
         for i in sorted(range(len(groups)), key=lambda k: -groups[k].size):
             unit = groups[i]
-            subs = _units(unit.module, unit.name + ".", unit.extra) if unit.module is not None else []
+            subs = _units(unit.module, unit.name + ".", unit.extra)
+            if subs:
+                subs[-1].stats = subs[-1].stats + unit.stats  # the statistics after the block follow its last part
             if len(subs) == 1 and subs[0].module is not unit.module:  # a wrapper of one block: go into it
                 groups[i] = subs[0]
                 break
@@ -348,11 +362,13 @@ def _randomise(unit: _Unit, generator_seed: int, device: torch.device) -> None:
         elif device.type != "cpu":  # another accelerator: seeded, though fork_rng cannot give its state back
             torch.manual_seed(generator_seed)
         covered: set[int] = set()
-        modules = list(unit.module.modules()) if unit.module is not None else []
-        for m in modules:
+        for m in unit.module.modules():
             if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
                 m.reset_parameters()
                 covered.update(id(p) for p in m._parameters.values() if p is not None)
+        for m in (m for sibling in unit.stats for m in sibling.modules()):
+            if callable(getattr(m, "reset_running_stats", None)):
+                m.reset_running_stats()
         for p in unit.params:
             if id(p) not in covered:  # parameters no reset_parameters covers, e.g. a class token
                 spread = float(p.float().std()) if p.numel() > 1 else 0.0
@@ -503,8 +519,9 @@ def _sanity_message(r: SanityResult) -> list[str]:
                  + ("  <-- too similar: the map does not depend on the weights" if r.similarity > r.max_similarity
                     else ""))
     lines.append("cascade (output side first):  step | randomised | spearman | ssim")
+    original_flat = r.maps[0].min() == r.maps[0].max()
     for s, m in zip(r.curve, r.maps):
-        empty = "  (map empty: Spearman taken as 0)" if s.step and m.min() == m.max() else ""
+        empty = "  (map empty: Spearman taken as 0)" if s.step and m.min() == m.max() and not original_flat else ""
         lines.append(f"  {s.step:4d} | {(s.layers[-1] if s.layers else '(original)'):<24} | {s.spearman:8.3f} | "
                      f"{s.ssim:6.3f}{empty}")
     return lines
@@ -523,7 +540,9 @@ class FaithfulnessResult:
     probability much), or when random orderings push the probability well below the baseline image's (scattered
     replaced pixels are out of distribution for the model, which punishes random orderings for the perturbation
     rather than for the evidence removed). Either way deletion can fail a good map; the message says which.
-    ``flat`` is set when the map ranks no pixel above another (empty or constant): such a map never passes.
+    ``flat`` is set when the map ranks fewer pixels above its minimum (``ranked``) than one step perturbs (an empty
+    or constant map ranks none): every step after the first is then ordered by the seeded tie-break, a random
+    ordering, so such a map never passes; more ``steps`` judge a sparse map.
 
     Example:
         >>> r = assert_faithful(model, image, "circle")  # doctest: +SKIP
@@ -549,7 +568,8 @@ class FaithfulnessResult:
     result: CamResult | None = field(default=None, repr=False)
     seed: int = 0
     classes: int = 0
-    flat: bool = False  # the map ranks no pixel above another (empty or constant): it cannot pass
+    flat: bool = False  # the map ranks fewer pixels than one step takes (see above): it cannot pass
+    ranked: int = -1  # pixels above the map's minimum
 
     @property
     def baseline_probability(self) -> float:
@@ -727,13 +747,14 @@ def faithfulness(model: nn.Module, image: Any, target: Any = None, *, metric: st
     random_auc = float(np.mean(aucs[1:]))
     gain = random_auc - aucs[0] if metric == "deletion" else aucs[0] - random_auc
     chance = _chance_gain(aucs[1:], confidence)
-    flat = bool(h.min() == h.max())  # its order is the seeded tie-break, i.e. one more random ordering
+    ranked = int(np.count_nonzero(h > h.min()))  # the rest are ordered by the seeded tie-break
+    flat = ranked < h.size / steps
     return FaithfulnessResult(
         passed=not flat and _beats_random(gain, min_gain, chance), metric=metric, baseline=baseline, gain=gain,
         min_gain=min_gain, chance_gain=chance, confidence=confidence, auc=aucs[0],
         random_auc=random_auc, random_aucs=aucs[1:], fractions=[k / steps for k in range(steps + 1)],
         curve=curves[0].tolist(), random_curve=curves[1:].mean(axis=0).tolist(), target=index, label=label,
-        heatmap=h, result=result, seed=seed, classes=source.classes, flat=flat,
+        heatmap=h, result=result, seed=seed, classes=source.classes, flat=flat, ranked=ranked,
     )
 
 
@@ -784,10 +805,16 @@ def _faithful_message(r: FaithfulnessResult) -> list[str]:
         "  map:      " + " ".join(f"{p:.2f}" for p in r.curve),
         "  random:   " + " ".join(f"{p:.2f}" for p in r.random_curve),
     ]
-    if r.flat:
+    if r.flat and r.ranked <= 0:
         what = "EMPTY (no positive evidence)" if r.result is not None and r.result.empty else "CONSTANT"
         lines.insert(0, f"the map is {what}: it ranks no pixel above another, so its ordering is a random one "
                         "and it cannot pass, whatever the curve")
+    elif r.flat:
+        steps, size = len(r.fractions) - 1, r.heatmap.size
+        lines.insert(0, f"the map ranks only {r.ranked} pixels above its minimum, fewer than one step's "
+                        f"{math.ceil(size / steps)}: every later step is ordered by the seeded tie-break, a random "
+                        f"ordering, so it cannot pass, whatever the curve; steps >= {math.ceil(size / r.ranked)} "
+                        "would judge a map this sparse")
     if r.metric == "deletion" and r.curve[0] < UNSURE:
         lines.append(f"note: the clean image gives this class only p = {r.curve[0]:.2f}: the model does not predict "
                      "it here, so deleting pixels cannot lower p much; explain the predicted class (target=None)")

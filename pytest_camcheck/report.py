@@ -39,7 +39,7 @@ __all__ = ["OUTCOMES", "PLOT_SIZE", "THUMBNAIL_SIZE", "WORKER_OUTPUT_KEY", "Chec
 OUTCOMES = ("failed", "error", "xpassed", "passed", "xfailed", "skipped", "unknown")
 THUMBNAIL_SIZE = (720, 300)
 PLOT_SIZE = (240, 160)
-LIST_SHOWN = 8  # a metric holding more values than this (a curve) is folded away in the row
+LIST_SHOWN = 8  # a metric holding more values than this (a curve), nested ones counted, is folded in the row
 WORKER_OUTPUT_KEY = "camcheck_report"
 _FORMAT = "pytest-camcheck-report"
 _VERSION = 1
@@ -338,6 +338,11 @@ def _number(value: Any) -> str:
     return str(value)
 
 
+def _values(value: Any) -> int:
+    """How many values a metric holds, counting inside nested lists (a sanity curve's rows)."""
+    return sum(_values(v) for v in value) if isinstance(value, (list, tuple)) else 1
+
+
 def _bound(name: str) -> tuple[str, str] | None:
     """(metric name, "min" or "max") of a threshold named min_x, x_min, max_x or x_max."""
     match = re.fullmatch(r"(min|max)_(.+)|(.+)_(min|max)", name)
@@ -379,8 +384,9 @@ def _metrics_html(metrics: dict[str, Any], thresholds: dict[str, Any]) -> str:
             sign = "&ge;" if kind == "min" else "&le;"
             cells.append(f'<span class="{"ok" if ok else "bad"}">{_e(name)} <b>{_e(_number(value))}</b> '
                          f"(need {sign} {_e(_number(limit))})</span>")
-        elif isinstance(value, (list, tuple)) and len(value) > LIST_SHOWN:  # a curve: folded, drawn as a plot
-            cells.append(f'<details class="list"><summary>{_e(name)} ({len(value)} values)</summary>'
+        elif isinstance(value, (list, tuple)) and _values(value) > LIST_SHOWN:  # a curve: folded, drawn as a plot
+            cells.append(f'<details class="list"><summary>{_e(name)} ({len(value)} '
+                         f'{"rows" if any(isinstance(v, (list, tuple)) for v in value) else "values"})</summary>'
                          f"{_e(_number(value))}</details>")
         elif value is not None:
             cells.append(f"<span>{_e(name)} {_e(_number(value))}</span>")

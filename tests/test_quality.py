@@ -196,6 +196,30 @@ def test_groups_that_are_single_modules_are_reset_as_in_a_new_network() -> None:
     assert torch.equal(ln.weight, torch.ones_like(ln.weight)) and torch.equal(ln.bias, torch.zeros_like(ln.bias))
 
 
+class _AffineFreeNorm(nn.Module):
+    """A BatchNorm without affine weights, between two layers: it has statistics but no parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.norm = nn.BatchNorm2d(4, affine=False)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.norm(self.conv(x)).mean(dim=(2, 3)))
+
+
+def test_statistics_without_parameters_are_reset_with_the_layer_they_normalise() -> None:
+    net = _AffineFreeNorm()
+    net.norm.running_mean.fill_(0.5), net.norm.running_var.fill_(3.0)
+    units = {u.name: u for u in quality._groups(net)}
+    assert list(units) == ["conv", "fc"] and units["conv"].stats == [net.norm]
+    quality._randomise(units["fc"], 1, torch.device("cpu"))
+    assert float(net.norm.running_mean[0]) == 0.5  # not yet: it goes with conv
+    quality._randomise(units["conv"], 2, torch.device("cpu"))
+    assert torch.equal(net.norm.running_mean, torch.zeros(4)) and torch.equal(net.norm.running_var, torch.ones(4))
+
+
 def test_the_sanity_message_marks_steps_whose_map_is_empty(shapes: nn.Module) -> None:
     scene = make_scene(HELD_OUT + 320_000)  # a cascade step of this scene leaves no positive evidence
     with pytest.raises(AssertionError) as err:
@@ -286,6 +310,20 @@ def test_a_flat_map_never_passes(shapes: nn.Module) -> None:
             assert r.flat and not r.passed, (seed, r.gain, r.chance_gain)
     with pytest.raises(AssertionError, match="the map is CONSTANT: it ranks no pixel above another"):
         assert_faithful(shapes, scene.image, scene.label, steps=8, heatmap=np.full(shape, 0.3))
+    one = np.zeros(shape)
+    one[0, 0] = 1e-3  # all but one pixel tied: as random as a constant map (it passed with seed 1)
+    column = np.zeros(shape)
+    column[:, :1] = 0.5
+    for heatmap in (one, column):
+        r = quality.faithfulness(shapes, scene.image, scene.label, heatmap=heatmap, seed=1)
+        assert r.flat and not r.passed and r.ranked == np.count_nonzero(heatmap)
+    size = one.size
+    with pytest.raises(AssertionError, match=f"ranks only {shape[0]} pixels above its minimum, fewer than one "
+                                             f"step's {math.ceil(size / 20)}.*steps >= {math.ceil(size / shape[0])}"):
+        assert_faithful(shapes, scene.image, scene.label, heatmap=column, seed=1)
+    enough = np.zeros(shape)
+    enough.ravel()[: math.ceil(size / 4)] = np.linspace(1, 0.5, math.ceil(size / 4))  # one step's worth, steps=4
+    assert not quality.faithfulness(shapes, scene.image, scene.label, steps=4, heatmap=enough).flat
     blind = load_bundled("camcheck-shapes")
     with torch.no_grad():
         blind.fc.weight[scene.label].zero_()  # no evidence for the class: an empty Grad-CAM map
@@ -302,6 +340,11 @@ def test_heatmaps_of_any_float_type_and_range_are_judged_by_their_order(shapes: 
     for given in (h.bfloat16(), h.to(torch.float8_e4m3fn), wide, (h * 6e4).half()):
         r = quality.faithfulness(shapes, scene.image, scene.label, steps=4, orderings=2, heatmap=given)
         assert np.isfinite(r.heatmap).all() and 0 <= r.heatmap.min() < r.heatmap.max() <= 1
+        values = (given.double().numpy() if isinstance(given, torch.Tensor) else given).ravel()
+        order = np.argsort(values, kind="stable")
+        judged = r.heatmap.ravel()[order]  # the judged map, in the order of the values given
+        assert (np.diff(judged) >= 0).all()  # the same order of pixels
+        assert (np.diff(judged)[np.diff(values[order]) > 0] > 0).mean() > 0.99  # distinct values stay distinct
     with pytest.raises(CamCheckError, match="meta device"):
         quality.faithfulness(shapes, scene.image, scene.label, steps=4, heatmap=torch.empty(h.shape, device="meta"))
 

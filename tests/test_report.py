@@ -192,10 +192,12 @@ def test_long_metric_lists_are_folded_and_rounded(tmp_path: Path) -> None:
     report = CheckReport()
     curve = [1 / 3 + i for i in range(20)]
     report.add_record(record("t.py::a", True, check="faithful",
-                             metrics={"curve": curve, "ssims": [0.123456] * 8, "region.peak": [67, 65]}))
+                             metrics={"curve": curve, "ssims": [0.123456] * 8, "region.peak": [67, 65],
+                                      "cascade": [[step, "layer", 0.5, 0.25] for step in range(3)]}))
     page = report.write_html(tmp_path / "r.html").read_text()
-    [folded] = re.findall(r'<details class="list"><summary>(.*?)</summary>(.*?)</details>', page)
-    assert folded[0] == "curve (20 values)"
+    folded, cascade = re.findall(r'<details class="list"><summary>(.*?)</summary>(.*?)</details>', page)
+    assert folded[0] == "curve (20 values)" and cascade[0] == "cascade (3 rows)"  # 12 values in 3 rows
+    assert cascade[1] == "[[0, layer, 0.5, 0.25], [1, layer, 0.5, 0.25], [2, layer, 0.5, 0.25]]"
     assert folded[1].startswith("[0.3333, 1.333, 2.333, ") and folded[1].endswith(", 18.33, 19.33]")
     assert folded[1].count(", ") == 19 and "0.33333" not in page
     assert "<span>ssims [0.1235, 0.1235, 0.1235, 0.1235, 0.1235, 0.1235, 0.1235, 0.1235]</span>" in page
