@@ -36,8 +36,19 @@ TARGETS = [
 def load(path: Path) -> dict[str, Any]:
     """Read the benchmark JSON: one row per benchmark with its extra_info."""
     data = json.loads(path.read_text())
-    rows = [dict(b["extra_info"], name=b["name"]) for b in data["benchmarks"] if "case" in b.get("extra_info", {})]
-    return {"rows": rows, "machine": data.get("machine_info", {}), "datetime": data.get("datetime", "")}
+    run = _run(data)
+    rows = [dict(b["extra_info"], name=b["name"], run=run) for b in data["benchmarks"]
+            if "case" in b.get("extra_info", {})]
+    return {"rows": rows, "machine": data.get("machine_info", {}), "datetime": data.get("datetime", ""), "run": run}
+
+
+def _run(data: dict[str, Any]) -> str:
+    """Which machine, when and which commit one JSON was measured on, for the sections its rows fill."""
+    cpu = data.get("machine_info", {}).get("cpu", {})
+    commit = data.get("commit_info", {})
+    code = f"; commit {str(commit['id'])[:7]}{' with uncommitted changes' if commit.get('dirty') else ''}" \
+        if commit.get("id") else ""
+    return f"{cpu.get('brand_raw', 'unknown CPU')}, {cpu.get('count', '?')} cores; run {data.get('datetime', '?')}{code}"
 
 
 def _ms(seconds: float | None) -> str:
@@ -122,7 +133,9 @@ def render(loaded: dict[str, Any], command: str, notes: str = "") -> str:
         "",
         f"Machine: {m.get('cpu', {}).get('brand_raw', platform.processor() or 'unknown CPU')}, "
         f"{m.get('cpu', {}).get('count', '?')} cores; Python {m.get('python_version', platform.python_version())}"
-        + "".join(f"; {k} {v}" for k, v in versions.items()) + f"; run {loaded['datetime']}.",
+        + "".join(f"; {k} {v}" for k, v in versions.items()) + f"; run {loaded['datetime']}"
+        + (" (the first JSON's; a section measured in another run names its own)."
+           if len({r["run"] for r in rows}) > 1 else "."),
         "",
         f"Reproduce: `{command}`",
         "",
@@ -187,7 +200,8 @@ def render(loaded: dict[str, Any], command: str, notes: str = "") -> str:
     ], quality, lambda r: [
         r["model"], r["check"], r["least"], _ms(r["ours_s"]), _ms(r["least_s"]), _x(r["ours_over_least"]),
         _ms(r.get("measured_s")), _x(r.get("ours_over_measured")), _targets(r)],
-        intro=f"Timed with torch threads: {threads or 'not recorded'}.")
+        intro=f"Measured on {'; and on '.join(sorted({r['run'] for r in quality}))}; torch threads: "
+              f"{threads or 'not recorded'}.")
     if notes:
         lines += ["## Notes", "", notes.strip(), ""]
     return "\n".join(lines)

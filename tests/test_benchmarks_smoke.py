@@ -72,7 +72,8 @@ def test_verdicts_name_each_target() -> None:
 
 def test_the_report_puts_several_runs_on_one_page(tmp_path: Path) -> None:
     def run(path: Path, extra_info: dict) -> Path:
-        path.write_text(json.dumps({"machine_info": {"cpu": {"brand_raw": "test CPU"}}, "datetime": "2026-12-01",
+        path.write_text(json.dumps({"machine_info": {"cpu": {"brand_raw": f"{path.stem} CPU", "count": 2}},
+                                    "datetime": "2026-12-01", "commit_info": {"id": "abcdef0123", "dirty": True},
                                     "benchmarks": [{"name": path.stem, "extra_info": extra_info}]}))
         return path
 
@@ -84,7 +85,10 @@ def test_the_report_puts_several_runs_on_one_page(tmp_path: Path) -> None:
     page = tmp_path / "BENCHMARKS.md"
     _report_module().main([str(classes), str(sane), "-o", str(page)])
     text = page.read_text()
-    assert "test CPU" in text and "## Several classes of one image" in text
+    assert "Machine: suite CPU" in text and "(the first JSON's; a section measured in another run" in text
+    assert "## Several classes of one image" in text
+    assert ("Measured on quality CPU, 2 cores; run 2026-12-01; commit abcdef0 with uncommitted changes; torch "
+            "threads: not recorded.") in text
     row = next(line for line in text.splitlines() if line.startswith("| m | sane |"))
     assert "| 1.40x |" in row and "| 65.0 | 1.08x |" in row
     assert "MISSED" in row and "with its measurements" in row
