@@ -36,6 +36,7 @@ def shapes() -> torch.nn.Module:
     return load_bundled("camcheck-shapes")
 
 
+@pytest.mark.filterwarnings("ignore::scipy.stats.ConstantInputWarning")  # Quantus on the empty step's map: NaN
 def test_spearman_equals_quantus_mprt_similarity(shapes: torch.nn.Module) -> None:
     from quantus.functions.similarity_func import correlation_spearman
 
