@@ -29,7 +29,7 @@ TARGETS = [
     ("tokens-gc", "Grad-CAM on a token layer >= 2x faster than pytorch-grad-cam with its reshape_transform"),
     ("quality", "assert_sane / assert_faithful / assert_stable <= 1.2x the least work their definitions need"),
     ("quality-measured", "assert_sane / assert_stable <= 1.2x that least work plus the similarity measurements their "
-                         "definitions name, made with scipy and scikit-image"),
+                         "definitions name, made as the package makes them"),
 ]
 
 

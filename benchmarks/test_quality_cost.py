@@ -30,7 +30,8 @@ each side; the number of rounds follows the least work's time (3 for calls of se
 ``ours_over_least`` is the ratio of the fastest rounds; ``ours_over_least_paired_median`` the median of the rounds'
 own ratios.
 
-Run: ``pytest benchmarks/test_quality_cost.py --benchmark-only --benchmark-json=quality.json``.
+Run: ``CAMCHECK_BENCH_THREADS=1 pytest benchmarks/test_quality_cost.py -p no:xdist --benchmark-only
+--benchmark-json=quality.json`` (one torch thread, as the figures in README and notes were taken).
 ``CAMCHECK_BENCH_QUALITY_MODELS`` (default camcheck-shapes,resnet18) chooses the models: the bundled model on a
 scene picture through its own preprocessing, torchvision models on a 224 x 224 tensor.
 """

@@ -21,8 +21,8 @@ does not hold):
   bound of one more random ordering's gain, from the spread of the ``orderings`` AUCs: Student's t with
   ``orderings - 1`` degrees of freedom). How much a random ordering's AUC varies depends on the model (a small CNN
   answers erratically to scattered replaced pixels), so a fixed ``min_gain`` alone would pass a random map on
-  one model and fail a good one on another; the bound makes a random ordering pass at most ``1 - confidence``
-  of the time whatever the model.
+  one model and fail a good one on another; the bound makes a random ordering pass about ``1 - confidence``
+  of the time whatever the model (exactly so when its random-ordering AUCs are normal).
 - **stability** (max-sensitivity, Yeh et al. 2019): maps of ``samples`` seeded perturbations drawn uniformly from
   the L-infinity ball of radius ``noise`` (pixel units in [0, 1]; for an 8-bit picture whole grey levels up to
   ``noise * 255``) must each keep SSIM >= ``min_similarity`` with the clean map, and the predicted class must not
