@@ -4,7 +4,8 @@ of everything timed next to it in the same test (bare forward, pytorch-grad-cam,
 
 Usage: ``python benchmarks/report.py bench.json [more.json ...] [-o BENCHMARKS.md] [--command "..."]
 [--notes benchmarks/notes.md]``; the rows of several runs (e.g. the full suite and ``test_quality_cost.py``, which
-runs with one torch thread) go on one page, under the first run's machine.
+runs with one torch thread) go on one page, under the first run's machine; the quality section names the run its
+rows come from.
 """
 
 from __future__ import annotations
