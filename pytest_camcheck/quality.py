@@ -579,8 +579,12 @@ class FaithfulnessResult:
     result: CamResult | None = field(default=None, repr=False)
     seed: int = 0
     classes: int = 0
-    flat: bool = False  # the map ranks fewer pixels than one step takes (see above): it cannot pass
-    ranked: int = -1  # pixels above the map's minimum
+    ranked: int = -1  # pixels above the map's minimum (-1: not counted)
+
+    @property
+    def flat(self) -> bool:
+        """The map ranks fewer pixels above its minimum than one step perturbs (see the class): it cannot pass."""
+        return 0 <= self.ranked < self.heatmap.size / (len(self.fractions) - 1)
 
     @property
     def baseline_probability(self) -> float:
@@ -758,15 +762,16 @@ def faithfulness(model: nn.Module, image: Any, target: Any = None, *, metric: st
     random_auc = float(np.mean(aucs[1:]))
     gain = random_auc - aucs[0] if metric == "deletion" else aucs[0] - random_auc
     chance = _chance_gain(aucs[1:], confidence)
-    ranked = int(np.count_nonzero(h > h.min()))  # the rest are ordered by the seeded tie-break
-    flat = ranked < h.size / steps
-    return FaithfulnessResult(
-        passed=not flat and _beats_random(gain, min_gain, chance), metric=metric, baseline=baseline, gain=gain,
+    r = FaithfulnessResult(
+        passed=False, metric=metric, baseline=baseline, gain=gain,
         min_gain=min_gain, chance_gain=chance, confidence=confidence, auc=aucs[0],
         random_auc=random_auc, random_aucs=aucs[1:], fractions=[k / steps for k in range(steps + 1)],
         curve=curves[0].tolist(), random_curve=curves[1:].mean(axis=0).tolist(), target=index, label=label,
-        heatmap=h, result=result, seed=seed, classes=source.classes, flat=flat, ranked=ranked,
+        heatmap=h, result=result, seed=seed, classes=source.classes,
+        ranked=int(np.count_nonzero(h > h.min())),  # the rest are ordered by the seeded tie-break
     )
+    r.passed = not r.flat and _beats_random(gain, min_gain, chance)
+    return r
 
 
 def _confidence(value: Any, orderings: int) -> float:
@@ -816,7 +821,7 @@ def _faithful_message(r: FaithfulnessResult) -> list[str]:
         "  map:      " + " ".join(f"{p:.2f}" for p in r.curve),
         "  random:   " + " ".join(f"{p:.2f}" for p in r.random_curve),
     ]
-    if r.flat and r.ranked <= 0:
+    if r.flat and r.ranked == 0:
         what = "EMPTY (no positive evidence)" if r.result is not None and r.result.empty else "CONSTANT"
         lines.insert(0, f"the map is {what}: it ranks no pixel above another, so its ordering is a random one "
                         "and it cannot pass, whatever the curve")
