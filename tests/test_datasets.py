@@ -180,9 +180,16 @@ def test_rle_masks_decode_through_pycocotools(tmp_path):
     doc = json.loads(path.read_text())
     doc["annotations"][0]["segmentation"] = rle
     doc["annotations"][0]["iscrowd"] = 1
+    doc["annotations"][0]["bbox"] = [float(v) for v in mask_util.toBbox(rle)]  # as COCO files give it
     path.write_text(json.dumps(doc))
     obj = load_dataset(path)[0].objects[0]
     assert np.array_equal(obj.region, mask.astype(bool)) and obj.difficult
+    # uncompressed counts (as COCO's crowd annotations give them) decode to the same mask
+    flat = mask.ravel(order="F")
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], flat, [1 - flat[-1]]])))
+    doc["annotations"][0]["segmentation"] = {"size": [48, 64], "counts": np.diff(np.concatenate([[0], edges])).tolist()}
+    path.write_text(json.dumps(doc))
+    assert np.array_equal(load_dataset(path)[0].objects[0].region, mask.astype(bool))
 
 
 def test_rle_without_pycocotools_names_the_extra(tmp_path, monkeypatch):
@@ -388,7 +395,77 @@ MALFORMED = {
                                  r"zzz.txt: has no image zzz\.\* in"),
     "yolo yaml without names": (_yolo(lambda r, f: (f.unlink(), (r / "data.yaml").write_text("nc: 3\n")),
                                       "classes.txt"), r"data.yaml, names: is missing or empty"),
+    "coco duplicate category id": (_edit(lambda d, p: d["categories"][1].update(id=10)),
+                                   r"category 1: id 10 is given twice \('bird' and 'cat'\)"),
+    "coco duplicate category name": (_edit(lambda d, p: d["categories"][1].update(name="bird")),
+                                     r"category 1: the name 'bird' is given to ids 10 and 11"),
+    "coco list as image id": (_edit(lambda d, p: d["images"][0].update(id=[1])), r"image 0: id is '\[1\]', not an id"),
+    "coco bool image_id": (_edit(lambda d, p: d["annotations"][0].update(image_id=True)),
+                           r"annotation 0 \(id 1\): image_id is 'True', not an id"),
+    "coco list category_id": (_edit(lambda d, p: d["annotations"][0].update(category_id=[10])),
+                              r"category_id is '\[10\]', not an id"),
+    "coco iscrowd text": (_edit(lambda d, p: d["annotations"][0].update(iscrowd="0")), r"iscrowd is '0'. Fix: write 0"),
+    "coco segmentation text": (_edit(lambda d, p: d["annotations"][0].update(segmentation="garbage")),
+                               r"segmentation is 'garbage'. Fix: give polygons"),
+    "coco fractional width": (_edit(lambda d, p: d["images"][0].update(width=64.9)),
+                              r"the image size is given as width=64.9, height=48"),
+    "coco rle short counts": (_edit(lambda d, p: d["annotations"][0].update(
+        segmentation={"size": [48, 64], "counts": [10, 5]})), r"the RLE's counts covers 15 pixels, but the image has"),
+    "coco rle negative run": (_edit(lambda d, p: d["annotations"][0].update(
+        segmentation={"size": [48, 64], "counts": [3082, -5, 5]})), r"the RLE's counts has a negative run"),
+    "coco rle corrupt string": (_edit(lambda d, p: d["annotations"][0].update(
+        segmentation={"size": [48, 64], "counts": "ooo"})), r"the RLE's counts string ends inside a number"),
+    "coco rle bad characters": (_edit(lambda d, p: d["annotations"][0].update(
+        segmentation={"size": [48, 64], "counts": "ab~"})), r"characters outside COCO's encoding"),
+    "coco rle counts a number": (_edit(lambda d, p: d["annotations"][0].update(
+        segmentation={"size": [48, 64], "counts": 5})), r"the RLE's counts are int"),
+    "coco rle size a number": (_edit(lambda d, p: d["annotations"][0].update(segmentation={"size": 5, "counts": [3072]})),
+                               r"the RLE segmentation has size 5"),
+    "coco segmentation off its bbox": (_edit(lambda d, p: d["annotations"][0].update(
+        segmentation=[[40, 30, 60, 30, 60, 45, 40, 45]])), r"the segmentation spans \(40, 30\)-\(60, 45\) but the bbox"),
+    "coco one file twice": (_edit(lambda d, p: (d["images"][1].update(file_name="a.png", width=64, height=48),
+                                                d.update(annotations=d["annotations"][:2]))),
+                            r"image id 2 \(a.png\): annotates .*a.png, which .*image id 1 \(a.png\) annotates too"),
+    "coco box in fractions": (_edit(lambda d, p: d["annotations"][0].update(bbox=[0.1, 0.1, 0.4, 0.4])),
+                              r"the box \(0.1, 0.1, 0.5, 0.5\) lies within the first pixel: these look like fractions"),
+    "coco polygon on a line": (_edit(lambda d, p: d["annotations"][0].update(segmentation=[[3, 4, 10, 11, 20, 21]])),
+                               r"the polygon's points lie on one line"),
+    "coco not utf-8": (lambda p: (p / "x.json").write_bytes(b'{"images": "\xff"}') and p / "x.json",
+                       r"x.json: is not UTF-8 text"),
+    "voc two boxes": (_voc(lambda t: t.replace("</bndbox>", "</bndbox><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>3</xmax>"
+                                                "<ymax>3</ymax></bndbox>", 1)), r"<object> 1 \(cat\): has 2 <bndbox>"),
+    "voc polygon": (_voc(lambda t: t.replace("</bndbox>", "</bndbox><polygon><x1>1</x1></polygon>", 1)),
+                    r"<object> 1 \(cat\): has a <polygon>, which camcheck does not read"),
+    "voc size without width": (_voc(lambda t: t.replace("<width>64</width>", "")),
+                               r"<size>: the image size is given as width=None, height='48'"),
+    "yolo blank class line": (_yolo(lambda r, f: f.write_text("bird\n\ncat\ndog\n"), "classes.txt"),
+                              r"classes.txt, line 2: is blank, so every later line would name a class one index off"),
+    "yolo repeated class name": (_yolo(lambda r, f: f.write_text("bird\ncat\ncat\n"), "classes.txt"),
+                                 r"classes 1 and 2 are both named 'cat'"),
+    "yolo yaml repeated name": (_yolo(lambda r, f: (f.unlink(), (r / "data.yaml").write_text("names: [a, b, a]\n")),
+                                      "classes.txt"), r"data.yaml, names: classes 0 and 2 are both named 'a'"),
+    "yolo yaml null name": (_yolo(lambda r, f: (f.unlink(), (r / "data.yaml").write_text("names: [a, null]\n")),
+                                  "classes.txt"), r"data.yaml, names: class 1 is named None"),
+    "yolo yaml nc": (_yolo(lambda r, f: (f.unlink(), (r / "data.yaml").write_text("nc: 3\nnames: [a, b]\n")),
+                           "classes.txt"), r"data.yaml, nc: is 3 but names lists 2 classes"),
+    "yolo yaml text keys": (_yolo(lambda r, f: (f.unlink(), (r / "data.yaml").write_text("names: {0: a, b: c}\n")),
+                                  "classes.txt"), r"names: has the indices \[0, 'b'\]"),
+    "yolo files disagree": (_yolo(lambda r, f: (r / "data.yaml").write_text("names: [cat, bird, dog]\n"), "classes.txt"),
+                            r"data.yaml, names: is \['cat', 'bird', 'dog'\] but .*classes.txt says \['bird', 'cat'"),
+    "yolo pose labels": (_yolo(lambda r, f: (r / "data.yaml").write_text("kpt_shape: [2, 2]\nnames: [a]\n"),
+                               "classes.txt"), r"data.yaml, kpt_shape: says the labels are poses"),
+    "yolo label not utf-8": (_yolo(lambda r, f: f.write_bytes(b"0 0.5 0.5 0.1 0.1 \xff\n")), r"a.txt: is not UTF-8"),
+    "yolo two images one label": (_yolo(lambda r, f: picture(64, 48).save(r / "images" / "a.jpg")),
+                                  r"a.txt: would be the labels of both a.jpg and a.png"),
     "camcheck bad region": (_cc({"cat": [1, 2, 3]}), r'a.json, region "cat": is \[1, 2, 3\]'),
+    "camcheck declared size": (lambda p: (_cc({"cat": [1, 2, 3, 4]})(p), (p / "a.json").write_text(json.dumps(
+        {"image": "a.png", "width": 640, "height": 480, "regions": {}})), p)[-1],
+        r'a.json, "width", "height": the annotation is for a 640x480 px image but .*a.png is 64x48'),
+    "camcheck box in fractions": (_cc({"cat": [0.1, 0.2, 0.5, 0.6]}), r"look like fractions of the image size"),
+    "camcheck polygon in fractions": (_cc({"cat": {"polygon": [0.1, 0.2, 0.5, 0.6, 0.1, 0.6]}}),
+                                      r"the polygon .* lies within the first pixel"),
+    "image too large": (lambda p: (_cc({"cat": [1, 2, 3, 4]})(p), setattr(Image, "MAX_IMAGE_PIXELS", 100), p)[-1],
+                        r"a.png is larger than Pillow opens by default"),
     "camcheck box outside": (_cc({"cat": [1, 2, 300, 30]}), r'region "cat": the box .* reaches outside'),
     "camcheck both box and polygon": (_cc({"cat": {"box": [1, 2, 3, 4], "polygon": [1, 2, 3, 4, 5, 6]}}),
                                       r'region "cat": is .* Fix: give each object as'),
@@ -398,9 +475,67 @@ MALFORMED = {
 
 
 @pytest.mark.parametrize("case", sorted(MALFORMED))
-def test_malformed_files_are_refused_with_the_file_the_entry_and_the_fix(tmp_path, case):
+def test_malformed_files_are_refused_with_the_file_the_entry_and_the_fix(tmp_path, case, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # a case may lower it
     make, words = MALFORMED[case]
     target = make(tmp_path)
     with pytest.raises(CamCheckError, match=words) as err:
         load_dataset(target)
     assert "Fix:" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_yolo_label_files_replace_only_the_last_suffix(tmp_path):
+    # Roboflow names its exports x_jpg.rf.<hash>.jpg: a dotted stem must find its own label file, not x_jpg.rf.txt
+    spec = [("frame.png", (64, 48), [("cat", (3, 4, 20, 30))]),
+            ("frame.001.png", (64, 48), [("dog", (30, 10, 64, 48))]),
+            ("x_jpg.rf.3f2a.png", (64, 48), [("bird", (10, 10, 15, 15))])]
+    root = write_yolo(tmp_path, spec)
+    for name, _, _ in spec:  # write_yolo names the label files by Path.stem, which is the right key here
+        assert (root / "labels" / f"{Path(name).stem}.txt").is_file()
+    objects = {Path(e.name).name: [o.label for o in e.objects] for e in load_dataset(root).entries}
+    assert objects == {"frame.png": ["cat"], "frame.001.png": ["dog"], "x_jpg.rf.3f2a.png": ["bird"]}
+
+
+def test_yolo_class_files_that_agree_are_both_accepted(tmp_path):
+    root = write_yolo(tmp_path, SPEC[:1])
+    (root / "data.yaml").write_text(f"nc: 3\nnames: [{', '.join(LABELS)}]\n")
+    assert load_dataset(root)[0].objects[0].label == "cat"
+    (root / "data.yaml").write_text("train: images\nval: images\n")  # paths only: the names are in classes.txt
+    assert load_dataset(root)[0].objects[0].label == "cat"
+
+
+def test_compressed_rle_counts_are_checked_as_pycocotools_writes_them(tmp_path):
+    mask_util = pytest.importorskip("pycocotools.mask")
+    rng = np.random.default_rng(3)
+    path = write_coco(tmp_path, SPEC[:1])
+    doc = json.loads(path.read_text())
+    del doc["annotations"][0]["bbox"]  # the segmentation alone (no bbox to agree with)
+    for trial in range(30):
+        mask = (rng.random((48, 64)) < rng.random()).astype(np.uint8)
+        if trial == 0:
+            mask[:] = 0
+        rle = mask_util.encode(np.asfortranarray(mask))
+        counts = rle["counts"].decode()
+        doc["annotations"][0]["segmentation"] = {"size": [48, 64], "counts": counts}
+        path.write_text(json.dumps(doc))
+        assert np.array_equal(load_dataset(path)[0].objects[0].region, mask.astype(bool))
+        # the same string cut short covers fewer pixels (pycocotools would fill the rest from memory)
+        doc["annotations"][0]["segmentation"]["counts"] = counts[:-1]
+        path.write_text(json.dumps(doc))
+        with pytest.raises(AnnotationError, match=r"RLE's counts (covers \d+ pixels|string ends inside)"):
+            load_dataset(path)
+
+
+def test_two_images_of_one_name_are_refused_until_their_folder_is_given(tmp_path):
+    for part in ("train", "val"):
+        write_images(tmp_path / part, SPEC[:1])
+    doc = {"images": [{"id": i, "file_name": str(tmp_path / part / "a.png")} for i, part in ((1, "train"), (2, "val"))],
+           "categories": [{"id": 1, "name": "cat"}],
+           "annotations": [{"id": 1, "image_id": 2, "category_id": 1, "bbox": [3, 4, 17, 26]}]}
+    (tmp_path / "annotations").mkdir()
+    path = tmp_path / "annotations" / "instances.json"  # the images lie outside its folder, named by absolute paths
+    path.write_text(json.dumps(doc))
+    with pytest.raises(AnnotationError, match=r"would both be named 'a.png' .* Fix: pass images="):
+        load_dataset(path)
+    ds = load_dataset(path, images=tmp_path)
+    assert [s.name for s in ds] == ["train/a.png", "val/a.png"] and [len(s.objects) for s in ds] == [0, 1]

@@ -75,4 +75,21 @@ def load_dataset(path: str | os.PathLike[str], *, images: str | os.PathLike[str]
     fmt, entries = _read(where, folder)
     if not entries:
         raise AnnotationError(f"{where}: the dataset has no image. Fix: add images and their annotations")
+    _unique(entries)
     return Dataset(entries, format=fmt, root=where)
+
+
+def _unique(entries: list[Entry]) -> None:
+    """One entry per image file, and one image per name: checks, reports and baselines are keyed by the name."""
+    files: dict[Path, Entry] = {}
+    names: dict[str, Entry] = {}
+    for entry in entries:
+        first = files.setdefault(entry.path.resolve(), entry)
+        if first is not entry:
+            raise AnnotationError(f"{entry.source}: annotates {entry.path}, which {first.source} annotates too. Fix: "
+                                  "annotate every image once")
+        first = names.setdefault(entry.name, entry)
+        if first is not entry:
+            raise AnnotationError(f"{entry.source}: the image {entry.path} and {first.path} would both be named "
+                                  f"{entry.name!r} in checks, reports and baselines. Fix: pass images=<the folder "
+                                  "holding both> to load_dataset, so that each is named by its path in it")

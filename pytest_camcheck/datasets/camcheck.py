@@ -1,5 +1,6 @@
 """camcheck JSON: one file per image, ``{"image": "dog.jpg", "regions": {...}, "source": "..."}``, the image
-path relative to the JSON file. A folder is searched recursively (hidden folders skipped); JSON files without an
+path relative to the JSON file, with the image's optional ``"width"`` and ``"height"`` (checked against the
+file, as COCO's and VOC's are). A folder is searched recursively (hidden folders skipped); JSON files without an
 ``"image"`` entry are not annotations and are left alone.
 
 Each region value is one object or a list of objects of that label; an object is a box ``[x0, y0, x1, y1]``
@@ -19,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from .coco import parse_json
-from .core import Entry, ObjectSpec, Shape, annotation_error, image_size, make_box, make_polygon
+from .core import Entry, ObjectSpec, Shape, annotation_error, check_declared, image_size, make_box, make_polygon
 
 _FORMAT = '{"image": "dog.jpg", "regions": {"dog": [x0, y0, x1, y1]}}'
 _OBJECT = '[x0, y0, x1, y1], {"box": [x0, y0, x1, y1]} or {"polygon": [x1, y1, x2, y2, ...]}'
 _LAYOUT = "[x0, y0, x1, y1] in pixels, x1/y1 exclusive"
-_TOP = {"image", "regions", "source"}
+_TOP = {"image", "regions", "source", "width", "height"}
 
 
 def is_camcheck(spec: Any) -> bool:
@@ -64,6 +65,8 @@ def read_file(file: Path, spec: Any, root: Path) -> Entry:
         raise annotation_error(file, '"image"', "is missing or not a file name", f"write {_FORMAT}")
     path = file.parent / spec["image"]
     size = image_size(path, f"{file}, \"image\"")
+    if "width" in spec or "height" in spec:
+        check_declared(spec.get("width"), spec.get("height"), size, file, '"width", "height"', path)
     regions = spec.get("regions", {})
     if not isinstance(regions, dict):
         raise annotation_error(file, '"regions"', f"is {type(regions).__name__}, not an object", f"write {_FORMAT}")

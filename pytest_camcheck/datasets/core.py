@@ -43,6 +43,19 @@ def annotation_error(file: Path | str, entry: str, problem: str, fix: str) -> An
     return AnnotationError(f"{where}: {problem}. Fix: {fix}")
 
 
+def read_text(file: Path) -> str:
+    """The text of an annotation file, which must be UTF-8 (else the reader's error, naming the file)."""
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise annotation_error(file, "", f"is not UTF-8 text ({err})", "save it as UTF-8") from err
+
+
+def _too_large(where: str, path: Path, err: Exception) -> AnnotationError:
+    return AnnotationError(f"{where}: {path} is larger than Pillow opens by default ({err}). Fix: downscale the "
+                           "image, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file")
+
+
 def image_size(path: Path, where: str) -> tuple[int, int, int]:
     """(height, width, EXIF orientation) of the image at ``path`` as displayed, from its header only.
 
@@ -57,6 +70,8 @@ def image_size(path: Path, where: str) -> tuple[int, int, int]:
         with Image.open(path) as img:
             w, h = img.size
             orientation = int(img.getexif().get(_ORIENTATION, 1) or 1)
+    except Image.DecompressionBombError as err:
+        raise _too_large(where, path, err) from err
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise AnnotationError(f"{where}: {path} is not an image Pillow can read ({err}). Fix: replace it with a "
                               "PNG, JPEG, BMP, TIFF or WebP file") from err
@@ -71,11 +86,10 @@ def check_declared(declared_w: Any, declared_h: Any, size: tuple[int, int, int],
     would be placed on other pixels. The stored (un-rotated) size means the tool annotated the pixels before the
     EXIF orientation was applied."""
     h, w, orientation = size
-    try:
-        dw, dh = int(declared_w), int(declared_h)
-    except (TypeError, ValueError):
+    dw, dh = _whole(declared_w), _whole(declared_h)
+    if dw is None or dh is None:
         raise annotation_error(file, entry, f"the image size is given as width={declared_w!r}, "
-                               f"height={declared_h!r}", "give whole numbers of pixels, or leave the size out")
+                               f"height={declared_h!r}", "give both as whole numbers of pixels, or leave the size out")
     if (dw, dh) == (w, h):
         return
     if orientation in _SWAPS and (dw, dh) == (h, w):
@@ -87,6 +101,16 @@ def check_declared(declared_w: Any, declared_h: Any, size: tuple[int, int, int],
             "image with its pixels rotated and no orientation tag")
     raise annotation_error(file, entry, f"the annotation is for a {dw}x{dh} px image but {path} is {w}x{h} px "
                            "(width x height, as displayed)", "point the annotation at the image it was made on")
+
+
+def _whole(value: Any) -> int | None:
+    """A whole number of pixels as a file writes it (640, 640.0, or the text "640" of XML), else None."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or float(value) != int(value):
+        return None
+    return int(value)
 
 
 def number(value: Any, file: Path, entry: str, what: str) -> float:
@@ -228,6 +252,8 @@ def decode(path: Path, size: tuple[int, int], where: str) -> Image.Image:
             img.load()
             shown = ImageOps.exif_transpose(img)
         picture = load_image(shown)
+    except Image.DecompressionBombError as err:
+        raise _too_large(where, path, err) from err
     except (OSError, ValueError) as err:
         if isinstance(err, CamCheckError):
             raise AnnotationError(f"{where}: {err}") from err
@@ -334,12 +360,26 @@ def _box_pixels(box: Box, size: tuple[int, int], to_mask: Any) -> np.ndarray:
 _SLACK = 1.0
 
 
-def make_box(coords: Sequence[Any], size: tuple[int, int], file: Path, entry: str, layout: str) -> Box:
+def _fractions(values: Sequence[float], size: tuple[int, int], file: Path, entry: str, what: str) -> None:
+    """Refuse pixel coordinates that all lie in [0, 1], one of them not whole, on an image larger than 2 x 2 px:
+    fractions of the image size given where the format wants pixels, which would make a sub-pixel region in the
+    top-left corner."""
+    if min(size) > 2 and all(0 <= v <= 1 for v in values) and any(not float(v).is_integer() for v in values):
+        raise annotation_error(file, entry, f"{what} {tuple(clean(v) for v in values)} lies within the first pixel: "
+                               "these look like fractions of the image size, not pixels",
+                               f"give pixels of the {size[1]}x{size[0]} px image (fraction x width or height)")
+
+
+def make_box(coords: Sequence[Any], size: tuple[int, int], file: Path, entry: str, layout: str, *,
+             pixels: bool = True) -> Box:
     """A Box from (x0, y0, x1, y1) in displayed pixels, inside the image of ``size`` (height, width); edges up to
     one pixel outside (rounding of annotation tools) are moved onto the border, anything more is refused.
-    ``layout`` names the file's own convention for the message."""
+    ``layout`` names the file's own convention for the message. ``pixels``: the file itself gives pixels (not
+    fractions scaled by the reader), so coordinates that look like fractions are refused."""
     x0, y0, x1, y1 = (number(v, file, entry, name) for v, name in zip(coords, ("x0", "y0", "x1", "y1")))
     h, w = size
+    if pixels:
+        _fractions((x0, y0, x1, y1), size, file, entry, "the box")
     if x1 <= x0 or y1 <= y0:
         raise annotation_error(file, entry, f"the box ({clean(x0)}, {clean(y0)})-({clean(x1)}, {clean(y1)}) is "
                                "empty or inverted", f"write it as {layout}")
@@ -354,8 +394,11 @@ def make_box(coords: Sequence[Any], size: tuple[int, int], file: Path, entry: st
     return Box(clean(x0), clean(y0), clean(x1), clean(y1))
 
 
-def make_polygon(flat: Sequence[Any], size: tuple[int, int], file: Path, entry: str) -> np.ndarray:
-    """An (N, 2) array of (x, y) vertices from [x1, y1, x2, y2, ...] in displayed pixels, inside the image."""
+def make_polygon(flat: Sequence[Any], size: tuple[int, int], file: Path, entry: str, *,
+                 pixels: bool = True) -> np.ndarray:
+    """An (N, 2) array of (x, y) vertices from [x1, y1, x2, y2, ...] in displayed pixels, inside the image and
+    enclosing some area (points on one line are refused, as an empty box is). ``pixels`` as for
+    :func:`make_box`."""
     if not isinstance(flat, (list, tuple)) or len(flat) < 6 or len(flat) % 2:
         n = len(flat) if isinstance(flat, (list, tuple)) else type(flat).__name__
         raise annotation_error(file, entry, f"a polygon has {n} coordinates", "give at least 3 points as "
@@ -367,4 +410,10 @@ def make_polygon(flat: Sequence[Any], size: tuple[int, int], file: Path, entry: 
         raise annotation_error(file, entry, f"a polygon reaches outside the {w}x{h} px image (x from "
                                f"{xy[:, 0].min():g} to {xy[:, 0].max():g}, y from {xy[:, 1].min():g} to "
                                f"{xy[:, 1].max():g})", "give its points in the displayed image's pixels")
+    if pixels:
+        _fractions(xy.ravel().tolist(), size, file, entry, "the polygon")
+    x, y = xy[:, 0], xy[:, 1]
+    if abs(float((x * np.roll(y, -1) - y * np.roll(x, -1)).sum())) < 1e-9:  # twice the signed area (shoelace)
+        raise annotation_error(file, entry, "the polygon's points lie on one line, so it encloses no pixel",
+                               "give the object's outline (at least 3 points not on one line)")
     return xy

@@ -2,7 +2,8 @@
 
 Each ``<object>`` has ``<name>``, ``<difficult>`` (0/1, kept) and ``<bndbox>`` with ``xmin ymin xmax ymax`` in
 1-based pixel numbers, both ends included: ``xmin=1, xmax=10`` is the first ten columns, Box(0, 0, 10, ...).
-Other child elements (``pose``, ``truncated``...) are kept in ``extra``. The image is ``<filename>`` in
+Other child elements (``pose``, ``truncated``...) are kept in ``extra``; an outline other tools write into an
+object (CVAT's ``<polygon>``, ``<points>``, ``<mask>``...) is refused, since its box would silently stand for it. The image is ``<filename>`` in
 ``images`` when given, else in ``JPEGImages/`` (folder) or beside the XML (one file; ``../JPEGImages`` too).
 """
 
@@ -15,6 +16,7 @@ from .core import Entry, ObjectSpec, Shape, annotation_error, check_declared, im
 
 _LAYOUT = "<xmin> <ymin> <xmax> <ymax>, 1-based pixel numbers with both ends included"
 _KNOWN = {"name", "bndbox", "difficult"}
+_SHAPES = ("polygon", "polyline", "points", "segmentation", "mask", "segm")  # outlines other tools write
 
 
 def _text(node: ET.Element, tag: str, file: Path, entry: str) -> str:
@@ -59,16 +61,25 @@ def read_xml(file: Path, images: Path | None, root: Path, folder_layout: bool) -
     path = _image(file, _text(tree, "filename", file, "<annotation>"), images, folder_layout)
     size = image_size(path, f"{file}")
     declared = tree.find("size")
-    if declared is not None and declared.find("width") is not None:
+    if declared is not None and (declared.find("width") is not None or declared.find("height") is not None):
         check_declared(declared.findtext("width"), declared.findtext("height"), size, file, "<size>", path)
     objects = []
     for i, obj in enumerate(tree.findall("object")):
         entry = f"<object> {i + 1}"
         label = _text(obj, "name", file, entry)
         entry = f"<object> {i + 1} ({label})"
-        box = obj.find("bndbox")
-        if box is None:
+        boxes = obj.findall("bndbox")
+        if not boxes:
             raise annotation_error(file, entry, "has no <bndbox>", f"add <bndbox> with {_LAYOUT}")
+        if len(boxes) > 1:
+            raise annotation_error(file, entry, f"has {len(boxes)} <bndbox> elements, and an object has one box",
+                                   "give each box its own <object>")
+        shapes = [child.tag for child in obj if child.tag in _SHAPES]
+        if shapes:
+            raise annotation_error(file, entry, f"has a <{shapes[0]}>, which camcheck does not read: its <bndbox> "
+                                   "would silently stand for the shape", "export the dataset as COCO to keep the "
+                                   "shapes, or remove the element to use the box")
+        box = boxes[0]
         x0, y0, x1, y1 = (_float(_text(box, t, file, entry), file, entry, t) for t in ("xmin", "ymin", "xmax", "ymax"))
         region = make_box((x0 - 1, y0 - 1, x1, y1), size[:2], file, entry, _LAYOUT)
         difficult = (obj.findtext("difficult") or "0").strip()
