@@ -16,7 +16,7 @@ from ._text import target_text
 from ._values import check_threshold
 from .engine import CamResult, compute_cam
 from .errors import CamCheckError
-from .metrics import RegionMetrics, measure
+from .metrics import RegionMetrics, measure, view_span
 from .regions import Region, describe, to_mask
 from .render import overlay, save_png
 from .rule import DEFAULT_RULE, Rule, Verdict, required_lift
@@ -101,13 +101,18 @@ def _run(check: str, model: torch.nn.Module, image: Any, target: Any, regions: S
          decide: Decide, explain: Explain, thresholds: dict[str, Any], cam_kwargs: dict[str, Any]) -> CamResult:
     result = _single(compute_cam(model, image, target, **cam_kwargs), image)
     masks = [to_mask(region, result.image_size) for region in regions]
-    metrics = [measure(result.heatmap, mask, tolerance) for mask in masks]
+    # a region is judged on the part of the image the model saw (an UnseenRegionError when there is none)
+    seen = result.geometry.seen() if result.geometry is not None else None
+    metrics = [measure(result.heatmap, mask, tolerance, seen=seen) for mask in masks]
     verdict = decide(metrics)
     passed = verdict.passed
     message = ""
     picture = None
     if not passed:
         lines = ([_EMPTY_LINE] if not verdict.criteria["map not empty"] else []) + explain(metrics, verdict)
+        if seen is not None and not seen.all():
+            lines.append(f"the model saw only {view_span(seen)} (the preprocessing cropped the rest): regions are "
+                         "measured on their seen part, chance over the seen pixels")
         picture, picture_text = _save_overlay(check, result, image, masks, metrics[0].peak)
         region_texts = [f"{name}: {describe(reg)}" for name, reg in zip(_REGION_NAMES, regions)]
         message = _explain(check, result, region_texts, lines, picture_text)
@@ -148,6 +153,11 @@ def assert_attends_to(
     ``pointing=False``), the region's lift (energy share / area share) is at least ``min_lift``, and, when
     given, its energy share is at least ``min_energy`` (:meth:`pytest_camcheck.rule.Rule.attends`). Other
     keywords go to :func:`compute_cam`.
+
+    When the preprocessing crops (Resize + CenterCrop), the region is judged on the part the model saw and its
+    area share is taken over the seen pixels (:func:`pytest_camcheck.metrics.measure`); a region the model never
+    saw, or one covering all it saw, raises :class:`~pytest_camcheck.errors.UnseenRegionError` (the same for
+    every assertion here).
 
     Example:
         >>> scene = make_scene(HELD_OUT + 7, "single")

@@ -1,9 +1,15 @@
 """Attention checks over an annotated dataset: the pointing game's protocol as a CI assertion.
 
-One check per (image, class present): the map of the class is judged with the rule of
+One check per (image, model class present): the map of the class is judged with the rule of
 :func:`~pytest_camcheck.assert_attends_to` against the union of that class's objects in the image (a map that
-points at any instance of the class hits, as in Zhang et al. 2016 and TorchRay). Objects flagged ``difficult``
-are part of the union but a class whose objects are all difficult is not checked unless ``difficult=True``.
+points at any instance of the class hits, as in Zhang et al. 2016 and TorchRay). Labels that ``classes`` maps to
+one model class are one class: their objects form one union and the check is named by the labels joined with
+``+`` ("cat+kitten"); a label mapped alone keeps its name. Objects flagged ``difficult`` are part of the union
+but a class whose objects are all difficult is not checked unless ``difficult=True``.
+
+The region is judged on the part of the image the model saw (``CamResult.geometry.seen()``, see
+:func:`~pytest_camcheck.metrics.measure`): a check whose objects the preprocessing cropped away entirely, or
+whose objects cover all the model saw, is not counted and is listed in ``skipped`` under ``"image [label]"``.
 
 Next to the rate, the same rule is applied to a centred Gaussian map (standard deviation a quarter of the
 image's width and height) on every check: the centre baseline, which is strong on photographs where objects sit
@@ -34,7 +40,8 @@ from ._values import check_threshold
 from .datasets import Dataset, load_dataset
 from .datasets.core import Entry
 from .engine import CamResult, compute_cam
-from .errors import CamCheckError, MixedSizesError, RegionError
+from .engine.targets import _index_of_name
+from .errors import CamCheckError, MixedSizesError, RegionError, TargetError, UnseenRegionError
 from .metrics import RegionMetrics, measure
 from .regions import to_mask
 from .rule import DEFAULT_RULE, Rule
@@ -45,6 +52,7 @@ __all__ = ["CENTER_SIGMA", "SMALL_SHARE", "DatasetCheck", "DatasetResult", "asse
 CENTER_SIGMA = 0.25
 SMALL_SHARE = 0.05
 WORST = 5
+_LISTED = 10
 PROGRESS_AFTER_S = 3.0
 PROGRESS_EVERY_S = 3.0
 _Z95 = 1.959963984540054
@@ -68,7 +76,8 @@ def wilson_interval(passed: int, total: int, z: float = _Z95) -> tuple[float, fl
 
 @dataclass(frozen=True)
 class DatasetCheck:
-    """One (image, class) check: the image's name, the annotation label, the model target it was mapped to,
+    """One (image, class) check: the image's name, the annotation label (the labels joined with ``+`` when
+    ``classes`` maps several to one model class), the model target it was mapped to,
     the verdict, the region metrics (``RegionMetrics.as_dict()``), whether the centre baseline passes the same
     check, whether the class's region is small (under :data:`SMALL_SHARE` of the image), and whether the image's
     centre is within ``tolerance`` of the region (the pointing game's centre baseline).
@@ -95,8 +104,9 @@ class DatasetResult:
     ``pass_rate`` (checks passed / checks), ``interval`` (Wilson 95%), ``per_class`` (label -> (passed,
     total)), ``checks`` (every :class:`DatasetCheck`), ``failures`` (the failed ones, worst first: misses, then
     lowest lift), ``center_baseline`` (the rate of a centred Gaussian map under the same rule), ``skipped``
-    (label -> why it was not checked), ``min_pass_rate``, ``method``, ``layer``, and ``overlays`` (the pictures
-    of the worst failures, by (image, label)).
+    (label, or ``"image [label]"`` for one check the model did not see, -> why it was not checked),
+    ``min_pass_rate``, ``method``, ``layer``, and ``overlays`` (the pictures of the worst failures, by (image,
+    label)).
 
     Example:
         >>> r = DatasetResult(0.5, (0.1, 0.9), {"a": (1, 2)}, [], [], 0.25, {}, 0.9, "gradcam", "layer4")
@@ -143,7 +153,9 @@ class DatasetResult:
             "  worst classes: " + ", ".join(f"{label} {p}/{t}" for label, p, t in self.worst_classes()),
         ]
         if self.skipped:
-            lines.append("  skipped labels: " + "; ".join(f"{label} ({why})" for label, why in self.skipped.items()))
+            shown = [f"{label} ({why})" for label, why in list(self.skipped.items())[:_LISTED]]
+            more = len(self.skipped) - len(shown)
+            lines.append("  skipped: " + "; ".join(shown) + (f"; and {more} more" if more else ""))
         if self.difficult_only:
             lines.append(f"  {self.difficult_only} (image, class) pairs with only difficult objects not checked "
                          "(difficult=True checks them)")
@@ -194,6 +206,34 @@ def _targets(dataset: Dataset, classes: Any, categories: Sequence[str] | None) -
     return targets, skipped
 
 
+@dataclass(frozen=True)
+class _Group:
+    """The labels mapped to one model class, checked as one: ``name`` is the labels joined with ``+``."""
+
+    name: str
+    target: Any
+    labels: tuple[str, ...]
+
+
+def _groups(targets: Mapping[str, Any], categories: Sequence[str] | None) -> dict[str, _Group]:
+    """label -> its group: labels whose targets resolve to the same class ("circle", "Circle" and its index)
+    share one."""
+    by_class: dict[Any, list[str]] = {}
+    for label, target in targets.items():
+        key = target
+        if isinstance(target, str) and categories:
+            try:
+                key = _index_of_name(target, categories, len(categories))
+            except TargetError:
+                pass  # compute_cam reports it
+        by_class.setdefault(key, []).append(label)
+    out: dict[str, _Group] = {}
+    for labels in by_class.values():
+        group = _Group("+".join(labels), targets[labels[0]], tuple(labels))
+        out.update((label, group) for label in labels)
+    return out
+
+
 def _center_map(size: tuple[int, int], cache: dict[tuple[int, int], np.ndarray]) -> np.ndarray:
     if size not in cache:
         h, w = size
@@ -222,25 +262,24 @@ class _Rule:
         return self.rule.attends(m, pointing=self.pointing, min_energy=self.min_energy).passed
 
 
-def _plan(entry: Entry, targets: Mapping[str, Any], difficult: bool) -> tuple[list[str], int]:
-    """The labels of one image to check, and how many present labels had only difficult objects."""
-    labels, only_difficult = [], 0
-    for label in entry.labels:
-        if label not in targets:
-            continue
-        if difficult or any(not o.difficult for o in entry.objects if o.label == label):
-            labels.append(label)
+def _plan(entry: Entry, groups: Mapping[str, _Group], difficult: bool) -> tuple[list[_Group], int]:
+    """The classes of one image to check, and how many present classes had only difficult objects."""
+    present = list(dict.fromkeys(groups[label] for label in entry.labels if label in groups))
+    checked, only_difficult = [], 0
+    for group in present:
+        if difficult or any(not o.difficult for o in entry.objects if o.label in group.labels):
+            checked.append(group)
         else:
             only_difficult += 1
-    return labels, only_difficult
+    return checked, only_difficult
 
 
-def _batches(dataset: Dataset, targets: Mapping[str, Any], difficult: bool, batch_size: int,
-             counts: dict[str, int]) -> Iterator[list[tuple[int, list[str]]]]:
-    batch: list[tuple[int, list[str]]] = []
+def _batches(dataset: Dataset, groups: Mapping[str, _Group], difficult: bool, batch_size: int,
+             counts: dict[str, int]) -> Iterator[list[tuple[int, list[_Group]]]]:
+    batch: list[tuple[int, list[_Group]]] = []
     jobs = 0
     for index, entry in enumerate(dataset.entries):
-        labels, only_difficult = _plan(entry, targets, difficult)
+        labels, only_difficult = _plan(entry, groups, difficult)
         counts["difficult_only"] += only_difficult
         if not labels:
             continue
@@ -253,7 +292,7 @@ def _batches(dataset: Dataset, targets: Mapping[str, Any], difficult: bool, batc
         yield batch
 
 
-def _decode(dataset: Dataset, batch: list[tuple[int, list[str]]]) -> list[tuple[Any, list[str]]]:
+def _decode(dataset: Dataset, batch: list[tuple[int, list[_Group]]]) -> list[tuple[Any, list[_Group]]]:
     return [(Dataset.sample(dataset.entries[i]), labels) for i, labels in batch]
 
 
@@ -329,37 +368,47 @@ def run_dataset(model: torch.nn.Module, dataset: Dataset | str | Any, *, min_pas
     info = model_info(model)
     categories = cam_kwargs.get("categories") or (info.categories if info is not None else None)
     targets, skipped = _targets(dataset, classes, categories)
+    groups = _groups(targets, categories)
 
     checks: list[DatasetCheck] = []
     centers: dict[tuple[int, int], np.ndarray] = {}
     worst = _Worst()
     counts = {"difficult_only": 0}
+    unseen: dict[str, str] = {}  # "image [label]" -> why the check could not be judged
     method = layer = ""
     start = last = time.monotonic()
     images_done = 0
-    batches = _batches(dataset, targets, difficult, batch_size, counts)
+    batches = _batches(dataset, groups, difficult, batch_size, counts)
     ahead = one_ahead(lambda batch: _decode(dataset, batch), batches, "camcheck-decode")
     with closing(ahead):  # an error in the loop stops the decoding thread now, not when the traceback goes
         for decoded in ahead:
-            pictures = [s.image for s, labels in decoded for _ in labels]
-            wanted = [targets[label] for _, labels in decoded for label in labels]
+            pictures = [s.image for s, present in decoded for _ in present]
+            wanted = [group.target for _, present in decoded for group in present]
             results = iter(_maps(model, pictures, wanted, cam_kwargs))
-            for sample, labels in decoded:
-                for label in labels:
+            for sample, present in decoded:
+                for group in present:
                     result = next(results)
                     method, layer = result.method, result.layer
-                    checks.append(_one(sample, label, result, rule, centers, worst))
+                    try:
+                        checks.append(_one(sample, group, result, rule, centers, worst))
+                    except UnseenRegionError as err:
+                        unseen[f"{sample.name} [{group.name}]"] = err.reason
             images_done += len(decoded)
             now = time.monotonic()
             finished = images_done == len(dataset)
-            if now - start >= PROGRESS_AFTER_S and (finished or now - last >= PROGRESS_EVERY_S):
+            if checks and now - start >= PROGRESS_AFTER_S and (finished or now - last >= PROGRESS_EVERY_S):
                 last = now
                 rate = sum(c.passed for c in checks) / len(checks)
                 context.progress(f"camcheck dataset: {images_done}/{len(dataset)} images, {len(checks)} checks, "
                                  f"{rate:.1%} passed so far", images_done, len(dataset))
+    skipped.update(unseen)
     if not checks:
-        raise CamCheckError(f"the dataset {dataset.root} has no (image, class) pair to check: every object is "
-                            "difficult, or its label skipped. Fix: pass difficult=True, or classes=...")
+        why, fix = "every object is difficult, or its label skipped", "pass difficult=True, or classes=..."
+        if unseen:
+            listed = "; ".join(f"{k} ({v})" for k, v in list(unseen.items())[:_LISTED])
+            why += f", or the model did not see it: {listed}"
+            fix += ", or preprocessing that keeps the objects in view (e.g. Resize((224, 224)) without CenterCrop)"
+        raise CamCheckError(f"the dataset {dataset.root} has no (image, class) pair to check: {why}. Fix: {fix}")
     passed = sum(c.passed for c in checks)
     per_class: dict[str, list[int]] = {}
     for c in checks:
@@ -384,14 +433,23 @@ def _metrics_of(check: DatasetCheck) -> RegionMetrics:
     return RegionMetrics(m["energy"], m["chance"], m["lift"], m["hit"], None, math.inf, m["rank_accuracy"], m["empty"])
 
 
-def _one(sample: Any, label: str, result: CamResult, rule: _Rule, centers: dict[tuple[int, int], np.ndarray],
+def _one(sample: Any, group: _Group, result: CamResult, rule: _Rule, centers: dict[tuple[int, int], np.ndarray],
          worst: _Worst) -> DatasetCheck:
+    """One check; an UnseenRegionError when the model saw none of the objects, or nothing but them."""
+    label = group.name
     try:
-        mask = to_mask(sample.regions[label], result.image_size)
+        regions = [sample.regions[one] for one in group.labels if one in sample.regions]
+        union = regions[0] if len(regions) == 1 else np.logical_or.reduce([to_mask(r, result.image_size)
+                                                                           for r in regions])
+        mask = to_mask(union, result.image_size)
     except RegionError as err:
         raise CamCheckError(f"{sample.source}: the region of {label!r} cannot be checked ({err})") from err
-    m = measure(result.heatmap, mask, rule.tolerance)
-    center = measure(_center_map(result.image_size, centers), mask, rule.tolerance)
+    seen = result.geometry.seen() if result.geometry is not None else None
+    m = measure(result.heatmap, mask, rule.tolerance, seen=seen)
+    center_map = _center_map(result.image_size, centers)
+    if seen is not None and not seen.all():
+        center_map = center_map * seen  # the baseline, like the model's map, has no mass where the model saw nothing
+    center = measure(center_map, mask, rule.tolerance, seen=seen)
     passed = rule.holds(m)
     if not passed:
         worst.offer(_severity(m), lambda: (sample.name, label, sample.image, result, mask, m.peak))
@@ -440,7 +498,8 @@ def assert_dataset_attends_to(model: torch.nn.Module, dataset: Dataset | str | A
 
     ``dataset``: a :class:`~pytest_camcheck.Dataset` or a path for :func:`~pytest_camcheck.load_dataset`.
     ``classes``: annotation label -> model target (class index or name; a dict or a function; ``None`` skips the
-    label); by default a label must be one of the model's class names, others are skipped and listed.
+    label); by default a label must be one of the model's class names, others are skipped and listed. Labels
+    mapped to one model class are checked as one class, named by the labels joined with ``+``.
     ``difficult``: also check classes whose objects are all flagged difficult. Rule keywords (``min_lift``,
     ``tolerance``, ``pointing``, ``min_energy``) are those of :func:`~pytest_camcheck.assert_attends_to`; the
     others go to :func:`~pytest_camcheck.compute_cam` (``method``, ``layer``, ``preprocess``, ``device``...).

@@ -43,6 +43,16 @@ class RegionError(CamCheckError):
     """A region (box or mask) is empty, inverted, or outside the image."""
 
 
+class UnseenRegionError(RegionError):
+    """The region cannot be judged on the part of the image the model saw: the preprocessing cropped all of it away,
+    or kept nothing but the region. ``reason`` says which, in a few words (a dataset check lists it as the reason
+    for skipping)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class AnnotationError(CamCheckError):
     """An annotation file (COCO, Pascal VOC, YOLO, camcheck JSON) or the image it names cannot be used."""
 

@@ -3,7 +3,12 @@
 A preprocessing pipeline is read transform by transform. Photometric steps (ToTensor, Normalize, ...)
 leave the geometry alone; Resize and CenterCrop change it in a way that can be undone exactly; anything
 else (random crops, flips, unknown callables) is refused, because a map placed with a guessed geometry
-would be silently wrong.
+would be silently wrong. Steps are recognised by what they are (torchvision's v1 and v2 classes, timm's and
+Hugging Face's through :mod:`pytest_camcheck.integrations`), never by their class name alone: a class of your
+own called ``CenterCrop`` may crop anywhere.
+
+:meth:`Geometry.seen` tells which original pixels the model saw (a centre crop leaves the borders out); the
+region metrics judge a region on its seen part only (:func:`pytest_camcheck.metrics.measure`).
 
 Coordinates are continuous and edge-based: pixel ``i`` covers ``[i, i + 1)``, its centre is ``i + 0.5``.
 Along each axis the input coordinate ``u`` and the original coordinate ``x`` satisfy ``x = scale * u + shift``.
@@ -15,6 +20,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -76,6 +82,31 @@ class Geometry:
         return (self.y.shift == 0 and self.x.shift == 0 and abs(self.y.scale * in_h - height) < 1e-6 * height
                 and abs(self.x.scale * in_w - width) < 1e-6 * width)
 
+    def _centres(self, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each original row's and column's centre in input coordinates (float64)."""
+        height, width = self.image_size
+        ys = (torch.arange(height, device=device, dtype=torch.float64) + 0.5 - self.y.shift) / self.y.scale
+        xs = (torch.arange(width, device=device, dtype=torch.float64) + 0.5 - self.x.shift) / self.x.scale
+        return ys, xs
+
+    def seen(self) -> np.ndarray:
+        """Boolean (H, W) mask of the original pixels the model saw: those whose centre falls in the input.
+
+        All True for an image fed whole (no crop, or a crop with padding); a centre crop leaves out what it cut
+        off, and :meth:`to_image` gives the map 0 there.
+
+        Example:
+            >>> center_crop_geometry(Geometry.identity((2, 6)), 2).seen().astype(int)
+            array([[0, 0, 1, 1, 0, 0],
+                   [0, 0, 1, 1, 0, 0]])
+        """
+        if self.is_plain_resize():
+            return np.ones(self.image_size, dtype=bool)
+        ys, xs = self._centres()
+        in_h, in_w = self.input_size
+        rows, cols = ((ys >= 0) & (ys <= in_h)).numpy(), ((xs >= 0) & (xs <= in_w)).numpy()
+        return rows[:, None] & cols[None, :]
+
     def to_image(self, maps: torch.Tensor) -> torch.Tensor:
         """Resample maps covering the model input, shape (N, h, w) at any resolution, into original pixels.
 
@@ -91,8 +122,7 @@ class Geometry:
             # (align_corners=False, edges clamped), without building a sampling grid.
             return F.interpolate(maps[:, None].to(dtype), size=(height, width), mode="bilinear",
                                  align_corners=False)[:, 0]
-        ys = (torch.arange(height, device=dev, dtype=torch.float64) + 0.5 - self.y.shift) / self.y.scale
-        xs = (torch.arange(width, device=dev, dtype=torch.float64) + 0.5 - self.x.shift) / self.x.scale
+        ys, xs = self._centres(dev)
         inside = ((ys >= 0) & (ys <= in_h))[:, None] & ((xs >= 0) & (xs <= in_w))[None, :]
         gy = (2 * ys / in_h - 1).to(dtype)
         gx = (2 * xs / in_w - 1).to(dtype)
@@ -138,19 +168,25 @@ def geometry_neutral(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return _Neutral(fn)
 
 
-_NEUTRAL_NAMES = {
-    "ToTensor",
-    "PILToTensor",
-    "ConvertImageDtype",
-    "Normalize",
-    "ToImage",
-    "ToDtype",
-    "ToPureTensor",
-    "Grayscale",
-    "RGB",
-    "Identity",
-    "ToPILImage",
-}
+_NEUTRAL_NAMES = ("ToTensor", "PILToTensor", "ConvertImageDtype", "Normalize", "ToImage", "ToDtype", "ToPureTensor",
+                  "Grayscale", "RGB", "Identity", "ToPILImage")
+_GEOMETRIC_NAMES = ("Resize", "CenterCrop", "ImageClassification")
+
+
+@functools.lru_cache(maxsize=None)
+def _torchvision(*names: str) -> tuple[type, ...]:
+    """torchvision's own classes of these names, from v1 (``torchvision.transforms``, its weights presets) and v2."""
+    from torchvision import transforms as v1
+    from torchvision.transforms import _presets, v2
+
+    return tuple(getattr(m, n) for m in (v1, v2, _presets) for n in names if isinstance(getattr(m, n, None), type))
+
+
+def _is_torchvision(step: Any, *names: str) -> bool:
+    """Whether ``step`` is torchvision's own transform of one of ``names``: an instance whose class torchvision
+    defines, so that a subclass or a look-alike of your own (whose crop may be anywhere) does not pass."""
+    return type(step) in _torchvision(*names)
+
 _RANDOM_HINT = (
     "it is random or moves pixels in a way that cannot be undone; use your evaluation transforms "
     "(e.g. Resize + CenterCrop + ToTensor + Normalize)"
@@ -223,7 +259,9 @@ def infer_geometry(preprocess: Any, image_size: tuple[int, int]) -> Geometry:
 
     Understands torchvision v1 and v2 ``Compose``, ``Resize`` (int or (h, w), ``max_size``),
     ``CenterCrop``, photometric steps, the weights presets (``ResNet18_Weights.DEFAULT.transforms()``), and through
-    :mod:`pytest_camcheck.integrations` timm's eval transforms and Hugging Face image processors.
+    :mod:`pytest_camcheck.integrations` timm's eval transforms and Hugging Face image processors. A step is known by
+    its class (torchvision's own, not a subclass or a class of the same name); any other step raises a
+    :class:`~pytest_camcheck.errors.GeometryError` naming it and the fix.
 
     Example:
         >>> from torchvision import transforms as T
@@ -238,16 +276,16 @@ def infer_geometry(preprocess: Any, image_size: tuple[int, int]) -> Geometry:
         return geom
     for step in _steps(adapt_preprocess(preprocess)):
         name = type(step).__name__
-        if isinstance(step, _Neutral) or name in _NEUTRAL_NAMES:
+        if isinstance(step, _Neutral) or _is_torchvision(step, *_NEUTRAL_NAMES):
             continue
-        if name == "ImageClassification" and hasattr(step, "crop_size") and hasattr(step, "resize_size"):
+        if _is_torchvision(step, "ImageClassification"):
             resize = step.resize_size
             if resize is not None:
                 geom = geom.resized(_resize_output_size(geom.input_size, resize, None))
             geom = center_crop_geometry(geom, step.crop_size)
-        elif name == "Resize":
+        elif _is_torchvision(step, "Resize"):
             geom = geom.resized(_resize_output_size(geom.input_size, step.size, getattr(step, "max_size", None)))
-        elif name == "CenterCrop":
+        elif _is_torchvision(step, "CenterCrop"):
             geom = center_crop_geometry(geom, step.size)
         elif name.startswith("Random") or name in {"ColorJitter", "GaussianBlur", "AutoAugment", "RandAugment",
                                                   "TrivialAugmentWide", "AugMix", "ElasticTransform"}:
@@ -255,11 +293,25 @@ def infer_geometry(preprocess: Any, image_size: tuple[int, int]) -> Geometry:
         elif (moved := step_geometry(step, geom)) is not None:
             geom = moved
         else:
-            raise GeometryError(
-                f"cannot tell where preprocess step {describe_preprocess(step)} moves pixels, so the heatmap could not be placed "
-                "in the original image. Fix: build preprocess from torchvision Resize / CenterCrop / ToTensor / "
-                "Normalize (v1 or v2, or a weights preset); or wrap a step that only changes colours or dtype "
-                "with pytest_camcheck.geometry_neutral(fn); or preprocess the image yourself and pass the tensor "
-                "(the heatmap then comes back at tensor size)"
-            )
+            raise GeometryError(_unknown_step(step))
     return geom
+
+
+def _unknown_step(step: Any) -> str:
+    cls = type(step)
+    # a class of your own named like torchvision's (an albumentations-style CenterCrop, a Resize taking (w, h)), or
+    # derived from it, is not trusted to move pixels as torchvision's does
+    base = next((c for c in cls.__mro__[1:] if c in _torchvision(*_NEUTRAL_NAMES, *_GEOMETRIC_NAMES)), None)
+    if base is not None or cls.__name__ in _NEUTRAL_NAMES + _GEOMETRIC_NAMES:
+        problem = (f"preprocess step {describe_preprocess(step)} is {cls.__module__}.{cls.__qualname__}, "
+                   f"{'a subclass of' if base else 'not'} torchvision's {(base or cls).__name__}, so where it moves "
+                   "pixels cannot be known")
+    else:
+        problem = f"cannot tell where preprocess step {describe_preprocess(step)} moves pixels"
+    return (
+        f"{problem}, and the heatmap could not be placed in the original image. Fix: build preprocess from "
+        "torchvision's own Resize / CenterCrop / ToTensor / Normalize (torchvision.transforms or "
+        "torchvision.transforms.v2, or a weights preset); or wrap a step that only changes colours or dtype with "
+        "pytest_camcheck.geometry_neutral(fn); or preprocess the image yourself and pass the tensor (the heatmap "
+        "then comes back at tensor size)"
+    )

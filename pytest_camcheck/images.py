@@ -2,7 +2,7 @@
 
 Built-in samples are the photographs scikit-image ships (`chelsea`, `coffee`, `astronaut`, ...),
 annotated in `data/sample_images.json`. Your own images join the catalogue through a JSON file next
-to the image, named after the sample::
+to the image, named after the sample (a name no built-in sample or synthetic scene uses)::
 
     fixtures/dog.json
     {"image": "dog.jpg", "regions": {"dog": [40, 25, 210, 180], "grass": [0, 190, 320, 240]},
@@ -371,15 +371,20 @@ def _dirs(search_dirs: SearchDirs) -> list[Path]:
     return [Path(d).expanduser() for d in search_dirs]
 
 
+def _is_annotation(candidate: Path) -> bool:
+    """Whether the file reads as an annotation file (a JSON object naming an image)."""
+    try:
+        spec = json.loads(candidate.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(spec, dict) and "image" in spec
+
+
 def _annotation_files(search_dirs: SearchDirs) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for folder in _dirs(search_dirs):
         for candidate in sorted(folder.glob("*.json")):
-            try:
-                spec = json.loads(candidate.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if isinstance(spec, dict) and "image" in spec:
+            if _is_annotation(candidate):
                 found.setdefault(candidate.stem, candidate)
     return found
 
@@ -421,18 +426,30 @@ def scene_image(seed: int, kind: str = "single") -> SampleImage:
 
 
 def sample_image(name: str, search_dirs: SearchDirs = ()) -> SampleImage:
-    """A sample image by name: the built-in catalogue first, then `<dir>/<name>.json` in each search dir.
+    """A sample image by name: a built-in sample (:func:`available_images` without folders), a synthetic scene
+    ``shapes-<single|pair|shortcut>-<seed>``, or `<dir>/<name>.json` in the first search dir that has it.
+
+    The built-in and scene names are reserved: when an annotation file in ``search_dirs`` reuses one (your
+    ``fixtures/coffee.json``), which image is meant is ambiguous and a CamCheckError says so; rename your file.
+    ``sample_image(name)`` with no ``search_dirs`` always gives the built-in.
 
     Example:
         >>> sample_image("coffee").regions["cup"]
         Box(x0=172, y0=17, x1=410, y1=302)
     """
-    if name in _catalogue():
-        return _builtin(name)
-    scene = _SCENE_NAME.fullmatch(name)
-    if scene:
-        return scene_image(int(scene["seed"]), scene["kind"])
     dirs = _dirs(search_dirs)
+    scene = _SCENE_NAME.fullmatch(name)
+    if name in _catalogue() or scene:
+        clash = next((f / f"{name}.json" for f in dirs if _is_annotation(f / f"{name}.json")), None)
+        if clash is not None:
+            what = "a synthetic scene" if scene else "scikit-image's built-in sample image"
+            raise CamCheckError(
+                f"{name!r} names both {what} and your annotation file {clash.resolve()}, so which image is meant is "
+                f"ambiguous. Fix: rename your file (e.g. my-{name}.json) and ask for that name; for "
+                f"{'the scene' if scene else 'the built-in'}, call pytest_camcheck.images.sample_image({name!r}) "
+                "without search_dirs"
+            )
+        return scene_image(int(scene["seed"]), scene["kind"]) if scene else _builtin(name)
     for folder in dirs:
         candidate = folder / f"{name}.json"
         if candidate.is_file():

@@ -6,6 +6,12 @@ involved, a boolean mask of the same shape (see `regions.to_mask`). Pixel positi
 
 An all-zero ("empty") map carries no evidence: its energy and rank accuracy are 0, it has no peak,
 and it misses the pointing game.
+
+When the model saw only part of the image (a centre crop: ``CamResult.geometry.seen()``), pass that part as
+``seen``: a region is then judged on its seen part, and its chance level is its share of the seen pixels
+(region ∩ seen / seen), since the map has no mass elsewhere. A region entirely outside the seen part, or
+covering all of it, cannot be judged and raises :class:`~pytest_camcheck.errors.UnseenRegionError`. With
+``seen=None`` (or all True) nothing changes.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
-from .errors import CamCheckError
+from .errors import CamCheckError, UnseenRegionError
 
 _RANGE_SLACK = 1e-6
 
@@ -200,26 +206,65 @@ def pointing_game(heatmap: np.ndarray, mask: np.ndarray, tolerance: float = 15) 
     return _distance(m, _peak(h)) <= tolerance
 
 
-def chance(mask: np.ndarray) -> float:
-    """Chance level of a region: its area over the image area (the energy of a uniform map).
+def view_span(seen: np.ndarray) -> str:
+    """The extent of the seen pixels in words.
+
+    Example:
+        >>> view_span(np.array([[False, True, True, False]]))
+        'columns 1-2, rows 0-0 of the 4x1 image'
+    """
+    rows, cols = np.flatnonzero(seen.any(axis=1)), np.flatnonzero(seen.any(axis=0))
+    h, w = seen.shape
+    return f"columns {cols[0]}-{cols[-1]}, rows {rows[0]}-{rows[-1]} of the {w}x{h} image"
+
+
+def _in_view(m: np.ndarray, seen: np.ndarray | None) -> tuple[np.ndarray, float]:
+    """The part of the region the model saw and its chance level (its share of the seen pixels)."""
+    if seen is None or _check_mask(seen, m.shape).all():
+        return m, int(np.count_nonzero(m)) / m.size
+    part = m & seen
+    n_part, n_seen = int(np.count_nonzero(part)), int(np.count_nonzero(seen))
+    if n_part == 0:
+        raise UnseenRegionError(
+            f"the region lies entirely outside the part of the image the model saw ({view_span(seen)}; the "
+            "preprocessing cropped the rest away), so the map cannot say whether the model looks at it. Fix: use "
+            "preprocessing that keeps the region, e.g. resize the full image to the model's input size "
+            "(Resize((224, 224)) instead of Resize + CenterCrop), or check a region inside the part the model saw",
+            "never seen by the model: the preprocessing crops it away")
+    if n_part == n_seen:
+        raise UnseenRegionError(
+            f"the region covers every pixel the model saw ({view_span(seen)}), which leaves nothing to compare its "
+            "attention against. Fix: check a smaller region, or use preprocessing that shows more of the image "
+            "(e.g. Resize((224, 224)) instead of Resize + CenterCrop)",
+            "covers all the model saw")
+    return part, n_part / n_seen
+
+
+def chance(mask: np.ndarray, seen: np.ndarray | None = None) -> float:
+    """Chance level of a region: its area over the image area (the energy of a uniform map); with ``seen``, the
+    share of the seen pixels that the region covers.
 
     Example:
         >>> chance(np.array([[True, False, False, False]]))
         0.25
+        >>> chance(np.array([[True, False, False, False]]), seen=np.array([[True, True, False, False]]))
+        0.5
     """
     m = _check_mask(mask, getattr(mask, "shape", ()))
-    return float(m.mean())
+    return float(_in_view(m, seen)[1])
 
 
-def lift(heatmap: np.ndarray, mask: np.ndarray) -> float:
-    """Energy over chance level: 1.0 is what a uniform map gets, higher means attention on the region.
+def lift(heatmap: np.ndarray, mask: np.ndarray, seen: np.ndarray | None = None) -> float:
+    """Energy over chance level: 1.0 is what a uniform map gets, higher means attention on the region. ``seen``
+    as in :func:`measure`.
 
     Example:
         >>> lift(np.array([[1.0, 0.0, 0.0, 0.0]]), np.array([[True, False, False, False]]))
         4.0
     """
     h, m = _checked(heatmap, mask)
-    return _energy(h, m) / float(m.mean())
+    part, level = _in_view(m, seen)
+    return _energy(h, part) / float(level)
 
 
 def rank_accuracy(heatmap: np.ndarray, mask: np.ndarray) -> float:
@@ -265,8 +310,13 @@ class RegionMetrics:
         return out
 
 
-def measure(heatmap: np.ndarray, mask: np.ndarray, tolerance: float = 15) -> RegionMetrics:
+def measure(heatmap: np.ndarray, mask: np.ndarray, tolerance: float = 15, *,
+            seen: np.ndarray | None = None) -> RegionMetrics:
     """All region metrics of a map at once (the inputs are validated once).
+
+    ``seen``: the pixels the model saw (``CamResult.geometry.seen()``), when a crop hid the rest. Every metric is
+    then taken on the region's seen part and the chance level is ``count(region & seen) / count(seen)``; a region
+    with no seen pixel, or covering all of them, raises :class:`~pytest_camcheck.errors.UnseenRegionError`.
 
     Example:
         >>> h = np.zeros((4, 6)); h[1, 4] = 1.0
@@ -274,12 +324,16 @@ def measure(heatmap: np.ndarray, mask: np.ndarray, tolerance: float = 15) -> Reg
         >>> r = measure(h, m)
         >>> r.energy, r.chance, r.lift, r.hit, r.peak
         (1.0, 0.5, 2.0, True, (4, 1))
+        >>> seen = np.zeros((4, 6), dtype=bool); seen[:, 2:] = True   # the model saw columns 2-5 only
+        >>> h[:, 2:] = 1.0                                            # a flat map on what it saw
+        >>> round(measure(h, m, seen=seen).lift, 6)
+        1.0
     """
     if tolerance < 0:
         raise CamCheckError(f"tolerance is {tolerance}; pass a distance in pixels >= 0 (15 is the usual value)")
     h, m = _checked(heatmap, mask)
+    m, level = _in_view(m, seen)
     share = _energy(h, m)
-    level = int(np.count_nonzero(m)) / m.size
     top = _peak(h)  # None exactly when the map (values in [0, 1]) is all zero
     distance = _distance(m, top)
     return RegionMetrics(

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms as T
 
 from pytest_camcheck import (Box, CamCheckError, assert_attends_more_to, assert_attends_to, assert_not_attends_to,
                              context)
+from pytest_camcheck.errors import UnseenRegionError
 
 from .models import KnownGradient
 
@@ -163,3 +165,46 @@ def test_an_unwritable_artifacts_folder_is_reported_not_raised(tmp_path: Path) -
     context.set_artifacts_dir(blocker / "sub")
     with pytest.raises(AssertionError, match="overlay: not written"):
         assert_attends_to(spot_model(), scene((60, 10, 80, 30, 1.0)), 0, (0, 40, 20, 60), **KW)
+
+
+CROPPED = T.Compose([T.CenterCrop((H, W)), T.ToTensor()])  # a 150 px wide picture: the model sees columns 30-119
+
+
+def wide_picture(red: np.ndarray) -> Image.Image:
+    """A (H, W + 60) picture whose red channel is ``red`` (values in [0, 1]); class 0's map is that channel."""
+    rgb = np.zeros((H, W + 60, 3), np.uint8)
+    rgb[..., 0] = np.round(red * 255)
+    return Image.fromarray(rgb)
+
+
+def test_a_region_the_crop_hides_is_refused_by_every_assertion() -> None:
+    red = np.zeros((H, W + 60))
+    red[20:30, 60:70] = 1.0
+    picture = wide_picture(red)
+    hidden = (0, 10, 25, 40)  # columns 0-24: the model never saw them (it would have 'missed' with energy 0)
+    message = (r"the region lies entirely outside the part of the image the model saw \(columns 30-119, rows 0-59 of "
+               r"the 150x60 image.*Fix: use preprocessing that keeps the region, e\.g\. resize the full image")
+    for check in (lambda: assert_attends_to(spot_model(), picture, 0, hidden, preprocess=CROPPED, **KW),
+                  lambda: assert_not_attends_to(spot_model(), picture, 0, hidden, preprocess=CROPPED, **KW),
+                  lambda: assert_attends_more_to(spot_model(), picture, 0, (60, 20, 70, 30), hidden,
+                                                 preprocess=CROPPED, **KW)):
+        with pytest.raises(UnseenRegionError, match=message):
+            check()
+    with pytest.raises(CamCheckError, match=r"covers every pixel the model saw"):
+        assert_attends_to(spot_model(), picture, 0, (20, 0, 130, 60), preprocess=CROPPED, **KW)
+
+
+def test_chance_is_taken_over_what_the_model_saw(records: list) -> None:
+    red = np.zeros((H, W + 60))
+    red[:, 30:120] = 1.0  # a flat map on all the model saw (one darker pixel keeps it from being constant)
+    red[0, 119] = 0.5
+    with pytest.raises(AssertionError, match=r"lift 1\.00 .*too low(.|\n)*the model saw only columns 30-119, rows "
+                                             r"0-59 of the 150x60 image"):
+        assert_attends_to(spot_model(), wide_picture(red), 0, (40, 10, 70, 40), pointing=False, preprocess=CROPPED,
+                          **KW)  # over the whole image its chance would be 0.1 and its lift 1.67: a pass
+    assert records[-1].metrics["region.chance"] == pytest.approx(30 * 30 / (90 * 60))
+    red = np.zeros((H, W + 60))
+    red[10:40, 20:50] = 1.0  # a region partly cropped away is judged on its seen part, columns 30-49
+    result = assert_attends_to(spot_model(), wide_picture(red), 0, (10, 10, 50, 40), preprocess=CROPPED, **KW)
+    assert result.geometry.seen()[:, 30:120].all() and not result.geometry.seen()[:, :30].any()
+    assert records[-1].metrics["region.chance"] == pytest.approx(20 * 30 / (90 * 60))

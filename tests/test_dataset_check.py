@@ -240,3 +240,105 @@ def test_fixture_form_and_progress_through_the_terminal_reporter(pytester):
     quiet = pytester.runpytest("-q", "-p", "no:cacheprovider", "--camcheck-device=cpu")
     quiet.assert_outcomes(passed=1)
     assert "camcheck dataset:" not in quiet.stdout.str()
+
+
+def _two_circles(folder: Path) -> tuple[Path, list[int], list[int]]:
+    """Two single-circle scenes side by side (245x149 px); under Resize(112) + CenterCrop(112) the model sees
+    columns 48-196 only: most of the left circle, none of the right one."""
+    from pytest_camcheck.scenes import make_scene
+
+    scenes, seed = [], 1_000_900
+    while len(scenes) < 2:
+        scene = make_scene(seed, "single")
+        if scene.objects[0].name == "circle":
+            scenes.append(scene)
+        seed += 1
+    a, b = scenes
+    canvas = np.zeros((max(a.image.shape[0], b.image.shape[0]), a.image.shape[1] + b.image.shape[1], 3), np.uint8)
+    canvas[:a.image.shape[0], :a.image.shape[1]] = a.image
+    canvas[:b.image.shape[0], a.image.shape[1]:] = b.image
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(canvas).save(folder / "two.png")
+    left, right = list(a.objects[0].box), list(b.objects[0].box)
+    right[0] += a.image.shape[1]
+    right[2] += a.image.shape[1]
+    return folder / "two.png", left, right
+
+
+def _coco(folder: Path, images: dict[str, list[tuple[str, list[int]]]]) -> Path:
+    """A COCO file: image file -> [(label, box x0 y0 x1 y1)]."""
+    labels = sorted({label for objects in images.values() for label, _ in objects})
+    spec: dict = {"images": [], "annotations": [],
+                  "categories": [{"id": i + 1, "name": n} for i, n in enumerate(labels)]}
+    for i, (name, objects) in enumerate(images.items(), start=1):
+        with Image.open(folder / name) as img:
+            spec["images"].append({"id": i, "file_name": name, "width": img.width, "height": img.height})
+        for label, (x0, y0, x1, y1) in objects:
+            spec["annotations"].append({"id": len(spec["annotations"]) + 1, "image_id": i,
+                                        "category_id": labels.index(label) + 1, "bbox": [x0, y0, x1 - x0, y1 - y0]})
+    path = folder / "instances.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+CROP = dict(preprocess=__import__("torchvision").transforms.Compose([
+    __import__("torchvision").transforms.Resize(112), __import__("torchvision").transforms.CenterCrop(112),
+    __import__("torchvision").transforms.ToTensor(),
+    __import__("torchvision").transforms.Normalize((0.5,) * 3, (0.25,) * 3)]))
+
+
+def test_an_object_the_preprocessing_crops_away_is_skipped_with_the_reason_not_failed(model, tmp_path):
+    picture, left, right = _two_circles(tmp_path)
+    (tmp_path / "hidden.png").write_bytes(picture.read_bytes())
+    path = _coco(tmp_path, {"two.png": [("circle", left)], "hidden.png": [("circle", right)]})
+    result = run_dataset(model, path, min_pass_rate=0.5, overlays=False, **CROP)
+    assert [(c.image, c.label, c.passed) for c in result.checks] == [("two.png", "circle", True)]
+    assert result.skipped == {"hidden.png [circle]": "never seen by the model: the preprocessing crops it away"}
+    assert "skipped: hidden.png [circle] (never seen by the model" in result.summary()
+    # the left circle's box starts at column 46, the crop at 48: it is judged on its seen part, and its chance
+    # is that part's share of the 149 x 149 seen pixels (not of the whole 245 x 149 image)
+    (x0, y0, x1, y1) = left
+    assert x0 < 48 < x1 <= 197
+    assert result.checks[0].metrics["chance"] == pytest.approx((x1 - 48) * (y1 - y0) / (149 * 149))
+    only_hidden = _coco(tmp_path, {"hidden.png": [("circle", right)]})
+    with pytest.raises(CamCheckError, match=r"no \(image, class\) pair to check: .*the model did not see it: "
+                                            r"hidden.png \[circle\] .*Fix: .*preprocessing that keeps the objects"):
+        run_dataset(model, only_hidden, overlays=False, **CROP)
+
+
+def test_without_a_crop_every_number_is_unchanged(model, singles):
+    from pytest_camcheck import compute_cam
+    from pytest_camcheck.metrics import measure
+    from pytest_camcheck.regions import to_mask
+
+    result = run_dataset(model, singles, overlays=False)
+    ds = load_dataset(singles)
+    for check, sample in zip(result.checks, ds):
+        cam = compute_cam(model, sample.image, check.target)
+        plain = measure(cam.heatmap, to_mask(sample.regions[check.label], cam.image_size), 15).as_dict()
+        assert check.metrics == pytest.approx(plain, abs=1e-6)
+
+
+def test_labels_mapped_to_one_class_are_judged_against_the_union_of_their_objects(model, tmp_path):
+    _, left, right = _two_circles(tmp_path)
+    union = run_dataset(model, _coco(tmp_path, {"two.png": [("circle", left), ("circle", right)]}), overlays=False)
+    split = _coco(tmp_path, {"two.png": [("cat", left), ("kitten", right)]})
+    for classes in ({"cat": "circle", "kitten": "circle"}, {"cat": "circle", "kitten": 0}):
+        result = run_dataset(model, split, classes=classes, overlays=False)
+        assert [(c.label, c.target, c.passed) for c in result.checks] == [("cat+kitten", 0, True)]
+        assert result.per_class == {"cat+kitten": (1, 1)} and result.pass_rate == 1.0
+        assert result.checks[0].metrics == union.checks[0].metrics  # one label's two objects: the same union
+    apart = run_dataset(model, split, classes={"cat": "circle", "kitten": "square"}, overlays=False)
+    assert [c.label for c in apart.checks] == ["cat", "kitten"]  # a label mapped alone keeps its name
+
+
+def test_a_dataset_baseline_keys_merged_labels_by_their_joined_name(model, tmp_path):
+    from pytest_camcheck.regression import CamRegression
+
+    _, left, right = _two_circles(tmp_path)
+    split = _coco(tmp_path, {"two.png": [("cat", left), ("kitten", right)]})
+    classes = {"cat": "circle", "kitten": "circle"}
+    CamRegression(tmp_path, "t", update=True).check_dataset(model, split, classes=classes)
+    [baseline] = tmp_path.glob("t-dataset-*.json")
+    assert json.loads(baseline.read_text())["checks"] == [["two.png", "cat+kitten", True]]
+    assert CamRegression(tmp_path, "t").check_dataset(model, split, classes=classes).pass_rate == 1.0

@@ -146,3 +146,79 @@ def test_unknown_or_random_steps_are_refused(step: object) -> None:
 def test_a_callable_declared_neutral_is_accepted() -> None:
     prep = T.Compose([T.Resize(32), geometry_neutral(lambda im: T.functional.to_tensor(im) * 2 - 1)])
     assert infer_geometry(prep, (64, 128)).input_size == (32, 64)
+
+
+class CenterCrop:  # albumentations-style: height and width, no .size
+    def __init__(self, height: int, width: int) -> None:
+        self.height, self.width = height, width
+
+    def __call__(self, im: Image.Image) -> Image.Image:
+        return T.functional.center_crop(im, [self.height, self.width])
+
+
+class Resize(torch.nn.Module):  # PIL's (width, height) order
+    def __init__(self, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, im: Image.Image) -> Image.Image:
+        return im.resize(self.size)
+
+
+class _TopLeftCrop:  # torchvision's attribute, another crop
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, im: Image.Image) -> Image.Image:
+        return im.crop((0, 0, self.size, self.size))
+
+
+TopLeftCrop = type("CenterCrop", (_TopLeftCrop,), {})
+
+
+class SubclassedCrop(T.CenterCrop):  # torchvision's class, another crop
+    def forward(self, im: Image.Image) -> Image.Image:
+        return T.functional.crop(im, 0, 0, *self.size)
+
+
+class ToTensor:
+    def __call__(self, im: Image.Image) -> torch.Tensor:
+        return T.functional.to_tensor(im).flip(-1)
+
+
+@pytest.mark.parametrize("step", [CenterCrop(100, 100), Resize((120, 120)), TopLeftCrop(112), SubclassedCrop(112),
+                                  ToTensor()],
+                         ids=["albumentations-style", "pil-size-order", "same-name-top-left", "subclass-top-left",
+                              "same-name-flipped"])
+def test_a_step_named_like_torchvisions_is_refused_naming_its_class(step: object) -> None:
+    """Steps are recognised by class, not name: a look-alike gave an AttributeError, or a map at the wrong columns."""
+    image = Image.new("RGB", (225, 134), "gray")
+    prep = T.Compose([T.Resize(112), step, T.ToTensor()][int(isinstance(step, ToTensor)):])
+    how = "a subclass of torchvision's CenterCrop" if isinstance(step, T.CenterCrop) else (
+        f"not torchvision's {type(step).__name__}")
+    with pytest.raises(CamCheckError, match=rf"is {__name__}\.{type(step).__qualname__}, {how}, so where it moves "
+                                            r"pixels cannot be known.*Fix: build preprocess from torchvision's own "
+                                            r".*geometry_neutral.*pass the tensor"):
+        compute_cam(torchvision.models.resnet18(num_classes=3), image, target=0, preprocess=prep)
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_every_torchvision_pipeline_is_still_known(name: str) -> None:
+    assert infer_geometry(PIPELINES[name](), (97, 250)).input_size[0] > 0
+
+
+def test_a_tensor_through_a_preprocess_that_changes_its_size_unexpectedly_is_refused() -> None:
+    prep = T.Compose([T.Resize(32), geometry_neutral(lambda t: t[..., :20])])
+    with pytest.raises(CamCheckError, match=r"preprocess produced a tensor of size \(32, 20\) but its transforms "
+                                            r"describe \(32, 64\)"):
+        compute_cam(torchvision.models.resnet18(num_classes=3), torch.rand(3, 64, 128), target=0, preprocess=prep)
+
+
+def test_seen_is_where_the_map_can_be_nonzero() -> None:
+    geom = infer_geometry(T.Compose([T.Resize(256), T.CenterCrop(224)]), (300, 600))
+    seen = geom.seen()
+    back = geom.to_image(torch.ones(1, 7, 7)).numpy()[0]
+    assert seen.dtype == bool and seen.shape == (300, 600)
+    np.testing.assert_array_equal(seen, back > 0)
+    assert Geometry.identity((5, 7)).seen().all() and Geometry.identity((5, 7)).resized((3, 3)).seen().all()
+    assert infer_geometry(T.CenterCrop((260, 300)), (97, 250)).seen().all()  # padding: all of the image is seen

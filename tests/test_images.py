@@ -261,12 +261,29 @@ def test_fixture_annotation():
     assert "Pillow" in s.source
 
 
-def test_sample_image_searches_dirs_after_the_catalogue(tmp_path):
+def test_sample_image_searches_dirs(tmp_path):
     assert sample_image("disc_and_square", [FIXTURES]).name == "disc_and_square"
     assert sample_image("disc_and_square", str(FIXTURES)).size == (120, 160)
-    Image.new("RGB", (10, 10)).save(tmp_path / "tiny.png")
-    (tmp_path / "chelsea.json").write_text(json.dumps({"image": "tiny.png", "regions": {}}))
-    assert sample_image("chelsea", [tmp_path]).size == (300, 451)
+    assert sample_image("chelsea", [FIXTURES, tmp_path]).size == (300, 451)
+
+
+@pytest.mark.parametrize("name", ["coffee", "shapes-single-7"])
+def test_an_annotation_file_named_like_a_builtin_is_refused_as_ambiguous(tmp_path, name):
+    # the user's own photo annotated as fixtures/coffee.json was shadowed by scikit-image's coffee
+    Image.new("RGB", (10, 10)).save(tmp_path / "mine.png")
+    (tmp_path / f"{name}.json").write_text(json.dumps({"image": "mine.png", "regions": {"cup": [1, 1, 5, 5]}}))
+    with pytest.raises(CamCheckError, match=rf"'{name}' names both .* and your annotation file .*{name}.json, so "
+                                            r"which image is meant is ambiguous\. Fix: rename your file") as err:
+        sample_image(name, [FIXTURES, tmp_path])
+    assert f"sample_image('{name}') without search_dirs" in str(err.value)
+    assert sample_image(name).size != (10, 10)  # without folders: the built-in, as documented
+    (tmp_path / f"my-{name}.json").write_text((tmp_path / f"{name}.json").read_text())
+    assert sample_image(f"my-{name}", [tmp_path]).size == (10, 10)
+
+
+def test_a_json_that_is_no_annotation_does_not_clash_with_a_builtin(tmp_path):
+    (tmp_path / "camera.json").write_text('{"iso": 200}')
+    assert sample_image("camera", [tmp_path]).name == "camera"
 
 
 def test_unknown_sample_lists_names_and_how_to_add_one(tmp_path):

@@ -288,3 +288,37 @@ def test_fast_peak_distance_and_rank_accuracy_equal_their_definitions_on_maps_wi
         assert got.hit == (got.peak_distance <= 2)
         checked += 1
     assert checked > (150 if not sparse else 100)
+
+
+def test_a_region_is_judged_on_the_pixels_the_model_saw():
+    """Under Resize(112) + CenterCrop(112) of a 245x149 image the model sees columns 48-196; a flat map there got
+    lift 1.64 on any visible box when chance was taken over the whole image."""
+    from pytest_camcheck.errors import UnseenRegionError
+
+    h, w = 149, 245
+    seen = np.zeros((h, w), dtype=bool)
+    seen[:, 48:197] = True
+    flat = seen.astype(np.float32)
+    box = to_mask((100, 40, 140, 80), (h, w))
+    m = measure(flat, box, 15, seen=seen)
+    assert m.chance == pytest.approx(40 * 40 / (149 * 149)) and m.lift == pytest.approx(1.0)
+    assert chance(box, seen=seen) == m.chance and lift(flat, box, seen=seen) == pytest.approx(1.0)
+    straddling = to_mask((30, 40, 70, 80), (h, w))  # columns 30-69, of which 48-69 were seen
+    part = measure(flat, straddling, 15, seen=seen)
+    assert part.chance == pytest.approx(22 * 40 / (149 * 149)) and part.lift == pytest.approx(1.0)
+    assert part.rank_accuracy == pytest.approx(measure(flat, straddling & seen, 15, seen=seen).rank_accuracy)
+    with pytest.raises(UnseenRegionError, match=r"entirely outside the part of the image the model saw \(columns "
+                                                r"48-196, rows 0-148 of the 245x149 image") as err:
+        measure(flat, to_mask((200, 40, 240, 80), (h, w)), seen=seen)
+    assert err.value.reason == "never seen by the model: the preprocessing crops it away"
+    with pytest.raises(UnseenRegionError, match="covers every pixel the model saw"):
+        measure(flat, to_mask((40, 0, 200, 149), (h, w)), seen=seen)
+
+
+def test_seen_everywhere_changes_no_number():
+    rng = np.random.default_rng(3)
+    heatmap = rng.random((30, 40)).astype(np.float32)
+    mask = to_mask((5, 5, 20, 15), (30, 40))
+    everything = np.ones((30, 40), dtype=bool)
+    assert measure(heatmap, mask, 15, seen=everything) == measure(heatmap, mask, 15)
+    assert chance(mask, seen=everything) == chance(mask) and lift(heatmap, mask, everything) == lift(heatmap, mask)

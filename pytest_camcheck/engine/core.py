@@ -37,7 +37,8 @@ class CamResult:
     preprocessing made the input: the one given, the model's own such as a timm data config, or none).
     ``orientation`` is the EXIF
     orientation applied to the picture (1: none, 6: a phone photo turned upright): the map and ``image_size`` are
-    in the pixels people see.
+    in the pixels people see. ``geometry`` maps the model input to those pixels; ``geometry.seen()`` is the part
+    of the image the model saw (a centre crop leaves the borders out, and the map is 0 there).
 
     Example:
         >>> r = compute_cam(model, "dog.jpg", "golden retriever")  # doctest: +SKIP
@@ -60,6 +61,7 @@ class CamResult:
     orientation: int = 1
     preprocessing: str = ""
     layout: str = "NCHW"
+    geometry: Geometry | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         label = f" ({self.label})" if self.label else ""
@@ -394,5 +396,6 @@ def _results(run: Run, seen: Captured, spec: Method, raw: torch.Tensor, heatmaps
             orientation=batch.orientations[job.image] if batch.orientations else 1,
             preprocessing=note,
             layout=str(seen.layout),
+            geometry=batch.geometries[job.image],
         ))
     return results

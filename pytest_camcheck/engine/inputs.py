@@ -77,7 +77,7 @@ def _one(image: Any, preprocess: Callable | None, explicit: bool, index: int
         if explicit and preprocess is not None:
             geometry = infer_geometry(preprocess, tuple(t.shape[-2:]))
             t = _check_tensor(_apply(preprocess, t, what), f"{what} after preprocess")
-            return t, geometry, None, 1
+            return _sized(t, geometry), geometry, None, 1
         return t, Geometry.identity(tuple(t.shape[-2:])), None, 1
     from ..images import load_image_oriented
 
@@ -89,12 +89,7 @@ def _one(image: Any, preprocess: Callable | None, explicit: bool, index: int
             f"preprocess returned {type(t).__name__} for {what}, not a tensor. Fix: end the preprocessing with "
             "ToTensor() (v1) or ToImage() + ToDtype(torch.float32, scale=True) (v2)"
         )
-    t = _check_tensor(t, f"{what} after preprocess")
-    if tuple(t.shape[-2:]) != geometry.input_size:
-        raise InputError(
-            f"preprocess produced a tensor of size {tuple(t.shape[-2:])} but its transforms describe "
-            f"{geometry.input_size}; the map could not be placed reliably. Fix: use torchvision's own Resize/CenterCrop"
-        )
+    t = _sized(_check_tensor(t, f"{what} after preprocess"), geometry)
     h, w = t.shape[-2:]
     if h * w > LARGE_INPUT and (h, w) == (picture.height, picture.width):
         warnings.warn(CamCheckWarning(
@@ -102,6 +97,17 @@ def _one(image: Any, preprocess: Callable | None, explicit: bool, index: int
             "resized it, which is slow and memory-hungry and not what a classifier was trained on. Fix: pass "
             "preprocess=... with Resize (e.g. the weights' transforms()), or downscale the image"), stacklevel=4)
     return t, geometry, picture, orientation
+
+
+def _sized(t: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """``t`` when its size is the one the geometry read from the transforms describes (a second check that the
+    map will land where the pixels came from)."""
+    if tuple(t.shape[-2:]) != geometry.input_size:
+        raise InputError(
+            f"preprocess produced a tensor of size {tuple(t.shape[-2:])} but its transforms describe "
+            f"{geometry.input_size}; the map could not be placed reliably. Fix: use torchvision's own Resize/CenterCrop"
+        )
+    return t
 
 
 def _apply(preprocess: Callable, image: Any, what: str) -> Any:
