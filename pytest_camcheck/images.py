@@ -155,6 +155,9 @@ def _from_path(path: Path) -> tuple[Image.Image, int]:
             return _from_pil(shown), orientation
     except UnidentifiedImageError as err:
         raise InputError(f"{where} is not an image Pillow can read; pass a PNG, JPEG, BMP, TIFF or WebP file") from err
+    except Image.DecompressionBombError as err:
+        raise InputError(f"{where} is larger than Pillow opens by default ({err}). Fix: downscale the image, or raise "
+                         "PIL.Image.MAX_IMAGE_PIXELS if you trust the file") from err
     except OSError as err:
         raise InputError(f"could not read the image {where} ({err}); the file may be truncated, replace it") from err
 

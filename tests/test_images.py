@@ -172,6 +172,13 @@ def test_directory_and_non_image_files(tmp_path):
         load_image(tmp_path / "notes.png")
 
 
+def test_an_image_over_pillows_pixel_limit_is_an_input_error(tmp_path, monkeypatch):
+    Image.new("RGB", (20, 20)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow refuses more than twice this many pixels
+    with pytest.raises(InputError, match=r"big.png is larger than Pillow opens by default .* Fix: downscale"):
+        load_image(tmp_path / "big.png")
+
+
 def test_truncated_file(tmp_path):
     Image.new("RGB", (64, 64), (1, 2, 3)).save(tmp_path / "full.jpg", quality=95)
     (tmp_path / "cut.jpg").write_bytes((tmp_path / "full.jpg").read_bytes()[:300])
