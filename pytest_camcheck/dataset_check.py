@@ -435,13 +435,16 @@ def _metrics_of(check: DatasetCheck) -> RegionMetrics:
 
 def _one(sample: Any, group: _Group, result: CamResult, rule: _Rule, centers: dict[tuple[int, int], np.ndarray],
          worst: _Worst) -> DatasetCheck:
-    """One check; an UnseenRegionError when the model saw none of the objects, or nothing but them."""
+    """One check; an UnseenRegionError when the model saw none of the objects, or nothing but them (objects
+    covering the whole image included)."""
     label = group.name
     try:
         regions = [sample.regions[one] for one in group.labels if one in sample.regions]
         union = regions[0] if len(regions) == 1 else np.logical_or.reduce([to_mask(r, result.image_size)
                                                                            for r in regions])
         mask = to_mask(union, result.image_size)
+    except UnseenRegionError:
+        raise  # an object covering the whole image: skipped with the reason, as one the model never saw
     except RegionError as err:
         raise CamCheckError(f"{sample.source}: the region of {label!r} cannot be checked ({err})") from err
     seen = result.geometry.seen() if result.geometry is not None else None

@@ -17,7 +17,7 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-from .errors import RegionError
+from .errors import RegionError, UnseenRegionError
 
 _NAMES = ("x0", "y0", "x1", "y1")
 _BOX_FORMAT = "(x0, y0, x1, y1) in pixels, x to the right, y down, x1/y1 exclusive"
@@ -286,11 +286,10 @@ def to_mask(region: Region, image_size: tuple[int, int]) -> np.ndarray:
             "needs at least one pixel"
         )
     if mask.all():
-        raise RegionError(
+        raise UnseenRegionError(
             f"the region covers the whole image ({w}x{h} px): its chance level is 100% and every map puts all of "
             "its energy inside, so attention cannot be measured against chance. Fix: pass a region smaller than "
-            "the image"
-        )
+            "the image", "covers the whole image")
     return mask
 
 

@@ -306,6 +306,17 @@ def test_an_object_the_preprocessing_crops_away_is_skipped_with_the_reason_not_f
         run_dataset(model, only_hidden, overlays=False, **CROP)
 
 
+def test_an_object_covering_the_whole_image_is_skipped_with_the_reason(model, tmp_path):
+    picture, left, _ = _two_circles(tmp_path)
+    (tmp_path / "whole.png").write_bytes(picture.read_bytes())
+    with Image.open(picture) as img:
+        everything = [0, 0, img.width, img.height]
+    path = _coco(tmp_path, {"two.png": [("circle", left)], "whole.png": [("circle", everything)]})
+    result = run_dataset(model, path, min_pass_rate=0.0, overlays=False)  # the run goes on past it
+    assert [(c.image, c.label) for c in result.checks] == [("two.png", "circle")]
+    assert result.skipped == {"whole.png [circle]": "covers the whole image"}
+
+
 def test_without_a_crop_every_number_is_unchanged(model, singles):
     from pytest_camcheck import compute_cam
     from pytest_camcheck.metrics import measure
