@@ -60,7 +60,7 @@ from .engine import CamResult, compute_cam
 from .engine.capture import evaluation_mode, model_lock, run_model
 from .engine.core import cam_of_copies, checked_device, device_of, dtype_of
 from .engine.inputs import prepare
-from .engine.targets import check_logits, logits_of, resolve_target
+from .engine.targets import check_categories, check_class_count, check_logits, class_count, logits_of, resolve_target
 from .errors import CamCheckError
 from ._values import check_threshold
 from .metrics import check_heatmap
@@ -170,7 +170,9 @@ class _Source:
         # a Hugging Face image processor becomes a callable image -> tensor, as compute_cam makes it
         self.preprocess = adapt_preprocess(cam_kwargs.get("preprocess") if self.explicit
                                            else (info.preprocess if info else None))
-        self.categories = cam_kwargs.get("categories") or (info.categories if info else None)
+        # the class names as compute_cam takes them: given (checked the same way), else the model's own
+        given = cam_kwargs.get("categories")
+        self.categories = check_categories(info.categories if given is None and info else given)
         self.device, self.dtype = device_of(model), dtype_of(model)
         self.pick = cam_kwargs.get("output")
         batch = prepare(image, self.preprocess, explicit_preprocess=self.explicit, device=self.device,
@@ -739,6 +741,7 @@ def faithfulness(model: nn.Module, image: Any, target: Any = None, *, metric: st
     else:
         h = _check_given_map(heatmap, source.size)
         logits = source.forward(model, source.clean_input)
+        check_class_count(source.categories, class_count(logits))
         index = resolve_target(target, logits[0], source.categories).index
         from .engine.targets import label_of
 

@@ -13,6 +13,7 @@ import torchvision
 from torch import nn
 
 from pytest_camcheck import CamCheckError, assert_attends_to, compute_cam
+from pytest_camcheck.errors import InputError, LayerError, TargetError
 from pytest_camcheck.zoo import load_state_dict
 
 from .models import GapLinear, SmallCNN
@@ -313,3 +314,121 @@ def test_a_box_given_as_a_1d_tensor_is_a_box() -> None:
     box = torch.tensor([2, 3, 10, 12])
     assert np.array_equal(to_mask(box, (16, 16)), to_mask((2, 3, 10, 12), (16, 16)))
     assert describe(box) == describe((2, 3, 10, 12))
+
+
+# --- a layer that runs twice, library asserts, class names that do not fit the outputs ---------------------------
+
+def _tiny_cnn(classes: int = 5) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, classes)).eval()
+
+
+class _TwoViews(nn.Module):
+    """Test-time augmentation: the network runs on the image and its mirror image."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.net(x) + self.net(x.flip(-1))) / 2
+
+
+@pytest.mark.parametrize("method", ["cam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "scorecam",
+                                    "eigencam", "ablationcam"])
+def test_a_layer_that_runs_twice_in_the_forward_is_refused_by_every_method(method: str) -> None:
+    tta = _TwoViews(_tiny_cnn())
+    with pytest.raises(LayerError, match=r"layer 'net.3' runs 2 times in one forward pass.*Fix: pass layer="):
+        compute_cam(tta, torch.rand(3, 32, 32), target=1, method=method, layer="net.3")
+
+
+def test_the_automatic_layer_skips_modules_that_run_twice_or_refuses() -> None:
+    with pytest.raises(LayerError, match="runs more than once per forward pass, so layer=None has none"):
+        compute_cam(_TwoViews(_tiny_cnn()), torch.rand(3, 32, 32), target=1)
+
+    class SharedReLU(nn.Module):  # one ReLU module after both convolutions: its last call is not its only one
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+            self.relu, self.fc = nn.ReLU(), nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.relu(self.conv2(self.relu(self.conv1(x)))).mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    assert compute_cam(SharedReLU().eval(), torch.rand(3, 16, 16), target=0).layer == "conv2"
+
+
+def test_an_assert_in_library_code_is_an_input_error_but_the_models_own_assert_propagates() -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5, img_size=64, depth=1).eval()
+
+    class Wrapped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = vit
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.backbone(x)
+
+    with pytest.raises(InputError, match=r"input of shape \(1, 3, 96, 96\).*doesn't match model \(64\)"):
+        compute_cam(Wrapped(), torch.rand(3, 96, 96), target=0)
+
+    class OwnAssert(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _tiny_cnn()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            assert x.shape[-1] == 64, "this model takes 64 pixels"
+            return self.net(x)
+
+    with pytest.raises(AssertionError, match="this model takes 64 pixels") as info:
+        compute_cam(OwnAssert(), torch.rand(3, 32, 32), target=0)
+    assert not isinstance(info.value, CamCheckError)
+
+
+def test_a_wrapped_hugging_face_vit_given_another_size_is_an_input_error() -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(image_size=32, patch_size=8, num_hidden_layers=1, hidden_size=16,
+                                    num_attention_heads=2, intermediate_size=32, num_labels=3)
+
+    class Wrapped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.vit = transformers.ViTForImageClassification(config)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.vit(pixel_values=x).logits
+
+    with pytest.raises(InputError, match=r"input of shape \(1, 3, 48, 48\)"):
+        compute_cam(Wrapped().eval(), torch.rand(3, 48, 48), target=0)
+
+
+def test_class_names_that_do_not_match_the_outputs_are_refused_not_used_as_labels() -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    net = timm.create_model("resnet18", pretrained=False).eval()
+    net.fc = nn.Linear(512, 3)  # the metadata still says 1000 ImageNet classes
+    x = torch.rand(3, 64, 64)
+    for target in (None, 1, lambda out: out[2]):
+        with pytest.raises(TargetError, match=r"1000 class names are known but the model has 3 outputs.*"
+                                              r"Fix: pass categories= with 3 names"):
+            compute_cam(net, x, target=target)
+    assert compute_cam(net, x, target=1, categories=[]).label is None
+    r = compute_cam(net, x, target=1, categories=["a", "b", "c"])
+    assert r.label == "b" and {label for _, label, _ in r.top} <= {"a", "b", "c"}
+
+
+def test_hugging_face_names_that_do_not_match_the_classifier_are_refused() -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2,
+                                         id2label={0: "cat", 1: "dog", 2: "cow"})
+    net = transformers.ConvNextForImageClassification(config).eval()
+    net.classifier = nn.Linear(16, 2)
+    with pytest.raises(TargetError, match="3 class names are known but the model has 2 outputs"):
+        compute_cam(net, torch.rand(3, 64, 64))

@@ -173,3 +173,142 @@ def test_a_layer_whose_patch_tokens_do_not_reach_the_score_is_refused() -> None:
     with pytest.raises(LayerError, match=r"only through its 1 prefix token.*Fix"):
         compute_cam(model, torch.rand(3, 32, 32), target=0, layer="post")
     assert compute_cam(model, torch.rand(3, 32, 32), target=0).layer == "q"
+
+
+# --- CLIP's CLS token, undeclared prefix tokens, outputs that read both ways, Ablation-CAM's rounding noise ---------
+
+_CLIP_VISION = dict(image_size=64, patch_size=16, num_hidden_layers=2, hidden_size=32, num_attention_heads=2,
+                    intermediate_size=64)
+
+
+def test_clip_vision_towers_read_their_class_embedding_as_a_prefix_token() -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.CLIPConfig(vision_config=_CLIP_VISION, num_labels=3, text_config=dict(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
+    clf = transformers.CLIPForImageClassification(config).eval()  # mean of the patch tokens
+    x = torch.rand(3, 64, 64)
+    r = compute_cam(clf, x, target=1)
+    assert (r.layer, r.layout) == ("vision_model.encoder.layers.1", "tokens (1 prefix + 4x4)")
+
+    class Probe(nn.Module):  # a user's head on CLIP's pooled CLS token
+        def __init__(self) -> None:
+            super().__init__()
+            self.clip = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**_CLIP_VISION))
+            self.fc = nn.Linear(32, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.clip(pixel_values=x).pooler_output)
+
+    probe = Probe().eval()
+    r = compute_cam(probe, x, target=0)
+    assert r.layer.endswith("encoder.layers.1.layer_norm1") and r.layout == "tokens (1 prefix + 4x4)"
+    assert any(not compute_cam(probe, x, target=t).empty for t in range(3))
+
+
+class _UndeclaredCLS(nn.Module):
+    """A ViT whose CLS token has a name camcheck does not know: its token layers cannot be read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.patches = nn.Conv2d(3, 8, 8, stride=8)
+        self.start = nn.Parameter(torch.randn(1, 1, 8))
+        self.block = nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 8))
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patches(x).flatten(2).transpose(1, 2)
+        t = self.block(torch.cat([self.start.expand(len(t), -1, -1), t], dim=1))
+        return self.fc(t.mean(dim=1))
+
+
+def test_the_automatic_layer_refuses_to_fall_back_to_the_patch_embedding() -> None:
+    with pytest.raises(LayerError, match=r"token layers cannot be read as a grid .*would fall back to 'patches'"):
+        compute_cam(_UndeclaredCLS().eval(), torch.rand(3, 32, 32), target=0)
+    r = compute_cam(_UndeclaredCLS().eval(), torch.rand(3, 32, 32), target=0, layer="patches")  # asked for
+    assert r.layout == "NCHW"
+
+
+def test_an_activation_after_a_linear_on_channels_last_is_read_channels_last() -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    net = transformers.ConvNextForImageClassification(transformers.ConvNextConfig(
+        hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=5)).eval()
+    x, layer = torch.rand(3, 128, 128), "convnext.encoder.stages.0.layers.0.act"  # (N, 32, 32, 32): both ways
+    r = compute_cam(net, x, target=2, layer=layer)
+    told = compute_cam(net, x, target=2, layer=layer, reshape=lambda t: t.permute(0, 3, 1, 2))
+    assert r.layout == "NHWC"
+    np.testing.assert_allclose(r.raw, told.raw, rtol=1e-5, atol=1e-6)
+    assert compute_cam(net, x, target=2).layout in ("NCHW", "NHWC")  # the automatic choice is unaffected
+
+
+def test_an_output_that_reads_both_ways_with_nothing_to_tell_is_refused() -> None:
+    class PermutedInCode(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.stem, self.act = nn.Conv2d(3, 16, 4, stride=4), nn.GELU()
+            self.fc = nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = self.act(self.stem(x).permute(0, 2, 3, 1))  # (N, 16, 16, 16), channels last
+            return self.fc(a.mean(dim=(1, 2)))
+
+    net = PermutedInCode().eval()
+    with pytest.raises(LayerError, match=r"reads as a grid both as \(N, C, H, W\) and as \(N, H, W, C\).*reshape="):
+        compute_cam(net, torch.rand(3, 64, 64), target=0, layer="act")
+    r = compute_cam(net, torch.rand(3, 64, 64), target=0, layer="act", reshape=lambda t: t.permute(0, 3, 1, 2))
+    assert r.layout == "reshape"
+
+
+def test_ablation_cam_refuses_a_layer_reached_only_through_its_cls_token_as_gradcam_does() -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5, img_size=64, depth=2).eval()
+    nn.init.normal_(vit.head.weight, std=0.5)
+    for method in ("gradcam", "ablationcam"):
+        with pytest.raises(LayerError, match="only through its 1 prefix token"):
+            compute_cam(vit, torch.rand(3, 64, 64), target=1, method=method, layer="norm")
+
+
+def test_ablation_cam_drops_within_rounding_noise_give_an_empty_map() -> None:
+    class HugeOffset(nn.Module):  # score = 1e6 + drops below 1 per channel: float32 keeps only their rounding
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.features, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.relu(self.features(x)).mean(dim=(2, 3))) + 1e6
+
+    r = compute_cam(HugeOffset().eval(), torch.rand(3, 16, 16), target=0, method="ablationcam", layer="features")
+    assert r.empty and not r.heatmap.any()
+
+
+def test_the_automatic_layer_is_remembered_per_output_pick() -> None:
+    class Mix(nn.Module):  # every token, CLS included, gets the mean of all tokens
+        def __init__(self) -> None:
+            super().__init__()
+            self.own, self.mean = nn.Linear(6, 6), nn.Linear(6, 6)
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return self.own(t) + self.mean(t.mean(dim=1, keepdim=True))
+
+    class TwoHeads(nn.Module):  # head 0 reads the CLS token, head 1 the mean of the patch tokens
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.patches, self.cls_token = nn.Conv2d(3, 6, 4, stride=4), nn.Parameter(torch.randn(1, 1, 6))
+            self.blocks = nn.Sequential(Mix(), Mix())
+            self.cls_head, self.mean_head = nn.Linear(6, 3), nn.Linear(6, 3)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            t = self.patches(x).flatten(2).transpose(1, 2)
+            t = self.blocks(torch.cat([self.cls_token.expand(len(t), -1, -1), t], dim=1))
+            return self.cls_head(t[:, 0]), self.mean_head(t[:, 1:].mean(dim=1))
+
+    net, x = TwoHeads().eval(), torch.rand(3, 32, 32)
+    assert compute_cam(net, x, target=0, output=0).layer == "blocks.0"
+    assert compute_cam(net, x, target=0, output=1).layer == "blocks"  # the Sequential ends with blocks.1
+    assert compute_cam(net, x, target=0, output=0).layer == "blocks.0"

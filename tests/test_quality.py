@@ -618,3 +618,19 @@ def test_the_sanity_copy_is_a_deep_copy_with_its_own_hook_tables() -> None:
     assert not net.fc._forward_hooks and len(twin.layer4._forward_hooks) == 1  # the user's hook copied, as deepcopy
     with torch.no_grad():
         torch.testing.assert_close(twin(torch.ones(1, 3, 32, 32)), net(torch.ones(1, 3, 32, 32)))
+
+
+@pytest.mark.parametrize("categories, match", [
+    ("abcde", "categories is a string"),
+    ([10, 11, 12, 13, 14], "categories must be strings, but item 0 is 10"),
+    (["a", "b", "c"], "3 class names are known but the model has 5 outputs"),
+])
+def test_faithfulness_of_a_given_map_checks_the_class_names_as_compute_cam_does(categories: object,
+                                                                                  match: str) -> None:
+    from pytest_camcheck.errors import TargetError
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=5).eval()
+    heatmap = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    with pytest.raises(TargetError, match=match):
+        quality.faithfulness(net, torch.rand(3, 32, 32), "c", heatmap=heatmap, steps=4, orderings=2, categories=categories)

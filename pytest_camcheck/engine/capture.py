@@ -31,22 +31,32 @@ def _package_dir(name: str) -> str | None:
 
 
 # operators and library models whose own checks refuse an input (a conv on the wrong channels, ViT's size assert)
-_OPERATOR_DIRS = tuple(d for d in map(_package_dir, ("torch", "torchvision")) if d)
+_OPERATOR_DIRS = tuple(d for d in map(_package_dir, ("torch", "torchvision", "timm", "transformers")) if d)
+
+
+def _last_frame(err: BaseException) -> Any:
+    tb, last = err.__traceback__, None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    return last
+
+
+def _in_library(last: Any) -> bool:
+    return last is not None and os.path.abspath(last.tb_frame.f_code.co_filename).startswith(_OPERATOR_DIRS)
 
 
 def raised_by_model(err: BaseException) -> bool:
-    """Whether ``err`` was raised by the model's own code (a ``raise`` in its ``forward``), not by a torch
-    operator refusing the input (a shape or dtype mismatch inside ``torch``)."""
-    tb = err.__traceback__
-    last = None
-    while tb is not None:
-        last = tb
-        tb = tb.tb_next
+    """Whether ``err`` was raised by the model's own code (a ``raise`` or ``assert`` in its ``forward``), not by
+    torch, torchvision, timm or transformers refusing the input (a shape or dtype mismatch inside ``torch``, a
+    ViT's input size assert)."""
+    last = _last_frame(err)
     if last is None:
         return False
-    filename = last.tb_frame.f_code.co_filename
-    if os.path.abspath(filename).startswith(_OPERATOR_DIRS):
+    if _in_library(last):
         return False
+    if isinstance(err, AssertionError):  # an assert of the model's own code, not an operator's
+        return True
+    filename = last.tb_frame.f_code.co_filename
     # an operator written in C (t.view, t.reshape) leaves no frame of its own: the last frame is then the
     # model's line that called it, which is not a raise statement
     return linecache.getline(filename, last.tb_lineno).lstrip().startswith("raise")
@@ -59,11 +69,12 @@ def run_model(model: nn.Module, x: torch.Tensor) -> Any:
         return model(x)
     except CamCheckError:
         raise
-    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as err:
         if raised_by_model(err):
             raise
         raise InputError(
-            f"the model failed on an input of shape {tuple(x.shape)} ({x.dtype}, {x.device}): {err}. Fix: check the "
+            f"the model failed on an input of shape {tuple(x.shape)} ({x.dtype}, {x.device}): {str(err).rstrip('.')}. "
+            "Fix: check the "
             "image size, channels and preprocessing the model expects"
         ) from err
 
@@ -247,19 +258,54 @@ def capture_layer(module: nn.Module, *, track_grad: bool, replace: torch.Tensor 
         torch.set_grad_enabled(grad_before)
 
 
+@dataclass
+class Flow:
+    """Which modules handed which tensor to which, from one pass: ``returned[m]``, the modules that returned the
+    very tensor ``m`` returned (``m`` itself, an in-place ReLU after it, the containers that passed it on);
+    ``fed[m]``, those that returned the tensor ``m`` received first. Where no module made a tensor (an operation
+    in ``forward`` code), there is no entry."""
+
+    returned: dict[nn.Module, list[nn.Module]] = field(default_factory=dict)
+    fed: dict[nn.Module, list[nn.Module]] = field(default_factory=dict)
+
+
 @contextlib.contextmanager
-def record_outputs(model: nn.Module, keep: Callable[[torch.Tensor], bool]) -> Iterator[list[tuple[str, tuple]]]:
-    """Record (module name, output shape) in completion order for every module whose output passes ``keep``."""
+def record_outputs(model: nn.Module, keep: Callable[[torch.Tensor], bool]
+                   ) -> Iterator[tuple[list[tuple[str, tuple]], Flow]]:
+    """Record (module name, output shape) in completion order for every module whose output passes ``keep``
+    (a module run twice is recorded twice), and the pass's :class:`Flow`."""
     names = {m: n for n, m in model.named_modules()}
     seen: list[tuple[str, tuple]] = []
+    flow = Flow()
+    # id(tensor) -> (a weak reference to it, the modules that returned it): the reference tells a live tensor
+    # from a freed one whose id was reused
+    made: dict[int, tuple[weakref.ref, list[nn.Module]]] = {}
 
-    def hook(module: nn.Module, _inputs: tuple, output: object) -> None:
-        if isinstance(output, torch.Tensor) and keep(output):
-            seen.append((names.get(module, ""), tuple(output.shape)))
+    def hook(module: nn.Module, inputs: tuple, output: object) -> None:
+        first = inputs[0] if inputs else None
+        if isinstance(first, torch.Tensor):
+            entry = made.get(id(first))
+            if entry is not None and entry[0]() is first:
+                flow.fed[module] = entry[1]
+        if isinstance(output, torch.Tensor):
+            if keep(output):
+                seen.append((names.get(module, ""), tuple(output.shape)))
+            entry = made.get(id(output))
+            if entry is None or entry[0]() is not output:
+                entry = made[id(output)] = (weakref.ref(output), [])
+            entry[1].append(module)
+            flow.returned[module] = entry[1]
 
     handles = [m.register_forward_hook(hook) for m in names if m is not model]
     try:
-        yield seen
+        yield seen, flow
     finally:
         for h in handles:
             h.remove()
+
+
+def probe_flow(model: nn.Module, x: torch.Tensor) -> Flow:
+    """The :class:`Flow` of one pass of ``model`` on ``x`` without autograd (the model already in eval mode)."""
+    with torch.no_grad(), record_outputs(model, lambda t: False) as (_, flow):
+        run_model(model, x)
+    return flow

@@ -17,7 +17,8 @@ from torch import nn
 
 from ..errors import LayerError, MethodError, TargetError
 from .capture import capture_layer, raised_by_model, run_model as _forward
-from .forward import Captured, Run
+from .forward import Captured, Run, check_runs_once
+from .methods import float_noise
 from .targets import images_of, score_matrix
 
 CHUNK = 32
@@ -41,13 +42,17 @@ def layer_gradients(run: Run, seen: Captured) -> torch.Tensor:
         grad = _job_gradients(seen.scores, seen.raw, images_of(run.jobs), run.layer_name)
     grid = seen.layout.grid(grad).float()
     if seen.layout.prefix and not bool(grid.abs().amax() > 0) and bool(grad.abs().amax() > 0):
-        raise LayerError(
-            f"the score depends on layer {run.layer_name!r} only through its {seen.layout.prefix} prefix "
-            f"token(s) (CLS, distillation or register tokens): its {seen.layout} patch tokens do not reach the "
-            "output, so their map would be empty. Fix: choose an earlier layer, e.g. the input of the last "
-            "block's attention ('blocks.11.norm1' in timm), or layer=None"
-        )
+        raise _prefix_only(run, seen)
     return grid
+
+
+def _prefix_only(run: Run, seen: Captured) -> LayerError:
+    return LayerError(
+        f"the score depends on layer {run.layer_name!r} only through its {seen.layout.prefix} prefix "
+        f"token(s) (CLS, distillation or register tokens): its {seen.layout} patch tokens do not reach the "
+        "output, so their map would be empty. Fix: choose an earlier layer, e.g. the input of the last "
+        "block's attention ('blocks.11.norm1' in timm), or layer=None"
+    )
 
 
 def _no_gradient(layer_name: str) -> LayerError:
@@ -211,7 +216,11 @@ def _fast_layout(run: Run, seen: Captured, base_input: torch.Tensor, image_index
 
 
 def ablated_scores(run: Run, seen: Captured) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ablation-CAM: (score of each job (jobs,), its score with each grid channel zeroed (jobs, C))."""
+    """Ablation-CAM: (score of each job (jobs,), its score with each grid channel zeroed (jobs, C)). A zeroed
+    channel's score within rounding noise of the job's (:func:`~.methods.float_noise`, at the scale of the
+    image's largest logit and in the model's dtype) is the job's score: the rerun's rounding is no evidence.
+    A layer whose ablation changes no score while its prefix tokens reach it is refused, as Grad-CAM refuses
+    it."""
     acts, x = seen.grid, run.batch.x
     k = acts.shape[1]
     base = seen.scores.detach().float()
@@ -231,7 +240,26 @@ def ablated_scores(run: Run, seen: Captured) -> tuple[torch.Tensor, torch.Tensor
                 output = _suffix_forward(run, x[image_index:image_index + 1], ablated)
                 scores[:, channels] = score_matrix(scorers, output, len(channels), run.reader)
             out[rows] = scores
+        scale = base.abs()
+        if seen.logits is not None:
+            scale = torch.maximum(scale, seen.logits.detach().float().abs().amax(dim=1)[images_of(run.jobs)])
+        noise = float_noise(base[:, None] - out, scale[:, None], x.dtype)
+        out = torch.where(noise, base[:, None], out)
+        if seen.layout.prefix and bool(noise.all()) and _prefix_reaches(run, seen, base, scale):
+            raise _prefix_only(run, seen)
     return base, out
+
+
+def _prefix_reaches(run: Run, seen: Captured, base: torch.Tensor, scale: torch.Tensor) -> bool:
+    """Whether zeroing the prefix tokens of the layer's output changes a job's score beyond rounding noise."""
+    for image_index, rows in _rows_by_image(run):
+        cleared = seen.raw.detach()[image_index:image_index + 1].clone()
+        cleared[:, :seen.layout.prefix] = 0
+        output = _suffix_forward(run, run.batch.x[image_index:image_index + 1], cleared)
+        scores = score_matrix([seen.scorers[j] for j in rows], output, 1, run.reader)[:, 0]
+        if not bool(float_noise(base[rows] - scores, scale[rows], run.batch.x.dtype).all()):
+            return True
+    return False
 
 
 def _suffix_forward(run: Run, x1: torch.Tensor, activations: torch.Tensor) -> Any:
@@ -246,11 +274,7 @@ def _suffix_forward(run: Run, x1: torch.Tensor, activations: torch.Tensor) -> An
             raise
     with capture_layer(run.module, track_grad=False, replace=activations) as cap:
         output = _forward(run.model, x1.expand(activations.shape[0], -1, -1, -1))
-    if cap.calls != 1:
-        raise MethodError(
-            f"layer {run.layer_name!r} runs {cap.calls} times in one forward pass, so 'ablationcam' cannot ablate "
-            "it; choose a layer that runs once"
-        )
+    check_runs_once(run.layer_name, cap.calls)
     return output
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import weakref
+from collections import Counter
 from typing import Any, Callable
 
 import torch
@@ -11,10 +12,12 @@ from torch import nn
 
 from ..errors import LayerError, TargetError
 from .capture import evaluation_mode, record_outputs, run_model
+from .forward import check_runs_once
 from .layouts import Layout, decide_layout, inside_attention
 from .targets import find_logits
 
 _POOLS_TO_FIXED_SIZE = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+# model -> (input shape, how logits are read) -> layer name
 _AUTO: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, str]]" = weakref.WeakKeyDictionary()
 
 
@@ -23,23 +26,59 @@ def map_layers(model: nn.Module, x: torch.Tensor) -> list[tuple[str, Layout]]:
     tokens), with that layout, in the order they finish, from one probing pass (eval, no grad) on ``x``.
 
     Left out: adaptive pools to a fixed size (VGG's ``avgpool``: they only resample the layer before them),
-    attention modules and what runs inside them, and outputs whose first dimension is not the images.
+    attention modules and what runs inside them, outputs whose first dimension is not the images, and modules
+    that run more than once in the pass (their map would be their last call's).
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 2))
+        >>> [(name, str(layout)) for name, layout in map_layers(net, torch.rand(1, 3, 8, 8))]
+        [('0', 'NCHW'), ('1', 'NCHW')]
     """
-    with evaluation_mode(model), torch.no_grad(), record_outputs(model, lambda t: t.dim() in (3, 4)) as seen:
+    return [(name, layout) for name, _, layout, calls in _probe(model, x) if isinstance(layout, Layout)
+            and calls == 1]
+
+
+def _probe(model: nn.Module, x: torch.Tensor) -> list[tuple[str, tuple, "Layout | LayerError", int]]:
+    """(name, output shape, layout or why it has none, how many times the module ran) of every module whose
+    output is 3-D or 4-D with the images first, in the order they finish (the last call of a module run
+    several times), from one probing pass; adaptive pools and attention internals left out."""
+    with evaluation_mode(model), torch.no_grad(), record_outputs(model, lambda t: t.dim() in (3, 4)) as (seen, flow):
         run_model(model, x)
     modules = dict(model.named_modules())
+    calls = Counter(name for name, _ in seen)
+    last = {name: i for i, (name, _) in enumerate(seen)}
     found = []
-    for name, shape in seen:
+    for i, (name, shape) in enumerate(seen):
         module = modules.get(name)
-        if not name or module is None or isinstance(module, _POOLS_TO_FIXED_SIZE) or inside_attention(model, name):
+        if (last[name] != i or not name or module is None or isinstance(module, _POOLS_TO_FIXED_SIZE)
+                or shape[0] != x.shape[0] or inside_attention(model, name)):
             continue
         try:
-            layout = decide_layout(torch.empty(shape, device="meta"), name, model=model, module=module,
-                                   images=x.shape[0], input_size=tuple(x.shape[-2:]))
-        except LayerError:
-            continue
-        found.append((name, layout))
+            layout: Layout | LayerError = decide_layout(
+                torch.empty(shape, device="meta"), name, model=model, module=module, images=x.shape[0],
+                input_size=tuple(x.shape[-2:]), flow=lambda: flow)
+        except LayerError as err:
+            layout = err
+        found.append((name, shape, layout, calls[name]))
     return found
+
+
+def _positions(shape: tuple, layout: Layout) -> int:
+    h, w = layout.grid(torch.empty(shape, device="meta")).shape[-2:]
+    return h * w
+
+
+def _unread_tokens_after(probed: list, name: str) -> tuple[str, tuple, LayerError] | None:
+    """A token output (N, L, C) that finishes after layer ``name`` and could not be read as a grid, with at least
+    as many tokens as ``name``'s grid has positions: the model's token stages, which a choice of ``name`` would
+    skip (CLS tokens the model does not declare leave them unreadable, and ``name`` is then the patch embedding
+    or stem)."""
+    at = next(i for i, p in enumerate(probed) if p[0] == name)
+    positions = _positions(probed[at][1], probed[at][2])
+    for other, shape, layout, _ in probed[at + 1:]:
+        if isinstance(layout, LayerError) and len(shape) == 3 and shape[1] >= positions:
+            return other, shape, layout
+    return None
 
 
 Find = Callable[[Any], "torch.Tensor | None"]
@@ -80,25 +119,54 @@ def _last_reached(model: nn.Module, x: torch.Tensor, found: list[tuple[str, Layo
 
 
 def auto_layer(model: nn.Module, x: torch.Tensor, find: Find = find_logits) -> str:
-    """Name of the last module whose output is a map grid before the head; probed once per model and input
-    size. When that is a token layer, the last one whose grid the score depends on: for a CLS-pooled ViT the
-    input of the last block's attention (its patch tokens do not reach the output after it). ``find`` reads
-    the logits from the model's output."""
-    key = tuple(x.shape[1:])
-    cached = _AUTO.get(model, {}).get(key)
+    """Name of the last module whose output is a map grid before the head; probed once per model, input size
+    and ``find``. When that is a token layer, the last one whose grid the score depends on: for a CLS-pooled ViT
+    the input of the last block's attention (its patch tokens do not reach the output after it). ``find`` reads
+    the logits from the model's output (compute_cam's ``output=``). Modules that run more than once per forward
+    are skipped; a model whose token layers cannot be read is refused rather than explained at the layer
+    before them (the patch embedding or stem).
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 2))
+        >>> auto_layer(net, torch.rand(1, 3, 8, 8))
+        '1'
+    """
+    try:
+        key: tuple | None = (tuple(x.shape[1:]), find)
+        cached = _AUTO.get(model, {}).get(key)
+    except TypeError:  # an output= pick that cannot be hashed: probed every call
+        key, cached = None, None
     if cached is not None:
         return cached
-    found = map_layers(model, x[:1])
+    probed = _probe(model, x[:1])
+    found = [(name, layout) for name, _, layout, calls in probed if isinstance(layout, Layout) and calls == 1]
     if not found:
+        repeated = [(name, calls) for name, _, layout, calls in probed if isinstance(layout, Layout) and calls > 1]
+        if repeated:
+            try:
+                check_runs_once(*repeated[-1])
+            except LayerError as err:
+                raise LayerError(f"every module whose output is a map grid runs more than once per forward pass, "
+                                 f"so layer=None has none to choose; e.g. {err}") from None
         raise LayerError(
             "no module of the model produces a spatial (N, C, H, W), (N, H, W, C) or token output with more than "
             f"one position for an input of shape {tuple(x.shape[1:])}, so there is nothing to build a map from. "
             "Fix: pass a larger image, or name a layer with layer='...' (and reshape=... for an unusual layout)"
         )
     name = found[-1][0]
+    skipped = _unread_tokens_after(probed, name)
+    if skipped is not None:
+        other, shape, why = skipped
+        raise LayerError(
+            f"the model's token layers cannot be read as a grid ({why}), so layer=None would fall back to "
+            f"{name!r}, a layer before them (the patch embedding or stem). Fix: pass layer='{other}' (or another "
+            "token layer) with reshape=fn mapping its output to (N, C, H, W), or layer=" + repr(name) +
+            " to explain that layer knowingly"
+        )
     if found[-1][1].name == "tokens":
         name = _last_reached(model, x[:1], found, find) or name
-    _AUTO.setdefault(model, {})[key] = name
+    if key is not None:
+        _AUTO.setdefault(model, {})[key] = name
     return name
 
 

@@ -28,11 +28,14 @@ import torch
 from torch import nn
 
 from ..errors import LayerError
+from .capture import Flow
 
 Reshape = Callable[[torch.Tensor], torch.Tensor]
 
-_PREFIX_PARAMETERS = {"cls_token", "class_token", "dist_token", "distillation_token", "reg_token",
-                      "register_tokens"}
+# CLIP-like vision towers (Hugging Face CLIP, AltCLIP, Chinese-CLIP, BLIP, open_clip) call their CLS token
+# class_embedding; SigLIP has none (its tokens are all patches)
+_PREFIX_PARAMETERS = {"cls_token", "class_token", "class_embedding", "dist_token", "distillation_token",
+                      "reg_token", "register_tokens"}
 _CHANNELS_LAST_MODULES = {"SwinTransformerStage", "SwinTransformerBlock", "SwinTransformerBlockV2",
                           "PatchMerging", "PatchMergingV2"}
 _RESHAPE_FIX = ("pass reshape=fn to compute_cam, fn mapping the layer's output (N, ...) to (N, C, H, W) by "
@@ -190,6 +193,9 @@ def _channels_last_module(module: nn.Module) -> bool | None:
     """What the module's type says about its 4-D output: True channels last, False channels first, None nothing
     (a Sequential says what its last module that says anything says)."""
     name = type(module).__name__
+    data_format = getattr(module, "data_format", None)  # ConvNeXt's LayerNorm in timm and Hugging Face
+    if data_format in ("channels_last", "channels_first"):
+        return data_format == "channels_last"
     if name in _CHANNELS_LAST_MODULES or type(module) in (nn.LayerNorm, nn.Linear):
         return True
     if name == "Permute":
@@ -206,6 +212,35 @@ def _channels_last_module(module: nn.Module) -> bool | None:
     return None
 
 
+def _keeps_layout(module: nn.Module) -> bool:
+    """Whether the module's output is laid out as its input: an activation, dropout, drop path or identity."""
+    cls = type(module)
+    where = cls.__module__
+    return (where in ("torch.nn.modules.activation", "torch.nn.modules.dropout") and cls is not nn.MultiheadAttention
+            ) or cls is nn.Identity or where.endswith((".activations", ".activations_me")) or \
+        cls.__name__.endswith(("DropPath", "StochasticDepth"))
+
+
+def _said_by_flow(module: nn.Module, flow: Flow) -> bool | None:
+    """What the pass's flow says about the layout of the module's output: the type of a module that returned
+    the very same tensor (an in-place ReLU returns its convolution's), and for an activation, dropout or
+    identity among them, of the module that made its input, and so on back; None when nothing says or the
+    modules disagree."""
+    said: set[bool] = set()
+    todo, done = [flow.returned.get(module, [])], set()
+    while todo:
+        for other in todo.pop():  # the modules that returned one tensor
+            if id(other) in done:
+                continue
+            done.add(id(other))
+            value = _channels_last_module(other)
+            if value is not None:
+                said.add(value)
+            elif _keeps_layout(other):
+                todo.append(flow.fed.get(other, []))
+    return said.pop() if len(said) == 1 else None
+
+
 def inside_attention(model: nn.Module, layer_name: str) -> bool:
     """Whether the module or one of its parents is an attention module."""
     parts = layer_name.split(".") if layer_name and layer_name != "<model>" else []
@@ -220,9 +255,19 @@ def inside_attention(model: nn.Module, layer_name: str) -> bool:
 
 
 def decide_layout(output: torch.Tensor, layer_name: str, *, model: nn.Module, module: nn.Module,
-                  images: int, input_size: tuple[int, int], reshape: Reshape | None = None) -> Layout:
+                  images: int, input_size: tuple[int, int], reshape: Reshape | None = None,
+                  flow: Callable[[], Flow] | None = None) -> Layout:
     """The layout of ``layer_name``'s output for a batch of ``images`` inputs of ``input_size``; a LayerError
-    naming the problem and the fix when it cannot be told."""
+    naming the problem and the fix when it cannot be told. ``flow``: gives the :class:`Flow` of a pass of the
+    model, asked for only when a 4-D output reads as a grid both ways and neither the module's type nor the
+    strides of the two readings decide.
+
+    Example:
+        >>> conv = nn.Conv2d(3, 8, 3, padding=1)
+        >>> str(decide_layout(torch.zeros(1, 8, 32, 32), "conv", model=conv, module=conv, images=1,
+        ...                   input_size=(32, 32)))
+        'NCHW'
+    """
     where = f"layer {layer_name!r} outputs shape {tuple(output.shape)}"
     if output.dim() >= 1 and output.shape[0] != images:
         raise LayerError(
@@ -237,7 +282,7 @@ def decide_layout(output: torch.Tensor, layer_name: str, *, model: nn.Module, mo
     if output.dim() == 4 and inside_attention(model, layer_name):
         raise _attention(where)
     if output.dim() == 4:
-        return _four_dims(output, where, model, module, input_size)
+        return _four_dims(output, where, model, module, input_size, flow)
     if output.dim() == 3:
         return _tokens(output, where, model, input_size)
     raise LayerError(
@@ -254,14 +299,25 @@ def _attention(where: str) -> LayerError:
 
 
 def _four_dims(output: torch.Tensor, where: str, model: nn.Module, module: nn.Module,
-               input_size: tuple[int, int]) -> Layout:
+               input_size: tuple[int, int], flow: Callable[[], Flow] | None) -> Layout:
     _, d1, d2, d3 = output.shape
     first, last = _fits(d2, d3, *input_size) and d2 * d3 > 1, _fits(d1, d2, *input_size) and d1 * d2 > 1
-    if first and last:  # both read as a grid: the module's type, else the reading whose strides agree better
-        said = _channels_last_module(module)
-        if said is not None:
-            return NHWC if said else NCHW
-        return NHWC if _mismatch(d1, d2, *input_size) + 0.1 < _mismatch(d2, d3, *input_size) else NCHW
+    if first and last:  # both read as a grid: the module's type, the reading whose strides clearly agree
+        said = _channels_last_module(module)  # better, what made the tensor; else refused
+        if said is None:
+            strides_first, strides_last = _mismatch(d2, d3, *input_size), _mismatch(d1, d2, *input_size)
+            if abs(strides_first - strides_last) > 0.1:
+                return NCHW if strides_first < strides_last else NHWC
+            said = _said_by_flow(module, flow()) if flow is not None else None
+        if said is None:
+            raise LayerError(
+                f"{where}, which reads as a grid both as (N, C, H, W) and as (N, H, W, C) for an input of "
+                f"{input_size[0]}x{input_size[1]}, and neither its module ({type(module).__name__}) nor the modules "
+                "that made its input say which, so its layout cannot be told. Fix: choose a neighbouring module "
+                "whose type says (a convolution; a Linear or LayerNorm on channels last), or a block's output, or "
+                f"{_RESHAPE_FIX}"
+            )
+        return NHWC if said else NCHW
     if first or last:
         return NCHW if first else NHWC
     if _channels_last_module(module) is False and d2 * d3 > 1:  # a convolution's map at different strides per axis

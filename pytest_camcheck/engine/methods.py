@@ -89,21 +89,39 @@ def eigencam(acts: torch.Tensor, _evidence: None = None) -> torch.Tensor:
     return (proj * sign[:, None]).reshape(r, h, w).to(acts.dtype)
 
 
+NOISE_ULPS = 16  # rounding noise of a score recomputed in another batch: measured up to 12 ulps on timm ViTs
+
+
+def float_noise(differences: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Where score differences are rounding noise: within NOISE_ULPS units in the last place of ``dtype``
+    (the model's) of scores as large as ``scale``. Such a difference says nothing about the target, however
+    large min-max normalisation would make it.
+
+    Example:
+        >>> float_noise(torch.tensor([5e-7, 0.01]), torch.tensor(3.0), torch.float32).tolist()
+        [True, False]
+    """
+    return differences.abs() <= NOISE_ULPS * torch.finfo(dtype).eps * scale
+
+
 def scorecam(acts: torch.Tensor, channel_scores: torch.Tensor) -> torch.Tensor:
     """Score-CAM: w = softmax_k(score of the input masked by channel k); map = sum_k w_k A_k.
 
-    When every channel gives the same score the map says nothing about the target: it is left empty.
+    When every channel gives the same score (up to :func:`float_noise`) the map says nothing about the target:
+    it is left empty.
     """
     scores = channel_scores.to(acts.dtype)
     spread = scores.amax(dim=1) - scores.amin(dim=1)
-    flat = spread <= 1e-6 * scores.abs().amax(dim=1).clamp_min(1e-12)
+    flat = float_noise(spread, scores.abs().amax(dim=1).clamp_min(1e-12), torch.float32)
     weights = torch.where(flat[:, None], torch.zeros_like(scores), torch.softmax(scores, dim=1))
     return _weighted(weights, acts)
 
 
 def ablationcam(acts: torch.Tensor, scores: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Ablation-CAM: w_k = (y - y_k) / y with y_k the score with channel k zeroed; a score of exactly 0 divides
-    by 1 (the drop itself: the map a small positive score gives), not by 0."""
+    by 1 (the drop itself: the map a small positive score gives), not by 0. Drops that are rounding noise come
+    as y_k = y (:func:`~.evidence.ablated_scores`), so a layer whose ablation changes nothing gives an empty
+    map."""
     base, ablated = scores
     scale = torch.where(base == 0, torch.ones_like(base), base)
     return _weighted((base[:, None] - ablated) / scale[:, None], acts)

@@ -244,11 +244,7 @@ def _index_of_name(name: str, categories: Sequence[str] | None, n: int) -> int:
             "categories=[...] (for torchvision: ResNet18_Weights.DEFAULT.meta['categories']), load the model with "
             "the camcheck_model fixture, or pass the class index"
         )
-    if len(categories) != n:
-        raise TargetError(
-            f"{len(categories)} class names are known but the model has {n} outputs; pass the categories that "
-            "belong to this model"
-        )
+    check_class_count(categories, n)
     exact = [i for i, c in enumerate(categories) if c == name]
     if len(exact) > 1:
         raise TargetError(
@@ -315,6 +311,25 @@ def check_categories(categories: Any) -> tuple[str, ...] | None:
     return names
 
 
+def check_class_count(categories: Sequence[str] | None, n: int) -> None:
+    """Refuse class names whose count is not the model's ``n`` classes (a replaced head keeps the names of the
+    old one): each result would carry another class's name.
+
+    Example:
+        >>> check_class_count(("cat", "dog"), 2)
+        >>> check_class_count(("cat", "dog", "cow"), 2)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        pytest_camcheck.errors.TargetError: 3 class names are known but the model has 2 outputs, ...
+    """
+    if categories and len(categories) != n:
+        raise TargetError(
+            f"{len(categories)} class names are known but the model has {n} outputs, so its classes cannot be "
+            "named (the names may belong to a head that was replaced, or to the model's metadata). Fix: pass "
+            f"categories= with {n} names, one per output, or categories=[] to explain the model without names"
+        )
+
+
 def label_of(index: int, categories: Sequence[str] | None) -> str | None:
     if categories and 0 <= index < len(categories):
         return str(categories[index])
@@ -350,9 +365,11 @@ def class_logits(output: Any, jobs: Sequence[Job], reader: Reader) -> torch.Tens
 def make_scorers(jobs: Sequence[Job], logits: torch.Tensor | None,
                  categories: Sequence[str] | None) -> list[Scorer]:
     """One scorer per job. A class index or name is resolved once however many images share it, and the
-    top-1 classes of all images come from one argmax."""
+    top-1 classes of all images come from one argmax. Class names whose count is not the logits' are refused
+    (:func:`check_class_count`), whatever the target: the results' labels and top-5 would be wrong."""
     if logits is None:
         return [Scorer(-1, job.target) for job in jobs]
+    check_class_count(categories, class_count(logits))
     resolved: dict[tuple[type, Any], Scorer] = {}
     top: list[int] | None = None
     out = []
