@@ -66,10 +66,12 @@ def remove_dangling_link(path: str | os.PathLike[str]) -> bool:
     return False
 
 
-def check_output_file(path: Path, asked_by: str) -> Path:
+def check_output_file(path: Path, asked_by: str, *, replaceable: Callable[[Path], bool] | None = None,
+                      what: str = "an earlier camcheck report") -> Path:
     """Check, before a run, that ``path`` can be written at its end: not a folder, not a symbolic link, under a
-    folder that exists (or can be created) and is writable. Raises FileRefused naming the setting, the path and
-    the fix; returns ``path``.
+    folder that exists (or can be created) and is writable, and not an existing file unless ``replaceable(path)``
+    says it is ``what`` the run writes (an earlier report): a user's file is never replaced. Raises FileRefused
+    naming the setting, the path and the fix; returns ``path``.
 
     Example:
         >>> import tempfile
@@ -85,6 +87,9 @@ def check_output_file(path: Path, asked_by: str) -> Path:
                      "give the link's target itself, or another path")
     if path.is_dir():
         raise refuse("it is a folder", f"give a file name, e.g. {path / 'camcheck-report'}")
+    if path.exists() and not (replaceable is not None and replaceable(path)):
+        raise refuse(f"the file exists and is not {what}, so it is not replaced",
+                     f"give another path, or delete the file (rm {str(path)!r}) if it is yours to lose")
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
         if os.path.islink(folder):

@@ -1,14 +1,16 @@
 """The ``camcheck`` command (also ``python -m pytest_camcheck``): see a map and get a box to write a test with,
 and run a dataset check outside pytest.
 
-- ``camcheck show MODEL IMAGE [--target T] [--method M] [--layer L] [--out overlay.png] [--write-json [--force]]``
+- ``camcheck show MODEL IMAGE [--target T] [--method M] [--layer L] [--out overlay.png] [--write-json] [--force]``
   prints the top-5 classes, the layer, the suggested box of the target (the bounding box of the largest connected
   region of the map at or above :data:`BOX_THRESHOLD` of its peak, in image pixels), writes the overlay, and
   prints a test to paste and the annotation JSON; ``--write-json`` writes that JSON beside the image
-  (``dog.jpg`` -> ``dog.json``), never over an existing file unless ``--force``.
+  (``dog.jpg`` -> ``dog.json``). No input (the image, the model file) is ever written over, and no existing file
+  is replaced unless it is an earlier overlay (marked in its PNG text, :data:`OVERLAY_MARK`) or ``--force`` is
+  given.
 - ``camcheck dataset MODEL PATH [--min-pass-rate R] [--report out.html]`` runs
   :func:`~pytest_camcheck.assert_dataset_attends_to`'s checks with a progress bar; exit code 0 when the rate is
-  reached, 1 when not.
+  reached, 1 when not. The report replaces no existing file but an earlier report.
 
 MODEL is a name the ``camcheck_model`` fixture serves (``camcheck-shapes``, ``resnet18``...) or
 ``path/to/file.py:factory``, a function returning the model. Bad arguments print one line and exit with code 2.
@@ -28,9 +30,10 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["BOX_THRESHOLD", "main", "suggested_box"]
+__all__ = ["BOX_THRESHOLD", "OVERLAY_MARK", "main", "suggested_box"]
 
 BOX_THRESHOLD = 0.5
+OVERLAY_MARK = {"Software": "pytest-camcheck show overlay"}
 
 
 class _Usage(Exception):
@@ -53,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--layer", help="dotted layer name (default: automatic)")
     show.add_argument("--out", help="overlay PNG to write (default: <image stem>-camcheck.png here)")
     show.add_argument("--write-json", action="store_true", help="write the annotation JSON beside the image")
-    show.add_argument("--force", action="store_true", help="with --write-json: replace an existing JSON file")
+    show.add_argument("--force", action="store_true",
+                      help="replace an existing --out file that is not an earlier overlay, and with --write-json an "
+                           "existing JSON file (inputs are never replaced)")
     data = sub.add_parser("dataset", help="run the dataset check: exit code 0 when the rate is reached, else 1")
     data.add_argument("model", help="a model name (camcheck-shapes, resnet18...) or path/to/file.py:factory")
     data.add_argument("path", help="COCO JSON, VOC folder or XML, YOLO folder, or a folder of camcheck JSON")
@@ -133,15 +138,14 @@ def _show(args: argparse.Namespace) -> int:
     from .engine import compute_cam
     from .render import overlay, save_png
 
-    if args.force and not args.write_json:
-        raise _Usage("--force only applies with --write-json")
     image = Path(args.image).expanduser()
     if not image.is_file():
         raise _Usage(f"image file {image} does not exist")
+    out = Path(args.out).expanduser() if args.out else Path.cwd() / f"{image.stem}-camcheck.png"
+    _check_out(out, args, image)
     model = load_cli_model(args.model)
     result = compute_cam(model, str(image), _target(args.target), method=args.method, layer=args.layer)
     box = suggested_box(result.heatmap)
-    out = Path(args.out) if args.out else Path.cwd() / f"{image.stem}-camcheck.png"
     label = result.label if result.label is not None else str(result.target)
     print(f"image {image} ({result.image_size[1]}x{result.image_size[0]} px), method {result.method}, "
           f"layer {result.layer}")
@@ -153,7 +157,7 @@ def _show(args: argparse.Namespace) -> int:
         print(f"suggested box: {list(box)} (x0, y0, x1, y1 in image pixels: the largest connected region of the map "
               f"at or above {BOX_THRESHOLD:g} of its peak; review it against the object)")
     save_png(overlay(result.image, result.heatmap, region=None if box is None else _box_mask(box, result),
-                     peak=None), out)
+                     peak=None), out, text=OVERLAY_MARK)
     print(f"overlay: {out}")
     if box is None:
         if args.write_json:
@@ -181,6 +185,45 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _is_overlay(path: Path) -> bool:
+    """Whether ``path`` is a PNG that ``camcheck show`` wrote (its text chunk says so)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.format == "PNG" and all(img.info.get(k) == v for k, v in OVERLAY_MARK.items())
+    except Exception:  # noqa: BLE001 - anything unreadable as a PNG is not an overlay
+        return False
+
+
+def _check_out(out: Path, args: argparse.Namespace, image: Path) -> None:
+    """Refuse an --out that is one of the inputs (the image, the model file, the JSON written beside the image),
+    or an existing file other than an earlier overlay without --force: before any work is done."""
+    path, sep, _ = args.model.rpartition(":")
+    inputs = {"the input image": image, **({"the model file": Path(path).expanduser()} if sep and path.endswith(".py")
+                                           else {})}
+    if args.write_json:
+        inputs["the annotation JSON --write-json writes"] = image.with_suffix(".json")
+    for what, path_in in inputs.items():
+        if _same_file(out, path_in):
+            raise _Usage(f"--out {out} is {what} ({path_in}); writing the overlay there would replace it: give "
+                         "another --out")
+    if out.is_dir():
+        raise _Usage(f"--out {out} is a folder; give a file name, e.g. {out / (image.stem + '-camcheck.png')}")
+    if out.exists() and not os.path.islink(out) and not args.force and not _is_overlay(out):
+        raise _Usage(f"--out {out} exists and is not an overlay camcheck show wrote; give another --out, or pass "
+                     "--force to replace it")
+
+
 def _box_mask(box: tuple[int, int, int, int], result: Any) -> Any:
     from .regions import to_mask
 
@@ -204,6 +247,12 @@ def _dataset(args: argparse.Namespace) -> int:
 
     if not 0 <= args.min_pass_rate <= 1:
         raise _Usage(f"--min-pass-rate {args.min_pass_rate:g} is not a share of checks; pass a number from 0 to 1")
+    if args.report:
+        from ._io import check_output_file
+        from .report import is_report_file
+
+        check_output_file(Path(os.path.abspath(Path(args.report).expanduser())), "--report",
+                          replaceable=is_report_file)
     model = load_cli_model(args.model)
     dataset = load_dataset(args.path)
     records: list[Any] = []

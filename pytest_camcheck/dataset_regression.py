@@ -1,11 +1,14 @@
 """Drift of a dataset's rate: ``cam_regression.check_dataset(model, dataset, max_drop=0.03)``.
 
 The baseline is a reviewed JSON file next to the tests, as map baselines are (:mod:`pytest_camcheck.regression`):
-``<test module dir>/<module stem>/<test>[-<basename>]-dataset-<method>.json`` holding the rate and every check's
-outcome (image, label, passed). The first run writes it and fails ("review and commit it"); later runs fail when
-the rate dropped by more than ``max_drop`` from the baseline's, listing the checks that flipped from pass to
-fail; ``--camcheck-update`` rewrites a missing, unreadable or failing baseline and passes. Nothing existing is
-changed otherwise, and a file is never written through a symbolic link (it is replaced atomically).
+``<test module dir>/<module stem>/<test>[-<basename>]-dataset-<method>-<layer>[-<n>].json`` holding the rate and
+every check's outcome (image, label, passed), named as map baselines are (:meth:`CamRegression.baseline_file
+<pytest_camcheck.regression.CamRegression.baseline_file>`: a hash for ids with other characters, n counting
+repeated identical checks in one test). The first run writes it and fails ("review and commit it"); later runs
+fail when the rate dropped by more than ``max_drop`` from the baseline's, listing the checks that flipped from pass
+to fail; a baseline recorded for another dataset, method or layer is refused. ``--camcheck-update`` rewrites a
+missing, unreadable, foreign or failing baseline and passes. Nothing existing is changed otherwise; a symbolic link
+at the baseline's path is refused, a dangling one removed by ``--camcheck-update``, as for map baselines.
 
 Example:
     >>> cam_regression.check_dataset(model, "fixtures/shapes-coco/instances.json", max_drop=0.05)  # doctest: +SKIP
@@ -22,7 +25,6 @@ import torch
 
 from . import __version__, context
 from ._io import atomic_write
-from ._text import safe_name
 from .dataset_check import DatasetResult, run_dataset
 from .datasets import Dataset, load_dataset
 from .errors import CamCheckError
@@ -86,6 +88,20 @@ def _document(result: DatasetResult, dataset: Dataset, device: str) -> bytes:
     return ("{\n" + "\n".join(lines) + f'\n "checks": [\n{checks}\n ]\n}}\n').encode("utf-8")
 
 
+def _check_recorded(path: Path, baseline: dict[str, Any], ds: Dataset, result: DatasetResult) -> None:
+    """Refuse a baseline recorded for another dataset, method or layer than this check's (a copied or renamed
+    file): comparing rates across them would give a verdict about nothing."""
+    recorded = {key: baseline.get(key) for key in ("dataset", "method", "layer")}
+    now = {"dataset": ds.root.name, "method": result.method, "layer": result.layer}
+    if recorded != now:
+        raise CamCheckError(
+            f"dataset baseline {path} was recorded for dataset {recorded['dataset']!r}, method {recorded['method']}, "
+            f"layer {recorded['layer']}, not for this check (dataset {now['dataset']!r}, method {now['method']}, "
+            f"layer {now['layer']}); was it copied or renamed? Fix: delete it, or {_hint()} to write it again from "
+            "the current run"
+        )
+
+
 def _listed(keys: list[tuple[str, str]]) -> str:
     shown = ", ".join(f"{image} [{label}]" for image, label in keys[:_LISTED])
     return shown + (f" and {len(keys) - _LISTED} more" if len(keys) > _LISTED else "")
@@ -102,16 +118,18 @@ def check_dataset(reg: Any, model: torch.nn.Module, dataset: Dataset | Any, *, m
     kwargs = {"method": reg.method} | ({"device": reg.device} if reg.device is not None else {}) | kwargs
     kwargs.pop("min_pass_rate", None)
     result = run_dataset(model, ds, min_pass_rate=0.0, overlays=False, **kwargs)
-    stem = "-".join([reg.test_name, *([safe_name(basename)] if basename else []), "dataset", safe_name(result.method)])
-    path = reg.baseline_dir / f"{stem}.json"
+    path = reg.baseline_file([*([basename] if basename else []), "dataset", result.method, result.layer], ".json")
     device = str(next(iter(model.parameters()), torch.empty(0)).device)
+    reg.check_links([path])
     baseline = None
-    if path.exists() or path.is_symlink():
+    if path.exists():
         try:
             baseline = read_dataset_baseline(path)
+            _check_recorded(path, baseline, ds, result)
         except CamCheckError:
             if not reg.update:
                 raise
+            baseline = None
     if baseline is None:
         return _create(reg, path, result, ds, device, max_drop)
     now = {(c.image, c.label): c.passed for c in result.checks}
@@ -141,6 +159,10 @@ def check_dataset(reg: Any, model: torch.nn.Module, dataset: Dataset | Any, *, m
         lines.append(f"  now passing ({len(improved)}): {_listed(improved)}")
     if new or gone:
         lines.append(f"  the dataset changed: {len(new)} checks new, {len(gone)} gone since the baseline")
+    if result.skipped:
+        shown = list(result.skipped.items())[:_LISTED]
+        lines.append(f"  not checked ({len(result.skipped)}): " + "; ".join(f"{k} ({why})" for k, why in shown)
+                     + (" and more" if len(result.skipped) > _LISTED else ""))
     lines += [f"  baseline file: {path}", f"  if the change is intended, {_hint()} and commit the new baseline"]
     message = "\n".join(lines)
     _record(result, False, metrics, max_drop, message)
@@ -149,7 +171,7 @@ def check_dataset(reg: Any, model: torch.nn.Module, dataset: Dataset | Any, *, m
 
 def _create(reg: Any, path: Path, result: DatasetResult, ds: Dataset, device: str, max_drop: float) -> DatasetResult:
     __tracebackhide__ = True
-    existed = path.exists() or path.is_symlink()
+    existed = path.exists()
     created = atomic_write(path, _document(result, ds, device), replace=existed)
     if created:
         reg.written.append(path)
@@ -158,7 +180,10 @@ def _create(reg: Any, path: Path, result: DatasetResult, ds: Dataset, device: st
         message = (f"camcheck dataset regression: baseline {path} was just created by another test running at the "
                    "same time (same file name); review and commit it, and give the checks different basename=...")
     elif reg.update:
-        message = f"camcheck dataset regression: baseline {'replaced' if existed else 'created'}: {path}"
+        what = "replaced" if existed else "created"
+        if path in reg.removed:
+            what += " in place of a dangling link"
+        message = f"camcheck dataset regression: baseline {what}: {path}"
     else:
         message = (f"camcheck dataset regression: baseline not found, created: {path} (rate {result.pass_rate:.1%} "
                    f"of {len(result.checks)} checks)\n  review and commit it; the check passes from the next run on")
@@ -176,5 +201,5 @@ def _record(result: DatasetResult, passed: bool, metrics: dict[str, Any], max_dr
         metrics={k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in metrics.items()},
         thresholds={"max_drop": max_drop}, message=message,
         details={"per_class": {k: list(v) for k, v in result.per_class.items()},
-                 "center_baseline": result.center_baseline},
+                 "center_baseline": result.center_baseline, "skipped": dict(result.skipped)},
     ))

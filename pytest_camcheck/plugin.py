@@ -8,9 +8,13 @@ fixture pays nothing for the plugin. The device is chosen (and the accelerators 
 fixture or a ``camcheck_cuda`` test first needs it, or at start when a device is named explicitly, so that a
 device asked for but absent stops the run with a usage error.
 
-Every camcheck assertion made during a test is recorded in ``item.user_properties`` (JUnit XML) as
-``camcheck.<check>`` with its metrics and verdict; with pytest-html, a failing check's overlay is embedded in the
-report.
+Every camcheck assertion made during a test (its setup, call or teardown: checks in fixtures count) is recorded in
+``item.user_properties`` (JUnit XML) as ``camcheck.<check>`` with its metrics and verdict; with pytest-html, a
+failing check's overlay is embedded in the report. For the run report each phase's ``TestReport`` carries the
+checks made and the baseline files written in that phase (``camcheck_checks``, ``camcheck_written``: plain data,
+which pytest-xdist sends to the controller with the report), and the report is fed from
+``pytest_runtest_logreport``: a test of a pytest-xdist worker that crashed is reported as failed, and the
+crashed worker's earlier tests keep their checks.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import pytest
 from . import context
 from .devices import Accelerators, cuda_skip_reason, header_lines, select_device
 from .errors import CamCheckError
-from .report import CheckReport, receive_from_worker, send_to_controller
+from .report import CheckReport
 from .rule import DEFAULT_RULE, Rule
 from .settings import DEFAULT_METHOD, DEFAULT_SPEARMAN_MIN, DEFAULT_SSIM_MIN, SETTINGS, resolve
 
@@ -82,6 +86,9 @@ class CamcheckConfig:
 
 CONFIG_KEY = pytest.StashKey[CamcheckConfig]()
 RECORDS_KEY = pytest.StashKey[list]()
+_SHIPPED_KEY = pytest.StashKey[int]()
+_REGRESSIONS_KEY = pytest.StashKey[list]()
+_WRITTEN_SHIPPED_KEY = pytest.StashKey[int]()
 REPORT_KEY = pytest.StashKey[CheckReport]()
 _REPORT_PROBLEMS_KEY = pytest.StashKey[list]()
 _ACCELERATORS_KEY = pytest.StashKey[Accelerators]()
@@ -168,6 +175,8 @@ def pytest_configure(config: pytest.Config) -> None:
     except CamCheckError as err:
         raise pytest.UsageError(str(err)) from None
     config.stash[REPORT_KEY] = CheckReport()
+    if not hasattr(config, "workerinput"):
+        config.pluginmanager.register(_RunReport(config.stash[REPORT_KEY]), "camcheck-run-report")
     _show_progress(config)
 
 
@@ -335,14 +344,13 @@ def _property(rec: context.CheckRecord) -> tuple[str, str]:
     return f"camcheck.{rec.check}", json.dumps(data, default=str)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+def _listening(item: pytest.Item) -> Iterator[None]:
+    """Record every check made while one phase of ``item`` runs (setup, call or teardown)."""
     records = item.stash.setdefault(RECORDS_KEY, [])
 
     def listen(rec: context.CheckRecord) -> None:
         records.append(rec)
         item.user_properties.append(_property(rec))
-        item.config.stash[REPORT_KEY].add_record(rec)
 
     context.add_listener(listen)
     try:
@@ -352,20 +360,60 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 
 
 @pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    return (yield from _listening(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    return (yield from _listening(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    return (yield from _listening(item))
+
+
+def _new(item: pytest.Item, key: pytest.StashKey[int], items: list) -> list:
+    """The part of ``items`` not yet attached to an earlier phase's report."""
+    start = item.stash.get(key, 0)
+    item.stash[key] = len(items)
+    return items[start:]
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[pytest.TestReport]:
     report = yield
-    item.config.stash[REPORT_KEY].add_test_report(report, camcheck=bool(item.stash.get(RECORDS_KEY, [])) or
-                                                  "cam_regression" in getattr(item, "fixturenames", ()))
+    records = item.stash.get(RECORDS_KEY, [])
+    written = [str(path) for reg in item.stash.get(_REGRESSIONS_KEY, []) for path in reg.written]
+    report.camcheck_checks = [CheckReport.check_row(rec) for rec in _new(item, _SHIPPED_KEY, records)]
+    report.camcheck_written = _new(item, _WRITTEN_SHIPPED_KEY, written)
+    report.camcheck_used = bool(records) or "cam_regression" in getattr(item, "fixturenames", ())
     if call.when == "call" and item.config.pluginmanager.hasplugin("html"):
         import pytest_html
 
-        pictures = [r.overlay for r in item.stash.get(RECORDS_KEY, []) if r.overlay is not None]
+        pictures = [r.overlay for r in records if r.overlay is not None]
         extras = getattr(report, "extras", [])
         for path in pictures:
             if Path(path).is_file():
                 extras.append(pytest_html.extras.png(base64.b64encode(Path(path).read_bytes()).decode(), name=path.name))
         report.extras = extras
     return report
+
+
+class _RunReport:
+    """Folds each phase's test report into the run's :class:`CheckReport`, in the process that writes it: the
+    pytest-xdist controller receives every worker's reports here, and the one xdist makes for a test whose worker
+    crashed."""
+
+    def __init__(self, report: CheckReport) -> None:
+        self.report = report
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for row in getattr(report, "camcheck_checks", ()):
+            self.report.add_record(row)
+        self.report.add_test_report(report, camcheck=bool(getattr(report, "camcheck_used", False)))
+        self.report.add_written(getattr(report, "camcheck_written", ()))
 
 
 @pytest.fixture
@@ -384,25 +432,35 @@ def cam_benchmark(request: pytest.FixtureRequest) -> CamBenchmark:
 
 
 @pytest.fixture
-def cam_regression(request: pytest.FixtureRequest, camcheck_config: CamcheckConfig) -> Iterator[CamRegression]:
+def cam_regression(request: pytest.FixtureRequest, camcheck_config: CamcheckConfig) -> CamRegression:
     """Map regression checks against baselines next to the test module (pytest-regressions style):
     ``cam_regression.check(model, image, target, **compute_cam keywords, ssim_min=..., spearman_min=...)``.
 
     The first run writes ``<module dir>/<module name>/<test>-<method>-<layer>-<target>.npz`` (+ a PNG preview) and
     fails so that you review and commit it; later runs compare with SSIM and rank correlation;
-    ``--camcheck-update`` rewrites baselines and passes. Nothing existing is changed otherwise.
+    ``--camcheck-update`` rewrites baselines and passes. Nothing existing is changed otherwise. ``<test>`` is the
+    test's name with its parameters, after its class path inside a class (``TestA::test_map``, file-safe and hashed).
 
     Example: ``cam_regression.check(camcheck_model("camcheck-shapes"), scene.image, "circle")``
     """
     from .regression import CamRegression, baseline_location
 
-    folder, _ = baseline_location(request.path, request.node.name)
+    name = _test_name(request.node)
+    folder, _ = baseline_location(request.path, name)
     settings = camcheck_config
-    reg = CamRegression(folder, request.node.name, update=settings.update, ssim_min=settings.ssim_min,
+    reg = CamRegression(folder, name, update=settings.update, ssim_min=settings.ssim_min,
                         spearman_min=settings.spearman_min, device=settings.device, method=settings.method,
                         pass_pictures=settings.report is not None)
-    yield reg
-    request.config.stash[REPORT_KEY].add_written(reg.written)
+    request.node.stash.setdefault(_REGRESSIONS_KEY, []).append(reg)
+    return reg
+
+
+def _test_name(item: pytest.Item) -> str:
+    """What names a test's baselines: its node id after the module, ``test_map[x]`` for a module-level test (as
+    always) and ``TestA::test_map[x]`` inside a class, so that same-named tests of two classes never share one."""
+    chain = item.listchain()
+    modules = [i for i, node in enumerate(chain) if isinstance(node, pytest.Module)]
+    return "::".join(node.name for node in chain[modules[-1] + 1:]) if modules else item.name
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -410,8 +468,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if REPORT_KEY not in config.stash:
         return
     report = config.stash[REPORT_KEY]
-    if hasattr(config, "workeroutput"):
-        send_to_controller(report, config.workeroutput)
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: its checks went to the controller with each report
         return
     settings = config.stash[CONFIG_KEY]
     problems = config.stash.setdefault(_REPORT_PROBLEMS_KEY, [])
@@ -421,11 +478,6 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
                 write(path)
             except (OSError, CamCheckError) as err:  # the run's outcome and summary matter more than the report
                 problems.append(f"camcheck: the report was not written: {err}")
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node: Any, error: Any) -> None:
-    receive_from_worker(node.config.stash[REPORT_KEY], getattr(node, "workeroutput", {}))
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

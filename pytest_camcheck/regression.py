@@ -123,11 +123,15 @@ def file_stem(parts: list[str], limit: int = 120) -> str:
 
 def baseline_location(module_path: str | os.PathLike[str], test_name: str) -> tuple[Path, str]:
     """(baseline folder, the test's part of its baseline file names) of a test: ``<module dir>/<module stem>/``
-    and :func:`file_stem` of the test's name with its parameters.
+    and :func:`file_stem` of the test's name with its parameters, which for a test inside a class starts with the
+    class path (``TestA::test_map``: the node id after the module), so that same-named tests of two classes never
+    share a baseline.
 
     Example:
         >>> baseline_location("tests/test_model.py", "test_map[resnet18-cpu]")
         (PosixPath('tests/test_model'), 'test_map_resnet18-cpu-37817b2e5794')
+        >>> baseline_location("tests/test_model.py", "TestA::test_map")[1]
+        'TestA_test_map-5d4d18ed3684'
     """
     module = Path(module_path)
     return module.parent / module.stem, file_stem([test_name])
@@ -327,16 +331,27 @@ class CamRegression:
         self._seen: Counter[str] = Counter()
 
     def _path(self, result: CamResult, basename: str | None) -> Path:
-        """``<test>[-<basename>]-<method>-<layer>-t<target>[-<n>].npz``, n counting repeated identical checks in
-        one test (2, 3...); names with other characters than lower-case letters, digits and ``_`` end with a hash
-        of the exact test id and parts, so two tests never share a file (see :func:`file_stem`)."""
+        """``<test>[-<basename>]-<method>-<layer>-t<target>[-<n>].npz`` (see :meth:`baseline_file`)."""
         target = "tcallable" if result.target < 0 else f"t{result.target}"
-        parts = [self.test_name, *([basename] if basename else []), result.method, result.layer, target]
-        key = "\0".join(parts)
+        return self.baseline_file([*([basename] if basename else []), result.method, result.layer, target], ".npz")
+
+    def baseline_file(self, parts: list[str], suffix: str) -> Path:
+        """The baseline file of one check of this test: ``<test>-<parts...>[-<n>]<suffix>`` in ``baseline_dir``,
+        n counting repeated identical checks in one test (2, 3...), so that a second identical check never reads
+        or rewrites the first's file; names with other characters than lower-case letters, digits and ``_`` end
+        with a hash of the exact test id and parts, so two tests never share a file (see :func:`file_stem`).
+
+        Example:
+            >>> reg = CamRegression(Path("tests/test_model"), "test_rate")
+            >>> [reg.baseline_file(["dataset", "gradcam"], ".json").name for _ in range(2)]
+            ['test_rate-dataset-gradcam.json', 'test_rate-dataset-gradcam-2.json']
+        """
+        parts = [self.test_name, *parts]
+        key = "\0".join([*parts, suffix])
         self._seen[key] += 1
         if self._seen[key] > 1:
             parts.append(str(self._seen[key]))
-        return self.baseline_dir / f"{file_stem(parts, _MAX_STEM)}.npz"
+        return self.baseline_dir / f"{file_stem(parts, _MAX_STEM)}{suffix}"
 
     def check(self, model: nn.Module, image: Any, target: Any = None, *, basename: str | None = None,
               ssim_min: float | None = None, spearman_min: float | None = None, **cam_kwargs: Any) -> CamResult:
@@ -401,18 +416,7 @@ class CamRegression:
         """The baseline to compare with, or None when it is to be (re)written. A symbolic link at the baseline's
         path (or its preview's) is refused; a dangling one is removed under ``--camcheck-update`` (it points
         nowhere, so nothing is lost)."""
-        for file in (path, path.with_suffix(".png")):
-            if os.path.islink(file) and not os.path.exists(file):
-                if self.update:
-                    remove_dangling_link(file)
-                    self.removed.append(file)
-                else:
-                    raise FileRefused(
-                        f"baseline {file} is a dangling symbolic link (to {os.readlink(file)!r}); pytest-camcheck "
-                        f"never writes through links. Fix: remove the link (rm {str(file)!r}), or {UPDATE_HINT}, "
-                        "which removes dangling links at baseline paths and writes the baseline"
-                    )
-            refuse_link(file, "baseline")
+        self.check_links([path, path.with_suffix(".png")])
         if not path.exists():
             return None
         try:
@@ -428,13 +432,44 @@ class CamRegression:
             raise
         return baseline
 
+    def check_links(self, files: list[Path]) -> None:
+        """Refuse a symbolic link at any of ``files`` (a baseline and its preview); a dangling one is removed
+        under ``--camcheck-update`` (it points nowhere, so nothing is lost) and noted in ``removed``.
+
+        Example:
+            >>> CamRegression(Path("tests/test_model"), "test_map").check_links([Path("no/such/file.npz")])
+        """
+        for file in files:
+            if os.path.islink(file) and not os.path.exists(file):
+                if self.update:
+                    remove_dangling_link(file)
+                    self.removed.append(file)
+                else:
+                    raise FileRefused(
+                        f"baseline {file} is a dangling symbolic link (to {os.readlink(file)!r}); pytest-camcheck "
+                        f"never writes through links. Fix: remove the link (rm {str(file)!r}), or {UPDATE_HINT}, "
+                        "which removes dangling links at baseline paths and writes the baseline"
+                    )
+            refuse_link(file, "baseline")
+
     def _write(self, path: Path, result: CamResult, device: str, *, replace: bool) -> bool:
-        if not write_baseline(path, result, device, replace=replace):
-            return False
+        """Publish the baseline and its preview, the preview checked first and the baseline removed again when the
+        preview cannot be written: a baseline is never left without its preview, written but not announced."""
+        preview_path = path.with_suffix(".png")
+        if preview_path.is_dir():
+            raise FileRefused(f"cannot write the baseline preview {preview_path}: it is a folder. Fix: remove or "
+                              f"rename the folder; the baseline {path.name} is written with its preview")
         preview = _tile(result, result.heatmap)
         preview.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
         preview = preview.quantize(256, method=Image.Quantize.FASTOCTREE)
-        self.written += [path, save_png(preview, path.with_suffix(".png"))]
+        if not write_baseline(path, result, device, replace=replace):
+            return False
+        try:
+            written = save_png(preview, preview_path)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        self.written += [path, written]
         return True
 
     def _create(self, path: Path, result: CamResult, device: str, thresholds: dict[str, float]) -> CamResult:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 from skimage.segmentation import find_boundaries
 
 from ._io import atomic_file
@@ -178,10 +178,11 @@ def side_by_side(images: Sequence[Image.Image], labels: Sequence[str]) -> Image.
     return sheet
 
 
-def save_png(img: Image.Image, path: str | os.PathLike[str]) -> Path:
+def save_png(img: Image.Image, path: str | os.PathLike[str], *, text: dict[str, str] | None = None) -> Path:
     """Write a PNG atomically (temporary file in the same folder, then os.replace), creating parent folders; a
     path that is a symbolic link, or a folder that cannot be written, raises FileRefused (an OSError and a
-    CamCheckError) naming it. Returns the absolute path.
+    CamCheckError) naming it. ``text`` goes into PNG text chunks (e.g. ``{"Software": ...}``). Returns the
+    absolute path.
 
     Example:
         >>> import tempfile
@@ -190,8 +191,11 @@ def save_png(img: Image.Image, path: str | os.PathLike[str]) -> Path:
         'map.png'
     """
     target = Path(path).expanduser().absolute()  # not resolve(): a link at the path is refused, never followed
+    info = PngImagePlugin.PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
     with atomic_file(target) as out:
-        img.save(out, format="PNG")
+        img.save(out, format="PNG", pnginfo=info if text else None)
     return target
 
 

@@ -2,9 +2,9 @@
 (``--camcheck-report-json``) and as one self-contained HTML page (``--camcheck-report``).
 
 :class:`CheckReport` is plain data: the plugin feeds it :class:`~pytest_camcheck.context.CheckRecord` objects
-and test reports. Under pytest-xdist each worker sends its report to the controller as JSON
-(:func:`send_to_controller` in the worker's ``pytest_sessionfinish``, :func:`receive_from_worker` in the
-controller's ``pytest_testnodedown``), the way pytest-mpl merges its summaries. Pictures are referenced by
+and test reports. Under pytest-xdist the checks travel to the controller with each phase's test report, as plain
+dicts (:meth:`CheckReport.check_row`), so that a worker that crashes loses only the test it was running. Pictures
+are referenced by
 path in JSON and inlined (downscaled PNG data URIs) in HTML, so the page needs no other file. The curves of the
 quality checks (sane, faithful, stable) are drawn as small plots when the page is written, from the metrics they
 recorded, passing or failing; a failed check's picture holds its curve already.
@@ -33,15 +33,14 @@ from ._io import atomic_write
 from .context import CheckRecord
 from .errors import CamCheckError
 
-__all__ = ["OUTCOMES", "PLOT_SIZE", "THUMBNAIL_SIZE", "WORKER_OUTPUT_KEY", "CheckReport", "receive_from_worker",
-           "send_to_controller"]
+__all__ = ["HTML_MARKER", "OUTCOMES", "PLOT_SIZE", "THUMBNAIL_SIZE", "CheckReport", "is_report_file"]
 
 OUTCOMES = ("failed", "error", "xpassed", "passed", "xfailed", "skipped", "unknown")
 THUMBNAIL_SIZE = (720, 300)
 PLOT_SIZE = (240, 160)
 LIST_SHOWN = 8  # a metric holding more values than this (a curve), nested ones counted, is folded in the row
-WORKER_OUTPUT_KEY = "camcheck_report"
 _FORMAT = "pytest-camcheck-report"
+HTML_MARKER = '<meta name="generator" content="pytest-camcheck report">'  # how an earlier page is recognised
 _VERSION = 1
 _BAD = ("failed", "error", "xpassed")
 
@@ -91,8 +90,8 @@ class CheckReport:
         self.tests: dict[str, dict[str, Any]] = {}
         self.written: list[str] = []
 
-    def add_record(self, rec: CheckRecord) -> None:
-        """Add one check as it was recorded (its picture by path).
+    def add_record(self, rec: CheckRecord | dict[str, Any]) -> None:
+        """Add one check as it was recorded (its picture by path), or as :meth:`check_row` made it.
 
         Example:
             >>> report = CheckReport()
@@ -100,7 +99,19 @@ class CheckReport:
             >>> report.checks[0]["check"], report.checks[0]["overlay"]
             ('attends_to', None)
         """
-        self.checks.append(_plain(asdict(rec)))
+        self.checks.append(self.check_row(rec) if isinstance(rec, CheckRecord) else dict(rec))
+
+    @staticmethod
+    def check_row(rec: CheckRecord) -> dict[str, Any]:
+        """One check as plain JSON-able data (what the report keeps, and what a test report carries to the
+        pytest-xdist controller).
+
+        Example:
+            >>> rec = CheckRecord("attends_to", True, "gradcam", "layer4", 3, "cat", 0.9, {}, {})
+            >>> CheckReport.check_row(rec)["layer"]
+            'layer4'
+        """
+        return _plain(asdict(rec))
 
     def add_outcome(self, test_id: str, outcome: str, message: str = "", *, camcheck: bool = False) -> None:
         """Set a test's outcome (one of :data:`OUTCOMES`); a test already known keeps the worse outcome.
@@ -123,7 +134,8 @@ class CheckReport:
     def add_test_report(self, report: Any, *, camcheck: bool = False) -> None:
         """Fold one phase of a pytest ``TestReport`` (setup, call, teardown) into its test's outcome.
 
-        A failing setup or teardown is an ``error``; xfail reports become ``xfailed`` / ``xpassed``. Pass
+        A failing setup or teardown is an ``error``; xfail reports become ``xfailed`` / ``xpassed``; a report of
+        another phase (pytest-xdist's for a test whose worker crashed) counts as the test's call. Pass
         ``camcheck=True`` for tests that used a camcheck fixture.
 
         Example:
@@ -134,7 +146,9 @@ class CheckReport:
             'passed'
         """
         xfail = hasattr(report, "wasxfail")
-        if report.when == "call":
+        if report.outcome not in ("passed", "failed", "skipped"):  # e.g. pytest-rerunfailures' "rerun"
+            return
+        if report.when not in ("setup", "teardown"):
             outcome = {"passed": "xpassed" if xfail else "passed", "failed": "failed",
                        "skipped": "xfailed" if xfail else "skipped"}[report.outcome]
         elif report.outcome == "failed":
@@ -279,6 +293,7 @@ class CheckReport:
         body = "\n".join(_row_html(row) for row in rows) or '<p class="none">No camcheck checks in this run.</p>'
         written = "".join(f"<li>{_e(p)}</li>" for p in self.written)
         page = _PAGE.format(
+            marker=HTML_MARKER,
             title=_e(title),
             summary=_e(f"{len(self.checks)} checks: {summary['checks']['failed']} failed, "
                        f"{summary['checks']['passed']} passed. Tests: {tests_text or 'none recorded'}."),
@@ -290,30 +305,26 @@ class CheckReport:
         return _write_text(path, page)
 
 
-def send_to_controller(report: CheckReport, workeroutput: dict[str, Any]) -> None:
-    """On a pytest-xdist worker, in ``pytest_sessionfinish``: hand the report to the controller through
-    ``config.workeroutput``.
+_JSON_HEAD = re.compile(rb'\A\s*\{\s*"format"\s*:\s*"' + re.escape(_FORMAT.encode()) + rb'"')
+
+
+def is_report_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` holds a report this module wrote (the HTML page's :data:`HTML_MARKER`, the JSON's
+    ``format`` key), judged from its first kilobytes: the only existing files a run may replace with its report.
 
     Example:
-        >>> out = {}; send_to_controller(CheckReport(), out); WORKER_OUTPUT_KEY in out
-        True
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "notes.txt").write_text("mine")
+        >>> is_report_file(CheckReport().write_json(folder / "r.json")), is_report_file(folder / "notes.txt")
+        (True, False)
     """
-    workeroutput[WORKER_OUTPUT_KEY] = report.to_json()
-
-
-def receive_from_worker(report: CheckReport, workeroutput: dict[str, Any]) -> bool:
-    """On the pytest-xdist controller, in ``pytest_testnodedown``: merge a worker's report (``node.workeroutput``)
-    into ``report``; False when the worker sent none (it crashed before the end of its session).
-
-    Example:
-        >>> main = CheckReport(); receive_from_worker(main, {})
-        False
-    """
-    text = workeroutput.get(WORKER_OUTPUT_KEY)
-    if text is None:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
         return False
-    report.merge(CheckReport.from_json(text))
-    return True
+    return HTML_MARKER.encode() in head or _JSON_HEAD.match(head) is not None
 
 
 def _write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -515,13 +526,14 @@ def _dataset_html(row: dict[str, Any]) -> str:
 <p>{_e(details.get("dataset", ""))}{_e(interval)}</p>
 {bars}
 <table class="classes"><tr><th>class</th><th>passed</th><th>rate</th></tr>{classes}</table>
-{f'<p class="thr">skipped labels: {skipped}</p>' if skipped else ""}
+{f'<p class="thr">skipped: {skipped}</p>' if skipped else ""}
 {f'<div class="gallery">{gallery}</div>' if gallery else ""}
 </div>"""
 
 
 _PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<html lang="en"><head><meta charset="utf-8">
+{marker}<title>{title}</title>
 <style>
 body {{ font: 14px/1.4 system-ui, sans-serif; margin: 16px; color: #222; background: #fafafa; }}
 h1 {{ font-size: 20px; margin: 0 0 4px; }}

@@ -76,10 +76,10 @@ def _text(text: str, asked_by: str) -> str:
 @dataclass(frozen=True)
 class Setting:
     """One setting. ``kind``: ``"value"`` (text parsed by ``parse``), ``"flag"`` (an option without value; yes/no
-    in the environment and ini), ``"path"`` (a folder; ``must_exist`` ones are checked), ``"file"`` (a file
-    written at the end of the run, checked at start-up: not a folder or a link, in a writable folder) or
-    ``"paths"`` (a repeatable option, ``os.pathsep``-separated in the environment, one per line in the ini file;
-    they add up).
+    in the environment and ini), ``"path"`` (a folder, never a file; ``must_exist`` ones are checked), ``"file"``
+    (a file written at the end of the run, checked at start-up: not a folder or a link, in a writable folder, and
+    no existing file but an earlier report) or ``"paths"`` (a repeatable option, ``os.pathsep``-separated in the
+    environment, one per line in the ini file; they add up).
     ``default`` is the parsed default; ``default_text`` how help and README show it.
 
     Example:
@@ -171,8 +171,15 @@ class Resolved:
 
 def _folder(text: str, asked_by: str, base: Path, must_exist: bool) -> Path:
     folder = (base / Path(text).expanduser()).resolve()
-    if must_exist and not folder.is_dir():
+    if must_exist and not folder.is_dir() and not folder.exists():
         raise CamCheckError(f"{asked_by}={text}: folder {folder} does not exist; create it or fix the path")
+    above = folder
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        where = "it is a file" if above == folder else f"{above} is a file"
+        raise CamCheckError(f"{asked_by}={text}: {where}, not a folder; give a folder (missing ones are created) "
+                            "or fix the path")
     return folder
 
 
@@ -183,8 +190,10 @@ def _parse(setting: Setting, text: Any, asked_by: str, base: Path) -> Any:
         return _folder(str(text), asked_by, base, setting.must_exist)
     if setting.kind == "file":
         from ._io import check_output_file
+        from .report import is_report_file
 
-        return check_output_file(Path(os.path.abspath(base / Path(str(text)).expanduser())), asked_by)
+        return check_output_file(Path(os.path.abspath(base / Path(str(text)).expanduser())), asked_by,
+                                 replaceable=is_report_file)
     return setting.parse(str(text).strip() if setting.kind == "value" else str(text), asked_by)
 
 

@@ -76,6 +76,40 @@ def test_write_json_never_replaces_a_file_without_force(tmp_path, capsys, monkey
     assert "is empty, so there is no box to write" in capsys.readouterr().err
 
 
+def test_show_never_writes_the_overlay_over_an_input_or_a_file_that_is_not_an_overlay(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    image = tmp_path / "img.png"
+    image.write_bytes((FIXTURE / "images" / "single-1000900.png").read_bytes())
+    original = image.read_bytes()
+    (tmp_path / "net.py").write_text("from pytest_camcheck import load_model\ndef make():\n"
+                                     "    return load_model('camcheck-shapes')\n")
+    (tmp_path / "link.png").symlink_to(image)
+    for model, out, what in (("camcheck-shapes", "img.png", "the input image"),
+                             ("camcheck-shapes", "sub/../img.png", "the input image"),
+                             ("camcheck-shapes", "link.png", "the input image"),
+                             ("net.py:make", "net.py", "the model file")):
+        assert cli.main(["show", model, "img.png", "--out", out, "--force"]) == 2
+        assert f"--out {out} is {what}" in capsys.readouterr().err
+    assert cli.main(["show", "camcheck-shapes", "img.png", "--write-json", "--out", "img.json"]) == 2
+    assert "is the annotation JSON --write-json writes" in capsys.readouterr().err
+    (tmp_path / "notes.png").write_bytes(b"the user's file")
+    assert cli.main(["show", "camcheck-shapes", "img.png", "--out", "notes.png"]) == 2
+    assert "notes.png exists and is not an overlay camcheck show wrote" in capsys.readouterr().err
+    assert image.read_bytes() == original and (tmp_path / "notes.png").read_bytes() == b"the user's file"
+    assert not (tmp_path / "img.json").exists()
+    assert cli.main(["show", "camcheck-shapes", "img.png", "--out", "notes.png", "--force"]) == 0
+    assert cli.main(["show", "camcheck-shapes", "img.png", "--out", "notes.png"]) == 0  # an earlier overlay
+    assert image.read_bytes() == original
+
+
+def test_dataset_report_never_replaces_a_file_that_is_not_a_report(tmp_path, capsys):
+    (tmp_path / "keep.html").write_text("mine")
+    assert cli.main(["dataset", "camcheck-shapes", str(FIXTURE / "instances.json"), "--report",
+                     str(tmp_path / "keep.html")]) == 2
+    assert "the file exists and is not an earlier camcheck report" in capsys.readouterr().err
+    assert (tmp_path / "keep.html").read_text() == "mine"
+
+
 def test_dataset_exits_0_or_1_and_writes_the_report(tmp_path, capsys):
     bad = camcheck("dataset", "camcheck-shapes-shortcut", str(FIXTURE / "instances.json"), "--min-pass-rate", "0.5",
                    "--report", "r.html", cwd=tmp_path)
@@ -101,7 +135,6 @@ def test_bad_arguments_give_one_line_and_exit_code_2(tmp_path):
     (["show", "FACTORY:missing", "IMAGE"], "has no function 'missing'"),
     (["show", "camcheck-shapes", "IMAGE", "--method", "magic"], "magic"),
     (["show", "camcheck-shapes", "IMAGE", "--layer", "nope"], "nope"),
-    (["show", "camcheck-shapes", "IMAGE", "--force"], "--force only applies with --write-json"),
     (["dataset", "camcheck-shapes", "DATA", "--min-pass-rate", "2"], "--min-pass-rate 2 is not a share"),
     (["dataset", "camcheck-shapes", "DATA", "--min-pass-rate", "high"], "invalid float value: 'high'"),
     (["dataset", "camcheck-shapes", "nowhere"], "no such file or folder"),

@@ -327,7 +327,7 @@ def test_without_a_crop_every_number_is_unchanged(model, singles):
     for check, sample in zip(result.checks, ds):
         cam = compute_cam(model, sample.image, check.target)
         plain = measure(cam.heatmap, to_mask(sample.regions[check.label], cam.image_size), 15).as_dict()
-        assert check.metrics == pytest.approx(plain, abs=1e-6)
+        assert check.metrics == pytest.approx(plain, rel=1e-5, abs=1e-6)  # batched vs one image: rounding
 
 
 def test_labels_mapped_to_one_class_are_judged_against_the_union_of_their_objects(model, tmp_path):

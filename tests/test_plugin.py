@@ -161,6 +161,20 @@ def test_bad_values_are_usage_errors(pytester: pytest.Pytester, args: list[str],
     result.stderr.fnmatch_lines([expected])
 
 
+@pytest.mark.parametrize("value, expected", [
+    ("afile", "ERROR: --camcheck-artifacts=afile: it is a file, not a folder; give a folder*"),
+    ("afile/sub", "ERROR: --camcheck-artifacts=afile/sub: */afile is a file, not a folder; give a folder*"),
+])
+def test_an_artifacts_path_that_is_a_file_is_a_usage_error(pytester: pytest.Pytester, value: str,
+                                                           expected: str) -> None:
+    (pytester.path / "afile").write_text("the user's file")
+    pytester.makepyfile(DEVICE_TEST)
+    result = run(pytester, f"--camcheck-artifacts={value}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([expected])
+    assert (pytester.path / "afile").read_text() == "the user's file"
+
+
 def test_bad_offline_environment_value(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     pytester.makepyfile(DEVICE_TEST)
     monkeypatch.setenv("CAMCHECK_OFFLINE", "maybe")

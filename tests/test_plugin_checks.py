@@ -88,3 +88,70 @@ def test_pytest_html_embeds_the_overlay_of_a_failing_check(session: pytest.Pytes
     result.assert_outcomes(failed=1)
     html = (session.path / "report.html").read_text()
     assert "data:image/png;base64," in html
+
+
+FIXTURE_CHECKS = """
+import pytest
+import torch
+from tests_models import KnownGradient
+
+H, W = 40, 60
+
+def model():
+    m = torch.zeros(2, 3, H, W)
+    m[0, 0] = 1.0
+    return KnownGradient(m, torch.zeros(2, 3, H, W))
+
+def scene():
+    x = torch.zeros(3, H, W)
+    x[0, 5:15, 40:55] = 1.0
+    return x
+
+KW = dict(layer="features", method="hirescam")
+
+@pytest.fixture
+def checked(camcheck):
+    camcheck.attends_to(model(), scene(), 0, (38, 3, 57, 17), **KW)
+    yield
+    camcheck.not_attends_to(model(), scene(), 0, (0, 20, 20, 40), **KW)
+
+def test_uses(checked):
+    pass
+"""
+
+
+def test_checks_made_in_fixture_setup_and_teardown_are_recorded(session: pytest.Pytester) -> None:
+    session.makepyfile(test_fixture=FIXTURE_CHECKS)
+    result = session.runpytest("--junitxml=out.xml", "--camcheck-report-json=r.json", "-p", "no:cacheprovider",
+                               "--camcheck-device=cpu")
+    result.assert_outcomes(passed=1)
+    root = ET.parse(session.path / "out.xml").getroot()
+    names = [p.get("name") for p in root.iter("property")]
+    assert names == ["camcheck.attends_to", "camcheck.not_attends_to"]
+    report = json.loads((session.path / "r.json").read_text())
+    assert [(c["check"], c["test_id"]) for c in report["checks"]] == [
+        ("attends_to", "test_fixture.py::test_uses"), ("not_attends_to", "test_fixture.py::test_uses")]
+
+
+CRASHING = TEST_FILE.format(method="gradcam", min_lift=1.5) + """
+
+def test_zcrash():
+    import os
+    os._exit(1)
+"""
+
+
+def test_a_crashed_xdist_worker_loses_none_of_its_earlier_tests_in_the_report(session: pytest.Pytester) -> None:
+    pytest.importorskip("xdist")
+    session.makepyfile(test_checks=CRASHING)
+    result = session.runpytest_subprocess("-n", "1", "-p", "xdist", "-p", "no:cacheprovider", "--camcheck-device=cpu",
+                                          "--camcheck-report-json=r.json", "--camcheck-report=r.html")
+    result.assert_outcomes(passed=2, failed=2)
+    report = json.loads((session.path / "r.json").read_text())
+    outcomes = {k.split("::")[1]: v["outcome"] for k, v in report["tests"].items()}
+    assert outcomes == {"test_pass": "passed", "test_fail": "failed", "test_bound_defaults": "passed",
+                        "test_zcrash": "failed"}
+    assert "crashed while running" in report["tests"]["test_checks.py::test_zcrash"]["message"]
+    assert sorted((c["test_id"].split("::")[1], c["passed"]) for c in report["checks"]) == [
+        ("test_fail", False), ("test_pass", True)]
+    assert "test_checks.py::test_zcrash" in (session.path / "r.html").read_text()

@@ -311,6 +311,28 @@ def test_broken_baseline_is_a_clear_error_then_update_replaces_it(tmp_path: Path
     assert reg.written[0] == npz and read_baseline(npz).meta["layer"] == "features"
 
 
+@pytest.mark.parametrize("update", [False, True])
+def test_a_preview_that_cannot_be_written_leaves_no_unannounced_baseline(tmp_path: Path, records: list,
+                                                                         monkeypatch: pytest.MonkeyPatch,
+                                                                         update: bool) -> None:
+    net, image = model(), SCENES[0].image
+    npz = tmp_path / "test_x-gradcam-features-t0.npz"
+    npz.with_suffix(".png").mkdir(parents=True)
+    with pytest.raises(CamCheckError, match=r"test_x-gradcam-features-t0.png: it is a folder"):
+        CamRegression(tmp_path, "test_x", update=update).check(net, image, 0)
+    assert not npz.exists()
+    npz.with_suffix(".png").rmdir()
+
+    def refused(*args, **kwargs):
+        raise CamCheckError("cannot write the preview: disk full")
+
+    monkeypatch.setattr("pytest_camcheck.regression.save_png", refused)  # fails after the baseline was published
+    reg = CamRegression(tmp_path, "test_x", update=update)
+    with pytest.raises(CamCheckError, match="disk full"):
+        reg.check(net, image, 0)
+    assert not npz.exists() and reg.written == [] and list(tmp_path.glob("*.np*")) == []
+
+
 def test_changed_image_size_or_renamed_file_are_errors(tmp_path: Path) -> None:
     net, image = model(), SCENES[0].image
     first_run(tmp_path, net, image)
@@ -450,6 +472,44 @@ def test_fixture_first_run_pass_drift_update(suite: pytest.Pytester, monkeypatch
     result = suite.runpytest(*ARGS, "-k", "two_targets")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*CamCheckError: baseline *test_two_targets-gradcam-features-t1.npz cannot be read*"])
+
+
+CLASSES = '''
+import torch
+from pytest_camcheck.scenes import HELD_OUT, make_scene
+from tests_models import SmallCNN
+
+def net():
+    torch.manual_seed(0)
+    return SmallCNN().eval()
+
+def test_map(cam_regression):
+    cam_regression.check(net(), make_scene(HELD_OUT + 1).image, 0)
+
+class TestA:
+    def test_map(self, cam_regression):
+        cam_regression.check(net(), make_scene(HELD_OUT + 2).image, 0)
+
+class TestB:
+    class TestInner:
+        def test_map(self, cam_regression):
+            cam_regression.check(net(), make_scene(HELD_OUT + 3).image, 0)
+'''
+
+
+def test_same_named_tests_in_classes_never_share_a_baseline(project: pytest.Pytester) -> None:
+    project.makepyfile(test_classes=CLASSES)
+    folder = project.path / "test_classes"
+    result = project.runpytest(*ARGS)
+    result.assert_outcomes(failed=3)
+    assert result.stdout.str().count("baseline not found, created") == 3
+    names = sorted(p.name for p in folder.glob("*.npz"))
+    assert len(names) == 3 and "test_map-gradcam-features-t0.npz" in names  # module-level names are unchanged
+    assert [n.split("-")[0] for n in names] == ["TestA_test_map", "TestB_TestInner_test_map", "test_map"]
+    before = digest(folder)
+    project.runpytest(*ARGS).assert_outcomes(passed=3)
+    project.runpytest(*ARGS, "--camcheck-update").assert_outcomes(passed=3)
+    assert digest(folder) == before
 
 
 def test_xdist_creates_baselines_and_merges_the_report(suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,9 +19,7 @@ from PIL import Image
 from pytest_camcheck import CamCheckError, assert_faithful, assert_sane, assert_stable, context
 from pytest_camcheck.context import CheckRecord
 from pytest_camcheck.render import plot_curves
-from pytest_camcheck.report import (
-    PLOT_SIZE, THUMBNAIL_SIZE, WORKER_OUTPUT_KEY, CheckReport, receive_from_worker, send_to_controller,
-)
+from pytest_camcheck.report import PLOT_SIZE, THUMBNAIL_SIZE, CheckReport, is_report_file
 
 from .models import SmallCNN
 
@@ -66,6 +64,7 @@ def phase(nodeid: str, when: str, outcome: str, **kw) -> SimpleNamespace:
     ([("setup", "passed"), ("call", "failed"), ("teardown", "failed")], "failed"),
     ([("setup", "skipped")], "skipped"),
     ([("setup", "passed"), ("call", "skipped")], "skipped"),
+    ([("???", "failed")], "failed"),  # pytest-xdist's report of a test whose worker crashed
 ])
 def test_outcome_of_the_phases(phases: list, outcome: str) -> None:
     report = CheckReport()
@@ -121,15 +120,20 @@ def test_merge_of_worker_reports() -> None:
         worker.add_outcome(f"t.py::w{i}", "passed" if i else "failed")
         worker.add_written([f"b{i}.npz", "shared.npz"])
     main.add_outcome("t.py::w0", "passed")
-    outputs = [{} for _ in workers]
-    for worker, out in zip(workers, outputs):
-        send_to_controller(worker, out)
-        assert isinstance(out[WORKER_OUTPUT_KEY], str)
-    assert all(receive_from_worker(main, out) for out in outputs)
-    assert not receive_from_worker(main, {})
+    for worker in workers:
+        main.merge(CheckReport.from_json(worker.to_json()))
     assert [c["test_id"] for c in main.checks] == ["t.py::w0", "t.py::w1"]
     assert main.tests["t.py::w0"]["outcome"] == "failed"
     assert main.written == ["b0.npz", "shared.npz", "b1.npz"]
+
+
+def test_earlier_reports_are_recognised_by_content(tmp_path: Path) -> None:
+    report = CheckReport()
+    report.add_record(record("t.py::a", True))
+    assert is_report_file(report.write_html(tmp_path / "r.html")) and is_report_file(report.write_json(tmp_path / "r"))
+    (tmp_path / "keep.py").write_text("print('mine')\n")
+    (tmp_path / "other.json").write_text('{"format": "pytest-camcheck-dataset-baseline"}')
+    assert not any(is_report_file(tmp_path / name) for name in ("keep.py", "other.json", "missing.html"))
 
 
 def test_rows_put_failures_first_and_show_camcheck_tests_without_checks(tmp_path: Path) -> None:

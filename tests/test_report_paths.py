@@ -32,6 +32,20 @@ def test_an_unwritable_report_path_is_a_usage_error_naming_it(passing: pytest.Py
     assert (root / "elsewhere.html").read_text() == "the user's file"
 
 
+def test_an_existing_file_that_is_not_an_earlier_report_is_never_replaced(passing: pytest.Pytester) -> None:
+    root = passing.path
+    (root / "keep.py").write_text("print('the user's code')\n")
+    for option in ("--camcheck-report=keep.py", "--camcheck-report-json=keep.py"):
+        result = passing.runpytest(*ARGS, option)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines([f"*={root / 'keep.py'}: the file exists and is not an earlier camcheck report, "
+                                     "so it is not replaced. Fix: give another path, or delete the file*"])
+    assert (root / "keep.py").read_text() == "print('the user's code')\n"
+    for _ in range(2):  # an earlier report is replaced
+        passing.runpytest(*ARGS, "--camcheck-report=r.html", "--camcheck-report-json=r.json").assert_outcomes(passed=1)
+    assert (root / "r.html").is_file() and (root / "r.json").is_file()
+
+
 @pytest.mark.parametrize("case,pattern", [
     ("a folder", "it is a folder. Fix: give a file name"),
     ("a file as parent", "afile is a file, not a folder"),
