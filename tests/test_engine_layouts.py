@@ -230,6 +230,30 @@ def test_the_automatic_layer_refuses_to_fall_back_to_the_patch_embedding() -> No
     assert r.layout == "NCHW"
 
 
+def test_the_automatic_layer_still_explains_pooled_transformers_and_cnn_trunks_before_a_transformer() -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    # Swin pools its last tokens to (N, C, 1) with AdaptiveAvgPool1d: no token stage left unread
+    swin = transformers.SwinForImageClassification(transformers.SwinConfig(
+        image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=2, num_labels=3))
+    assert compute_cam(swin.eval(), torch.rand(3, 32, 32), target=0).layer == "swin.layernorm"
+
+    class Hybrid(nn.Module):  # a CNN trunk, then a transformer head with a CLS token of its own, undeclared
+        def __init__(self) -> None:
+            super().__init__()
+            self.trunk = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1))
+            self.proj, self.cls = nn.Conv2d(8, 8, 1), nn.Parameter(torch.zeros(1, 1, 8))
+            self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 1)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            t = self.proj(self.trunk(x)).flatten(2).transpose(1, 2)
+            return self.head(self.encoder(torch.cat([self.cls.expand(len(t), -1, -1), t], 1))[:, 0])
+
+    r = compute_cam(Hybrid().eval(), torch.rand(3, 32, 32), target=0)
+    assert (r.layer, r.layout, r.empty) == ("proj", "NCHW", False)  # the trunk's last stage, a real one
+
+
 def test_an_activation_after_a_linear_on_channels_last_is_read_channels_last() -> None:
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
@@ -286,7 +310,7 @@ def test_ablation_cam_drops_within_rounding_noise_give_an_empty_map() -> None:
     assert r.empty and not r.heatmap.any()
 
 
-def test_the_automatic_layer_is_remembered_per_output_pick() -> None:
+def test_the_automatic_layer_is_remembered_per_output_pick(monkeypatch: pytest.MonkeyPatch) -> None:
     class Mix(nn.Module):  # every token, CLS included, gets the mean of all tokens
         def __init__(self) -> None:
             super().__init__()
@@ -308,7 +332,17 @@ def test_the_automatic_layer_is_remembered_per_output_pick() -> None:
             t = self.blocks(torch.cat([self.cls_token.expand(len(t), -1, -1), t], dim=1))
             return self.cls_head(t[:, 0]), self.mean_head(t[:, 1:].mean(dim=1))
 
+    from pytest_camcheck.engine import layers
+
     net, x = TwoHeads().eval(), torch.rand(3, 32, 32)
+    probes = []
+    real = layers._probe
+    monkeypatch.setattr(layers, "_probe", lambda *a: probes.append(1) or real(*a))
     assert compute_cam(net, x, target=0, output=0).layer == "blocks.0"
     assert compute_cam(net, x, target=0, output=1).layer == "blocks"  # the Sequential ends with blocks.1
     assert compute_cam(net, x, target=0, output=0).layer == "blocks.0"
+    assert compute_cam(net, x, target=1, output=1).layer == "blocks"
+    assert len(probes) == 2  # once per pick: the later calls find their layer remembered
+    for i in range(layers.AUTO_KEEP + 3):  # a new callable pick each call: the memory stays bounded
+        compute_cam(net, x, target=0, output=lambda out, i=i: out[0])
+    assert len(layers._AUTO[net]) == layers.AUTO_KEEP

@@ -349,7 +349,7 @@ def _run(model: nn.Module, batch: Batch, jobs: list[Job], layer: str | nn.Module
     """The chosen layer (``None``: the automatic one for this input size) and what the call explains."""
     if layer is None:
         with torch.inference_mode(False):
-            layer = auto_layer(model, batch.x.clone(), reader.find)
+            layer = auto_layer(model, batch.x.clone(), reader)
     layer_name, module = resolve_layer(model, layer)
     if reshape is not None and not callable(reshape):
         raise LayerError(f"reshape must be a callable (layer output -> (N, C, H, W)) or None, not "

@@ -14,10 +14,11 @@ from ..errors import LayerError, TargetError
 from .capture import evaluation_mode, record_outputs, run_model
 from .forward import check_runs_once
 from .layouts import Layout, decide_layout, inside_attention
-from .targets import find_logits
+from .targets import Reader
 
-_POOLS_TO_FIXED_SIZE = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_POOLS_TO_FIXED_SIZE = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d)
 # model -> (input shape, how logits are read) -> layer name
+AUTO_KEEP = 8
 _AUTO: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, str]]" = weakref.WeakKeyDictionary()
 
 
@@ -68,15 +69,25 @@ def _positions(shape: tuple, layout: Layout) -> int:
     return h * w
 
 
-def _unread_tokens_after(probed: list, name: str) -> tuple[str, tuple, LayerError] | None:
-    """A token output (N, L, C) that finishes after layer ``name`` and could not be read as a grid, with at least
-    as many tokens as ``name``'s grid has positions: the model's token stages, which a choice of ``name`` would
-    skip (CLS tokens the model does not declare leave them unreadable, and ``name`` is then the patch embedding
-    or stem)."""
+def _patchify(module: nn.Module) -> bool:
+    """A convolution that cuts the image into patches (stride = kernel > 1), or a module ending in one."""
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    return bool(convs) and tuple(convs[-1].stride) == tuple(convs[-1].kernel_size) and max(convs[-1].stride) > 1
+
+
+def _unread_tokens_after(probed: list, name: str, module: nn.Module) -> tuple[str, tuple, LayerError] | None:
+    """When ``name`` is a patch embedding or stem (the model's first grid, or a patchifying convolution), a token
+    output (N, L, C) that finishes after it and could not be read as a grid, with at least as many tokens as
+    ``name``'s grid has positions: the model's token stages, which a choice of ``name`` would skip (CLS tokens the
+    model does not declare leave them unreadable). A pooled output (N, C, 1) is no token stage; and a grid after
+    other grids that does not patchify (a CNN trunk's last stage before a transformer head) is a real stage of the
+    model, explained as such."""
     at = next(i for i, p in enumerate(probed) if p[0] == name)
+    if any(isinstance(p[2], Layout) for p in probed[:at]) and not _patchify(module):
+        return None
     positions = _positions(probed[at][1], probed[at][2])
     for other, shape, layout, _ in probed[at + 1:]:
-        if isinstance(layout, LayerError) and len(shape) == 3 and shape[1] >= positions:
+        if isinstance(layout, LayerError) and len(shape) == 3 and shape[1] >= positions and shape[2] > 1:
             return other, shape, layout
     return None
 
@@ -118,11 +129,12 @@ def _last_reached(model: nn.Module, x: torch.Tensor, found: list[tuple[str, Layo
     return None
 
 
-def auto_layer(model: nn.Module, x: torch.Tensor, find: Find = find_logits) -> str:
+def auto_layer(model: nn.Module, x: torch.Tensor, reader: Reader = Reader()) -> str:
     """Name of the last module whose output is a map grid before the head; probed once per model, input size
-    and ``find``. When that is a token layer, the last one whose grid the score depends on: for a CLS-pooled ViT
-    the input of the last block's attention (its patch tokens do not reach the output after it). ``find`` reads
-    the logits from the model's output (compute_cam's ``output=``). Modules that run more than once per forward
+    and ``reader`` (up to 8 of them a model). When that is a token layer, the last one whose grid the score depends
+    on: for a CLS-pooled ViT the input of the last block's attention (its patch tokens do not reach the output
+    after it). ``reader`` reads the logits from the model's output (compute_cam's ``output=`` and the number of
+    class names). Modules that run more than once per forward
     are skipped; a model whose token layers cannot be read is refused rather than explained at the layer
     before them (the patch embedding or stem).
 
@@ -131,8 +143,9 @@ def auto_layer(model: nn.Module, x: torch.Tensor, find: Find = find_logits) -> s
         >>> auto_layer(net, torch.rand(1, 3, 8, 8))
         '1'
     """
+    find = reader.find
     try:
-        key: tuple | None = (tuple(x.shape[1:]), find)
+        key: tuple | None = (tuple(x.shape[1:]), reader)  # a Reader is equal to another of the same pick and names
         cached = _AUTO.get(model, {}).get(key)
     except TypeError:  # an output= pick that cannot be hashed: probed every call
         key, cached = None, None
@@ -154,7 +167,7 @@ def auto_layer(model: nn.Module, x: torch.Tensor, find: Find = find_logits) -> s
             "Fix: pass a larger image, or name a layer with layer='...' (and reshape=... for an unusual layout)"
         )
     name = found[-1][0]
-    skipped = _unread_tokens_after(probed, name)
+    skipped = _unread_tokens_after(probed, name, dict(model.named_modules())[name])
     if skipped is not None:
         other, shape, why = skipped
         raise LayerError(
@@ -166,7 +179,10 @@ def auto_layer(model: nn.Module, x: torch.Tensor, find: Find = find_logits) -> s
     if found[-1][1].name == "tokens":
         name = _last_reached(model, x[:1], found, find) or name
     if key is not None:
-        _AUTO.setdefault(model, {})[key] = name
+        known = _AUTO.setdefault(model, {})
+        if len(known) >= AUTO_KEEP:  # e.g. a new output= lambda every call: the oldest is forgotten
+            del known[next(iter(known))]
+        known[key] = name
     return name
 
 
