@@ -310,6 +310,17 @@ def test_ablation_cam_drops_within_rounding_noise_give_an_empty_map() -> None:
     assert r.empty and not r.heatmap.any()
 
 
+def test_ablation_cam_keeps_the_real_drops_of_a_bfloat16_model() -> None:
+    import torchvision
+
+    torch.manual_seed(0)
+    net, x = torchvision.models.resnet18().eval(), torch.rand(3, 112, 112)  # its largest logit dwarfs the drops
+    full = compute_cam(net, x, method="ablationcam", layer="layer4")
+    half = compute_cam(net.to(torch.bfloat16), x, full.target, method="ablationcam", layer="layer4")
+    assert not full.empty and not half.empty  # its rounding is coarser, its drops are too: not noise
+    assert np.corrcoef(full.raw.ravel(), half.raw.ravel())[0, 1] > 0.9
+
+
 def test_the_automatic_layer_is_remembered_per_output_pick(monkeypatch: pytest.MonkeyPatch) -> None:
     class Mix(nn.Module):  # every token, CLS included, gets the mean of all tokens
         def __init__(self) -> None:

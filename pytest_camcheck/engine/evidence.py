@@ -243,7 +243,7 @@ def ablated_scores(run: Run, seen: Captured) -> tuple[torch.Tensor, torch.Tensor
         scale = base.abs()
         if seen.logits is not None:
             scale = torch.maximum(scale, seen.logits.detach().float().abs().amax(dim=1)[images_of(run.jobs)])
-        noise = float_noise(base[:, None] - out, scale[:, None], x.dtype)
+        noise = float_noise(base[:, None] - out, scale[:, None])
         out = torch.where(noise, base[:, None], out)
         if seen.layout.prefix and bool(noise.all()) and _prefix_reaches(run, seen, base, scale):
             raise _prefix_only(run, seen)
@@ -257,7 +257,7 @@ def _prefix_reaches(run: Run, seen: Captured, base: torch.Tensor, scale: torch.T
         cleared[:, :seen.layout.prefix] = 0
         output = _suffix_forward(run, run.batch.x[image_index:image_index + 1], cleared)
         scores = score_matrix([seen.scorers[j] for j in rows], output, 1, run.reader)[:, 0]
-        if not bool(float_noise(base[rows] - scores, scale[rows], run.batch.x.dtype).all()):
+        if not bool(float_noise(base[rows] - scores, scale[rows]).all()):
             return True
     return False
 

@@ -92,16 +92,17 @@ def eigencam(acts: torch.Tensor, _evidence: None = None) -> torch.Tensor:
 NOISE_ULPS = 16  # rounding noise of a score recomputed in another batch: measured up to 12 ulps on timm ViTs
 
 
-def float_noise(differences: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Where score differences are rounding noise: within NOISE_ULPS units in the last place of ``dtype``
-    (the model's) of scores as large as ``scale``. Such a difference says nothing about the target, however
-    large min-max normalisation would make it.
+def float_noise(differences: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Where score differences are rounding noise: within NOISE_ULPS float32 units in the last place of scores as
+    large as ``scale``. Such a difference says nothing about the target, however large min-max normalisation
+    would make it. float32's, whatever the model's dtype: a bfloat16 model's rounding is 65,000 times coarser,
+    and its real drops are of that order too, so a coarser threshold would empty its maps (they stay noisy).
 
     Example:
-        >>> float_noise(torch.tensor([5e-7, 0.01]), torch.tensor(3.0), torch.float32).tolist()
+        >>> float_noise(torch.tensor([5e-7, 0.01]), torch.tensor(3.0)).tolist()
         [True, False]
     """
-    return differences.abs() <= NOISE_ULPS * torch.finfo(dtype).eps * scale
+    return differences.abs() <= NOISE_ULPS * torch.finfo(torch.float32).eps * scale
 
 
 def scorecam(acts: torch.Tensor, channel_scores: torch.Tensor) -> torch.Tensor:
@@ -112,7 +113,7 @@ def scorecam(acts: torch.Tensor, channel_scores: torch.Tensor) -> torch.Tensor:
     """
     scores = channel_scores.to(acts.dtype)
     spread = scores.amax(dim=1) - scores.amin(dim=1)
-    flat = float_noise(spread, scores.abs().amax(dim=1).clamp_min(1e-12), torch.float32)
+    flat = float_noise(spread, scores.abs().amax(dim=1).clamp_min(1e-12))
     weights = torch.where(flat[:, None], torch.zeros_like(scores), torch.softmax(scores, dim=1))
     return _weighted(weights, acts)
 
