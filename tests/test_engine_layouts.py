@@ -267,6 +267,21 @@ def test_an_activation_after_a_linear_on_channels_last_is_read_channels_last() -
     assert compute_cam(net, x, target=2).layout in ("NCHW", "NHWC")  # the automatic choice is unaffected
 
 
+def test_the_pass_that_tells_a_layout_runs_once_per_layer_and_size_not_per_call(monkeypatch: pytest.MonkeyPatch
+                                                                                ) -> None:
+    from pytest_camcheck.engine import forward
+
+    passes = []
+    real = forward.probe_flow
+    monkeypatch.setattr(forward, "probe_flow", lambda *a: passes.append(1) or real(*a))
+    torch.manual_seed(0)  # a ReLU's (N, 16, 16, 16) output: both readings are grids of the 64 px input
+    net = nn.Sequential(nn.Conv2d(3, 16, 4, stride=4), nn.BatchNorm2d(16), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(16 ** 3, 3)).eval()
+    for _ in range(3):
+        assert compute_cam(net, torch.rand(3, 64, 64), 0, layer="2").layout == "NCHW"  # the BatchNorm's tensor
+    assert len(passes) == 1
+
+
 def test_an_output_that_reads_both_ways_with_nothing_to_tell_is_refused() -> None:
     class PermutedInCode(nn.Module):
         def __init__(self) -> None:
