@@ -276,7 +276,7 @@ def infer_geometry(preprocess: Any, image_size: tuple[int, int]) -> Geometry:
         return geom
     for step in _steps(adapt_preprocess(preprocess)):
         name = type(step).__name__
-        if isinstance(step, _Neutral) or _is_torchvision(step, *_NEUTRAL_NAMES):
+        if isinstance(step, _Neutral) or _is_torchvision(step, *_NEUTRAL_NAMES) or type(step) is torch.nn.Identity:
             continue
         if _is_torchvision(step, "ImageClassification"):
             resize = step.resize_size

@@ -23,6 +23,7 @@ PIPELINES = {
                               v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.2] * 3)]),
     "preset": lambda: torchvision.models.ResNet18_Weights.DEFAULT.transforms(),
     "sequential": lambda: torch.nn.Sequential(T.Resize(64), T.CenterCrop(48)),
+    "identity": lambda: T.Compose([torch.nn.Identity(), T.Resize(64), T.ToTensor()]),  # a placeholder step
 }
 
 
