@@ -366,7 +366,8 @@ def run_dataset(model: torch.nn.Module, dataset: Dataset | str | Any, *, min_pas
     rule = _Rule(Rule(min_lift=min_lift, tolerance=tolerance), bool(pointing),
                  None if min_energy is None else check_threshold("min_energy", min_energy, low=0.0))
     info = model_info(model)
-    categories = cam_kwargs.get("categories") or (info.categories if info is not None else None)
+    given = cam_kwargs.get("categories")  # categories=[] means no names, as in compute_cam
+    categories = given if given is not None else (info.categories if info is not None else None)
     targets, skipped = _targets(dataset, classes, categories)
     groups = _groups(targets, categories)
 

@@ -353,3 +353,17 @@ def test_a_dataset_baseline_keys_merged_labels_by_their_joined_name(model, tmp_p
     [baseline] = tmp_path.glob("t-dataset-*.json")
     assert json.loads(baseline.read_text())["checks"] == [["two.png", "cat+kitten", True]]
     assert CamRegression(tmp_path, "t").check_dataset(model, split, classes=classes).pass_rate == 1.0
+
+
+def test_categories_given_empty_means_no_names_as_in_compute_cam(model, singles):
+    import copy
+
+    # a head replaced by one of 3 outputs keeps the model's 6 registered names: they are refused, and
+    # categories=[] (no names) with classes= mapping labels to indices is the documented way through
+    net = copy.deepcopy(model)
+    net.fc = torch.nn.Linear(net.fc.in_features, 3)
+    with pytest.raises(CamCheckError, match=r"6 class names are known but the model has 3 outputs"):
+        run_dataset(net, singles, overlays=False, classes={label: 0 for label in CLASSES})
+    result = run_dataset(net, singles, overlays=False, min_pass_rate=0.0, categories=[],
+                         classes={label: 0 for label in CLASSES})
+    assert result.checks and {c.target for c in result.checks} == {0}
