@@ -40,7 +40,7 @@ from ._values import check_threshold
 from .datasets import Dataset, load_dataset
 from .datasets.core import Entry
 from .engine import CamResult, compute_cam
-from .engine.targets import _index_of_name
+from .engine.targets import index_of_name
 from .errors import CamCheckError, MixedSizesError, RegionError, TargetError, UnseenRegionError
 from .metrics import RegionMetrics, measure
 from .regions import to_mask
@@ -223,7 +223,7 @@ def _groups(targets: Mapping[str, Any], categories: Sequence[str] | None) -> dic
         key = target
         if isinstance(target, str) and categories:
             try:
-                key = _index_of_name(target, categories, len(categories))
+                key = index_of_name(target, categories, len(categories))
             except TargetError:
                 pass  # compute_cam reports it
         by_class.setdefault(key, []).append(label)

@@ -142,6 +142,17 @@ def _upright(img: Image.Image) -> tuple[Image.Image, int]:
     return ImageOps.exif_transpose(img), orientation
 
 
+def too_large(path: Path | str, err: Exception) -> str:
+    """The problem and the fix for an image over Pillow's decompression-bomb limit.
+
+    Example:
+        >>> too_large("big.png", ValueError("200000000 pixels")).split(". Fix")[0]
+        'big.png is larger than Pillow opens by default (200000000 pixels)'
+    """
+    return (f"{path} is larger than Pillow opens by default ({err}). Fix: downscale the image, or raise "
+            "PIL.Image.MAX_IMAGE_PIXELS if you trust the file")
+
+
 def _from_path(path: Path) -> tuple[Image.Image, int]:
     where = path.resolve()
     if not path.exists():
@@ -156,8 +167,7 @@ def _from_path(path: Path) -> tuple[Image.Image, int]:
     except UnidentifiedImageError as err:
         raise InputError(f"{where} is not an image Pillow can read; pass a PNG, JPEG, BMP, TIFF or WebP file") from err
     except Image.DecompressionBombError as err:
-        raise InputError(f"{where} is larger than Pillow opens by default ({err}). Fix: downscale the image, or raise "
-                         "PIL.Image.MAX_IMAGE_PIXELS if you trust the file") from err
+        raise InputError(too_large(where, err)) from err
     except OSError as err:
         raise InputError(f"could not read the image {where} ({err}); the file may be truncated, replace it") from err
 

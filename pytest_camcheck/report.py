@@ -171,19 +171,6 @@ class CheckReport:
             if path not in self.written:
                 self.written.append(path)
 
-    def merge(self, other: CheckReport) -> None:
-        """Add another report's checks, outcomes and written files (a pytest-xdist worker's).
-
-        Example:
-            >>> a, b = CheckReport(), CheckReport()
-            >>> b.add_outcome("t.py::x", "skipped"); a.merge(b); list(a.tests)
-            ['t.py::x']
-        """
-        self.checks.extend(other.checks)
-        for test_id, info in other.tests.items():
-            self.add_outcome(test_id, info["outcome"], info["message"], camcheck=info["camcheck"])
-        self.add_written(other.written)
-
     def summary(self) -> dict[str, Any]:
         """Counts of tests by outcome and of checks passed and failed.
 

@@ -113,20 +113,6 @@ def test_foreign_json_is_a_clear_error(text: str) -> None:
         CheckReport.from_json(text)
 
 
-def test_merge_of_worker_reports() -> None:
-    main, workers = CheckReport(), [CheckReport(), CheckReport()]
-    for i, worker in enumerate(workers):
-        worker.add_record(record(f"t.py::w{i}", bool(i)))
-        worker.add_outcome(f"t.py::w{i}", "passed" if i else "failed")
-        worker.add_written([f"b{i}.npz", "shared.npz"])
-    main.add_outcome("t.py::w0", "passed")
-    for worker in workers:
-        main.merge(CheckReport.from_json(worker.to_json()))
-    assert [c["test_id"] for c in main.checks] == ["t.py::w0", "t.py::w1"]
-    assert main.tests["t.py::w0"]["outcome"] == "failed"
-    assert main.written == ["b0.npz", "shared.npz", "b1.npz"]
-
-
 def test_earlier_reports_are_recognised_by_content(tmp_path: Path) -> None:
     report = CheckReport()
     report.add_record(record("t.py::a", True))

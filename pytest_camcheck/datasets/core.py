@@ -52,8 +52,9 @@ def read_text(file: Path) -> str:
 
 
 def _too_large(where: str, path: Path, err: Exception) -> AnnotationError:
-    return AnnotationError(f"{where}: {path} is larger than Pillow opens by default ({err}). Fix: downscale the "
-                           "image, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file")
+    from ..images import too_large
+
+    return AnnotationError(f"{where}: {too_large(path, err)}")
 
 
 def image_size(path: Path, where: str) -> tuple[int, int, int]:

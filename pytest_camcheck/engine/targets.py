@@ -230,14 +230,21 @@ def resolve_target(target: Target, logits_row: torch.Tensor, categories: Sequenc
             raise TargetError(f"target class {index} is out of range: the model has {n} classes (0..{n - 1})")
         return Scorer(index)
     if isinstance(target, str):
-        return Scorer(_index_of_name(target, categories, n))
+        return Scorer(index_of_name(target, categories, n))
     raise TargetError(
         f"target of type {type(target).__name__} is not understood; pass a class index, a class name, None (top-1) "
         "or a callable on the model output"
     )
 
 
-def _index_of_name(name: str, categories: Sequence[str] | None, n: int) -> int:
+def index_of_name(name: str, categories: Sequence[str] | None, n: int) -> int:
+    """The index of class ``name`` among ``categories`` (the model's ``n`` classes): the exact name, else the
+    one name equal to it ignoring case; a TargetError naming the fix when there is none, or more than one.
+
+    Example:
+        >>> index_of_name("Dog", ["cat", "dog"], 2)
+        1
+    """
     if not categories:
         raise TargetError(
             f"target {name!r} is a class name, but no class names are known for this model. Fix: pass "
