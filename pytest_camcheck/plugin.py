@@ -134,7 +134,23 @@ def _resolve(config: pytest.Config) -> CamcheckConfig:
         report=values["report"].value,
         report_json=values["report_json"].value,
     )
+    _distinct_outputs(config, settings)
     return settings if settings.device_asked == "auto" else _with_device(config, settings)
+
+
+def _distinct_outputs(config: pytest.Config, settings: CamcheckConfig) -> None:
+    """The HTML report, the JSON report and pytest's JUnit XML go to three different files: one written over
+    another would lose it without a word."""
+    outputs = {"--camcheck-report": settings.report, "--camcheck-report-json": settings.report_json,
+               "--junitxml": getattr(config.option, "xmlpath", None)}
+    seen: dict[str, str] = {}
+    for setting, path in outputs.items():
+        if path:
+            where = os.path.abspath(os.path.expanduser(str(path)))
+            if where in seen:
+                raise pytest.UsageError(f"{seen[where]} and {setting} are both {where}, so one file would be written "
+                                        f"over the other. Fix: give {setting} another path")
+            seen[where] = setting
 
 
 def _accelerators(config: pytest.Config) -> Accelerators:
@@ -410,10 +426,15 @@ class _RunReport:
         self.report = report
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        for row in getattr(report, "camcheck_checks", ()):
-            self.report.add_record(row)
+        if report.outcome != "rerun":  # an attempt that a rerun plugin repeats: its checks do not stand
+            for row in getattr(report, "camcheck_checks", ()):
+                self.report.add_record(row)
         self.report.add_test_report(report, camcheck=bool(getattr(report, "camcheck_used", False)))
         self.report.add_written(getattr(report, "camcheck_written", ()))
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:  # a module that could not be collected is an error of the run, listed with its text
+            self.report.add_outcome(report.nodeid or "(collection)", "error", report.longreprtext)
 
 
 @pytest.fixture
@@ -470,11 +491,18 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     report = config.stash[REPORT_KEY]
     if hasattr(config, "workerinput"):  # a pytest-xdist worker: its checks went to the controller with each report
         return
+    if config.option.collectonly:  # no test ran: an earlier report is left as it is
+        return
+    from ._io import check_output_file
+    from .report import is_report_file
+
     settings = config.stash[CONFIG_KEY]
     problems = config.stash.setdefault(_REPORT_PROBLEMS_KEY, [])
-    for path, write in ((settings.report, report.write_html), (settings.report_json, report.write_json)):
+    for path, write, setting in ((settings.report, report.write_html, "--camcheck-report"),
+                                 (settings.report_json, report.write_json, "--camcheck-report-json")):
         if path is not None:
             try:
+                check_output_file(path, setting, replaceable=is_report_file)  # again: a test may have made it since
                 write(path)
             except (OSError, CamCheckError) as err:  # the run's outcome and summary matter more than the report
                 problems.append(f"camcheck: the report was not written: {err}")

@@ -81,7 +81,7 @@ def test_a_report_that_cannot_be_written_at_the_end_is_one_warning_line(pytester
     (pytester.path / "out").mkdir()
     result = pytester.runpytest(*ARGS, "--camcheck-report=out/report.html")
     assert result.ret == 0
-    result.stdout.fnmatch_lines(["*camcheck: the report was not written: cannot write *report.html*Fix:*",
+    result.stdout.fnmatch_lines(["*camcheck: the report was not written: *report.html*out is a file, not a folder*Fix:*",
                                  "*1 passed*"])
     assert len([line for line in result.outlines if "the report was not written" in line]) == 1
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
@@ -151,3 +151,79 @@ def test_the_page_lists_every_failed_test_with_its_error_and_each_checks_image(p
     assert "test_fine" not in page  # passing tests without checks only count
     assert "shapes-single-1000001" in page and "shapes-single-1000002" in page and "photo.png" in page
     assert ">test failed<" in page and ">test error<" in page and ">test passed<" in page
+
+
+def test_the_reports_and_junit_xml_must_be_three_files(passing: pytest.Pytester) -> None:
+    for options in (("--camcheck-report=out", "--camcheck-report-json=out"), ("--camcheck-report-json=o.xml",
+                                                                                "--junitxml=o.xml")):
+        result = passing.runpytest(*ARGS, *options)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(["*--* and --* are both *, so one file would be written over the other. Fix:*"])
+
+
+def test_a_file_a_test_makes_at_the_report_path_is_not_replaced(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_one="from pathlib import Path\n\ndef test_writes():\n"
+                                 "    Path('out.json').write_text('precious')\n")
+    result = pytester.runpytest(*ARGS, "--camcheck-report-json=out.json")
+    result.assert_outcomes(passed=1)
+    assert (pytester.path / "out.json").read_text() == "precious"
+    result.stdout.fnmatch_lines(["*camcheck: the report was not written: *out.json: the file exists and is not an "
+                                 "earlier camcheck report*"])
+
+
+def test_collect_only_leaves_an_earlier_report_and_collection_errors_are_listed(passing: pytest.Pytester) -> None:
+    import json
+
+    root = passing.path
+    passing.runpytest(*ARGS, "--camcheck-report-json=r.json").assert_outcomes(passed=1)
+    earlier = (root / "r.json").read_text()
+    passing.runpytest(*ARGS, "--collect-only", "--camcheck-report-json=r.json")
+    assert (root / "r.json").read_text() == earlier
+    passing.makepyfile(test_broken="import no_such_module_here\n\ndef test_never():\n    pass\n")
+    passing.runpytest(*ARGS, "--continue-on-collection-errors", "--camcheck-report-json=r.json")
+    tests = json.loads((root / "r.json").read_text())["tests"]
+    assert tests["test_broken.py"]["outcome"] == "error" and "no_such_module_here" in tests["test_broken.py"]["message"]
+    assert tests["test_one.py::test_ok"]["outcome"] == "passed"
+
+
+RERUN_ONCE = '''
+import pytest
+from _pytest.runner import runtestprotocol
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):  # pytest-rerunfailures' protocol in small: a failed call runs again
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    for attempt in range(2):
+        reports = runtestprotocol(item, nextitem=nextitem, log=False)
+        failed = attempt == 0 and any(r.failed for r in reports)
+        for report in reports:
+            if failed and report.failed:
+                report.outcome = "rerun"
+            item.ihook.pytest_runtest_logreport(report=report)
+        if not failed:
+            break
+        item._initrequest()
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
+'''
+
+
+def test_the_checks_of_an_attempt_that_is_rerun_do_not_stand(pytester: pytest.Pytester) -> None:
+    import json
+
+    pytester.makeconftest(RERUN_ONCE)
+    pytester.makepyfile(test_flaky='''
+calls = []
+
+
+def test_flaky(camcheck, camcheck_model, camcheck_image):
+    calls.append(1)
+    s = camcheck_image("shapes-pair-1000003")
+    region = s.regions["square"] if len(calls) == 1 else s.regions["cross"]  # the first attempt checks the wrong one
+    camcheck.attends_to(camcheck_model("camcheck-shapes"), s.image, "cross", region)
+''')
+    pytester.runpytest_subprocess(*ARGS, "--camcheck-report-json=r.json")
+    report = json.loads((pytester.path / "r.json").read_text())
+    assert report["tests"]["test_flaky.py::test_flaky"]["outcome"] == "passed"
+    assert [c["passed"] for c in report["checks"]] == [True]
