@@ -420,14 +420,17 @@ def _png_data(img: Any) -> str:
 
 # ------------------------------------------------------------------------------ curves of the quality checks
 
+CURVED_CHECKS = ("sane", "faithful", "stable")  # the checks render.QUALITY_CURVES draws
+
+
 def _curve_html(row: dict[str, Any]) -> str:
     """The check's curve as an inlined plot (:data:`PLOT_SIZE`) drawn from its recorded metrics; '' for checks
     without one and for metrics that are missing or not what the check records (an old or foreign report)."""
-    from .render import QUALITY_CURVES, quality_curve
-
     check = row.get("check")
-    if not isinstance(check, str) or check not in QUALITY_CURVES:
+    if not isinstance(check, str) or check not in CURVED_CHECKS:  # before importing render, which imports torch
         return ""
+    from .render import quality_curve
+
     try:
         data = _png_data(quality_curve(check, _dict(row.get("metrics")), _dict(row.get("thresholds")),
                                        size=PLOT_SIZE))

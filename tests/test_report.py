@@ -252,6 +252,22 @@ def test_passing_quality_checks_show_their_curve(quality: dict, tmp_path: Path) 
         assert "no picture" not in row
 
 
+def test_the_report_knows_which_checks_have_curves_without_importing_render(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from pytest_camcheck.render import QUALITY_CURVES
+    from pytest_camcheck.report import CURVED_CHECKS
+
+    assert set(CURVED_CHECKS) == set(QUALITY_CURVES)
+    row = CheckReport.check_row(record("t.py::a", False))
+    code = (f"import sys\nfrom pytest_camcheck.report import CheckReport\nr = CheckReport()\nr.add_record({row!r})\n"
+            f"r.write_html({str(tmp_path / 'r.html')!r})\nprint('torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "False"  # a report without quality checks is written without torch
+
+
 def test_the_curves_survive_the_json_round_trip(quality: dict, tmp_path: Path) -> None:
     report = CheckReport.from_json(quality_report(quality["records"][:3]).to_json())
     page = report.write_html(tmp_path / "r.html").read_text()
