@@ -139,14 +139,14 @@ def _resolve(config: pytest.Config) -> CamcheckConfig:
 
 
 def _distinct_outputs(config: pytest.Config, settings: CamcheckConfig) -> None:
-    """The HTML report, the JSON report and pytest's JUnit XML go to three different files: one written over
-    another would lose it without a word."""
+    """The HTML report, the JSON report, pytest's JUnit XML and pytest-html's page go to different files: one
+    written over another would lose it without a word."""
     outputs = {"--camcheck-report": settings.report, "--camcheck-report-json": settings.report_json,
-               "--junitxml": getattr(config.option, "xmlpath", None)}
+               "--junitxml": getattr(config.option, "xmlpath", None), "--html": getattr(config.option, "htmlpath", None)}
     seen: dict[str, str] = {}
     for setting, path in outputs.items():
         if path:
-            where = os.path.abspath(os.path.expanduser(str(path)))
+            where = os.path.abspath(os.path.expanduser(os.path.expandvars(str(path))))
             if where in seen:
                 raise pytest.UsageError(f"{seen[where]} and {setting} are both {where}, so one file would be written "
                                         f"over the other. Fix: give {setting} another path")

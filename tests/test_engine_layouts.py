@@ -369,6 +369,40 @@ def test_the_automatic_layer_is_remembered_per_output_pick(monkeypatch: pytest.M
     assert compute_cam(net, x, target=0, output=0).layer == "blocks.0"
     assert compute_cam(net, x, target=1, output=1).layer == "blocks"
     assert len(probes) == 2  # once per pick: the later calls find their layer remembered
-    for i in range(layers.AUTO_KEEP + 3):  # a new callable pick each call: the memory stays bounded
-        compute_cam(net, x, target=0, output=lambda out, i=i: out[0])
+    for i in range(layers.AUTO_KEEP + 3):  # a new input size each call: the memory stays bounded
+        compute_cam(net, torch.rand(3, 36 + 4 * i, 36), target=0, output=0)
     assert len(layers._AUTO[net]) == layers.AUTO_KEEP
+    compute_cam(net, x, target=0, output=lambda out: out[0])  # a callable pick: probed, not kept
+    assert len(layers._AUTO[net]) == layers.AUTO_KEEP and len(probes) == 2 + layers.AUTO_KEEP + 3 + 1
+
+
+def test_cached_choices_are_made_again_when_the_model_changes() -> None:
+    import gc
+    import weakref as weak
+
+    from torchvision.ops import Permute
+
+    torch.manual_seed(0)
+    x = torch.rand(3, 64, 64)
+    # a layout told by the tensor's producer belongs to the model around the module: one ReLU in two models
+    relu = nn.ReLU()
+    a = nn.Sequential(nn.Conv2d(3, 16, 4, stride=4), nn.BatchNorm2d(16), relu, nn.Flatten(), nn.Linear(16 ** 3, 3))
+    b = nn.Sequential(nn.Conv2d(3, 16, 4, stride=4), Permute([0, 2, 3, 1]), relu, nn.Flatten(), nn.Linear(16 ** 3, 3))
+    assert compute_cam(a.eval(), x, 0, layer="2").layout == "NCHW"
+    assert compute_cam(b.eval(), x, 0, layer="2").layout == "NHWC"
+    a[1] = Permute([0, 2, 3, 1])  # and a module replaced in place
+    assert compute_cam(a, x, 0, layer="2").layout == "NHWC"
+    # the automatic layer of a model whose module was replaced is probed again
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(4 * 64 * 64, 2)).eval()
+    assert compute_cam(net, x, 0).layer == "3"
+    net[3] = nn.Flatten()  # no grid any more: the last one is the convolution before it
+    assert compute_cam(net, x, 0).layer == "2"
+    # a callable output= pick (here the model's own method) is not kept, so it does not keep the model alive
+    holder = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 64 * 64, 2)).eval()
+    holder.pick = lambda out: out  # type: ignore[attr-defined]
+    compute_cam(holder, x, 0, output=holder.pick)
+    gone = weak.ref(holder)
+    del holder
+    gc.collect()
+    assert gone() is None

@@ -153,9 +153,11 @@ def test_the_page_lists_every_failed_test_with_its_error_and_each_checks_image(p
     assert ">test failed<" in page and ">test error<" in page and ">test passed<" in page
 
 
-def test_the_reports_and_junit_xml_must_be_three_files(passing: pytest.Pytester) -> None:
-    for options in (("--camcheck-report=out", "--camcheck-report-json=out"), ("--camcheck-report-json=o.xml",
-                                                                                "--junitxml=o.xml")):
+def test_the_reports_junit_xml_and_pytest_html_must_be_different_files(passing: pytest.Pytester) -> None:
+    cases = [("--camcheck-report=out", "--camcheck-report-json=out"), ("--camcheck-report-json=o.xml", "--junitxml=o.xml")]
+    if passing.parseconfig().pluginmanager.hasplugin("html"):
+        cases.append(("--camcheck-report=p.html", "--html=p.html"))
+    for options in cases:
         result = passing.runpytest(*ARGS, *options)
         assert result.ret == pytest.ExitCode.USAGE_ERROR
         result.stderr.fnmatch_lines(["*--* and --* are both *, so one file would be written over the other. Fix:*"])

@@ -258,6 +258,18 @@ def capture_layer(module: nn.Module, *, track_grad: bool, replace: torch.Tensor 
         torch.set_grad_enabled(grad_before)
 
 
+def structure(model: nn.Module) -> tuple[int, ...]:
+    """The identity of every module of ``model``, in order: what a cached choice about the model (its automatic
+    layer, a layout told by its flow) was made on, so that a module replaced or moved since asks again.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+        >>> before = structure(net); net[1] = nn.GELU(); structure(net) == before
+        False
+    """
+    return tuple(map(id, model.modules()))
+
+
 @dataclass
 class Flow:
     """Which modules handed which tensor to which, from one pass: ``returned[m]``, the modules that returned the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import threading
 import weakref
 from collections import Counter
 from typing import Any, Callable
@@ -11,14 +12,15 @@ import torch
 from torch import nn
 
 from ..errors import LayerError, TargetError
-from .capture import evaluation_mode, record_outputs, run_model
+from .capture import evaluation_mode, record_outputs, run_model, structure
 from .forward import check_runs_once
 from .layouts import Layout, decide_layout, inside_attention
 from .targets import Reader
 
 _POOLS_TO_FIXED_SIZE = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d)
-# model -> (input shape, how logits are read) -> layer name
+# model -> (input shape, how logits are read, the model's structure) -> layer name
 AUTO_KEEP = 8
+_AUTO_GUARD = threading.Lock()
 _AUTO: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, str]]" = weakref.WeakKeyDictionary()
 
 
@@ -144,10 +146,12 @@ def auto_layer(model: nn.Module, x: torch.Tensor, reader: Reader = Reader()) -> 
         '1'
     """
     find = reader.find
+    # a Reader is equal to another of the same pick and names; a callable pick (maybe a method of the model, which
+    # the cache would then keep alive) and one that cannot be hashed are probed every call
+    key: tuple | None = None if callable(reader.pick) else (tuple(x.shape[1:]), reader, structure(model))
     try:
-        key: tuple | None = (tuple(x.shape[1:]), reader)  # a Reader is equal to another of the same pick and names
-        cached = _AUTO.get(model, {}).get(key)
-    except TypeError:  # an output= pick that cannot be hashed: probed every call
+        cached = _AUTO.get(model, {}).get(key) if key is not None else None
+    except TypeError:
         key, cached = None, None
     if cached is not None:
         return cached
@@ -179,10 +183,11 @@ def auto_layer(model: nn.Module, x: torch.Tensor, reader: Reader = Reader()) -> 
     if found[-1][1].name == "tokens":
         name = _last_reached(model, x[:1], found, find) or name
     if key is not None:
-        known = _AUTO.setdefault(model, {})
-        if len(known) >= AUTO_KEEP:  # e.g. a new output= lambda every call: the oldest is forgotten
-            del known[next(iter(known))]
-        known[key] = name
+        with _AUTO_GUARD:  # two threads may fill one model's entries at once
+            known = _AUTO.setdefault(model, {})
+            while len(known) >= AUTO_KEEP:  # other input sizes, picks or structures: the oldest is forgotten
+                del known[next(iter(known))]
+            known[key] = name
     return name
 
 

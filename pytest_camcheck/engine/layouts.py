@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import LayerError
-from .capture import Flow
+from .capture import Flow, structure
 
 Reshape = Callable[[torch.Tensor], torch.Tensor]
 
@@ -298,17 +298,17 @@ def _attention(where: str) -> LayerError:
     )
 
 
-# module -> (its output shape, the input size) -> what the flow of a pass said (a pass costs a forward: one per
+# module -> (the model's structure, its output shape, the input size) -> what the flow of a pass said (a pass costs a forward: one per
 # module and size, not one per call)
 _FLOW_SAID: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, bool | None]]" = weakref.WeakKeyDictionary()
 
 
-def _flow_verdict(module: nn.Module, shape: torch.Size, input_size: tuple[int, int],
+def _flow_verdict(model: nn.Module, module: nn.Module, shape: torch.Size, input_size: tuple[int, int],
                   flow: Callable[[], Flow] | None) -> bool | None:
     if flow is None:
         return None
-    known = _FLOW_SAID.setdefault(module, {})
-    key = (tuple(shape[1:]), tuple(input_size))
+    known = _FLOW_SAID.setdefault(module, {})  # setdefault and item assignment: atomic under the GIL
+    key = (structure(model), tuple(shape[1:]), tuple(input_size))  # the flow depends on the model around it
     if key not in known:
         known[key] = _said_by_flow(module, flow())
     return known[key]
@@ -324,7 +324,7 @@ def _four_dims(output: torch.Tensor, where: str, model: nn.Module, module: nn.Mo
             strides_first, strides_last = _mismatch(d2, d3, *input_size), _mismatch(d1, d2, *input_size)
             if abs(strides_first - strides_last) > 0.1:
                 return NCHW if strides_first < strides_last else NHWC
-            said = _flow_verdict(module, output.shape, input_size, flow)
+            said = _flow_verdict(model, module, output.shape, input_size, flow)
         if said is None:
             raise LayerError(
                 f"{where}, which reads as a grid both as (N, C, H, W) and as (N, H, W, C) for an input of "
