@@ -10,7 +10,8 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-TEST_FILE = """
+# a model whose gradient map is known, a scene for it, and the layer and method (shared by the test files)
+SETUP = """
 import torch
 from tests_models import KnownGradient
 
@@ -27,7 +28,9 @@ def scene():
     return x
 
 KW = dict(layer="features", method="hirescam")
+"""
 
+TEST_FILE = SETUP + """
 def test_pass(camcheck):
     r = camcheck.attends_to(model(), scene(), 0, (38, 3, 57, 17), **KW)
     assert r.method == "hirescam"
@@ -90,25 +93,7 @@ def test_pytest_html_embeds_the_overlay_of_a_failing_check(session: pytest.Pytes
     assert "data:image/png;base64," in html
 
 
-FIXTURE_CHECKS = """
-import pytest
-import torch
-from tests_models import KnownGradient
-
-H, W = 40, 60
-
-def model():
-    m = torch.zeros(2, 3, H, W)
-    m[0, 0] = 1.0
-    return KnownGradient(m, torch.zeros(2, 3, H, W))
-
-def scene():
-    x = torch.zeros(3, H, W)
-    x[0, 5:15, 40:55] = 1.0
-    return x
-
-KW = dict(layer="features", method="hirescam")
-
+FIXTURE_CHECKS = "import pytest\n" + SETUP + """
 @pytest.fixture
 def checked(camcheck):
     camcheck.attends_to(model(), scene(), 0, (38, 3, 57, 17), **KW)
