@@ -248,11 +248,9 @@ def _dataset(args: argparse.Namespace) -> int:
     if not 0 <= args.min_pass_rate <= 1:
         raise _Usage(f"--min-pass-rate {args.min_pass_rate:g} is not a share of checks; pass a number from 0 to 1")
     if args.report:
-        from ._io import check_output_file
-        from .report import is_report_file
+        from .report import check_report_path
 
-        check_output_file(Path(os.path.abspath(Path(args.report).expanduser())), "--report",
-                          replaceable=is_report_file)
+        check_report_path(Path(os.path.abspath(Path(args.report).expanduser())), "--report")
     model = load_cli_model(args.model)
     dataset = load_dataset(args.path)
     records: list[Any] = []

@@ -493,8 +493,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     if config.option.collectonly:  # no test ran: an earlier report is left as it is
         return
-    from ._io import check_output_file
-    from .report import is_report_file
+    from .report import check_report_path
 
     settings = config.stash[CONFIG_KEY]
     problems = config.stash.setdefault(_REPORT_PROBLEMS_KEY, [])
@@ -502,7 +501,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
                                  (settings.report_json, report.write_json, "--camcheck-report-json")):
         if path is not None:
             try:
-                check_output_file(path, setting, replaceable=is_report_file)  # again: a test may have made it since
+                check_report_path(path, setting)  # again: a test may have made a file there since
                 write(path)
             except (OSError, CamCheckError) as err:  # the run's outcome and summary matter more than the report
                 problems.append(f"camcheck: the report was not written: {err}")

@@ -33,7 +33,8 @@ from ._io import atomic_write
 from .context import CheckRecord
 from .errors import CamCheckError
 
-__all__ = ["HTML_MARKER", "OUTCOMES", "PLOT_SIZE", "THUMBNAIL_SIZE", "CheckReport", "is_report_file"]
+__all__ = ["HTML_MARKER", "OUTCOMES", "PLOT_SIZE", "THUMBNAIL_SIZE", "CheckReport", "check_report_path",
+           "is_report_file"]
 
 OUTCOMES = ("failed", "error", "xpassed", "passed", "xfailed", "skipped", "unknown")
 THUMBNAIL_SIZE = (720, 300)
@@ -575,3 +576,19 @@ document.querySelectorAll('#filter input').forEach(function (box) {{
 </script>
 </body></html>
 """
+
+
+def check_report_path(path: Path, asked_by: str) -> Path:
+    """:func:`~pytest_camcheck._io.check_output_file` for a report: the path can be written, and an existing file
+    there is an earlier report (:func:`is_report_file`), never a file of the user's. Raises FileRefused naming
+    ``asked_by`` (the setting or option), the path and the fix; returns ``path``.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     check_report_path(Path(tmp) / "report.html", "--camcheck-report").name
+        'report.html'
+    """
+    from ._io import check_output_file
+
+    return check_output_file(path, asked_by, replaceable=is_report_file)

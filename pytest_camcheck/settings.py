@@ -189,11 +189,9 @@ def _parse(setting: Setting, text: Any, asked_by: str, base: Path) -> Any:
     if setting.kind == "path":
         return _folder(str(text), asked_by, base, setting.must_exist)
     if setting.kind == "file":
-        from ._io import check_output_file
-        from .report import is_report_file
+        from .report import check_report_path
 
-        return check_output_file(Path(os.path.abspath(base / Path(str(text)).expanduser())), asked_by,
-                                 replaceable=is_report_file)
+        return check_report_path(Path(os.path.abspath(base / Path(str(text)).expanduser())), asked_by)
     return setting.parse(str(text).strip() if setting.kind == "value" else str(text), asked_by)
 
 
