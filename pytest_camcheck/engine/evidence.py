@@ -218,7 +218,7 @@ def _fast_layout(run: Run, seen: Captured, base_input: torch.Tensor, image_index
 def ablated_scores(run: Run, seen: Captured) -> tuple[torch.Tensor, torch.Tensor]:
     """Ablation-CAM: (score of each job (jobs,), its score with each grid channel zeroed (jobs, C)). A zeroed
     channel's score within rounding noise of the job's (:func:`~.methods.float_noise`, at the scale of the
-    image's largest logit and in the model's dtype) is the job's score: the rerun's rounding is no evidence.
+    image's largest logit, in float32 units) is the job's score: the rerun's rounding is no evidence.
     A layer whose ablation changes no score while its prefix tokens reach it is refused, as Grad-CAM refuses
     it."""
     acts, x = seen.grid, run.batch.x

@@ -37,8 +37,12 @@ def map_layers(model: nn.Module, x: torch.Tensor) -> list[tuple[str, Layout]]:
         >>> [(name, str(layout)) for name, layout in map_layers(net, torch.rand(1, 3, 8, 8))]
         [('0', 'NCHW'), ('1', 'NCHW')]
     """
-    return [(name, layout) for name, _, layout, calls in _probe(model, x) if isinstance(layout, Layout)
-            and calls == 1]
+    return _readable(_probe(model, x))
+
+
+def _readable(probed: list[tuple[str, tuple, "Layout | LayerError", int]]) -> list[tuple[str, Layout]]:
+    """(name, layout) of the probed modules whose output has a layout and that run once."""
+    return [(name, layout) for name, _, layout, calls in probed if isinstance(layout, Layout) and calls == 1]
 
 
 def _probe(model: nn.Module, x: torch.Tensor) -> list[tuple[str, tuple, "Layout | LayerError", int]]:
@@ -136,8 +140,8 @@ def auto_layer(model: nn.Module, x: torch.Tensor, reader: Reader = Reader()) -> 
     and ``reader`` (up to 8 of them a model). When that is a token layer, the last one whose grid the score depends
     on: for a CLS-pooled ViT the input of the last block's attention (its patch tokens do not reach the output
     after it). ``reader`` reads the logits from the model's output (compute_cam's ``output=`` and the number of
-    class names). Modules that run more than once per forward
-    are skipped; a model whose token layers cannot be read is refused rather than explained at the layer
+    class names) and its structure (a module replaced since asks again). Modules that run more than once per
+    forward are skipped; a model whose token layers cannot be read is refused rather than explained at the layer
     before them (the patch embedding or stem).
 
     Example:
@@ -156,7 +160,7 @@ def auto_layer(model: nn.Module, x: torch.Tensor, reader: Reader = Reader()) -> 
     if cached is not None:
         return cached
     probed = _probe(model, x[:1])
-    found = [(name, layout) for name, _, layout, calls in probed if isinstance(layout, Layout) and calls == 1]
+    found = _readable(probed)
     if not found:
         repeated = [(name, calls) for name, _, layout, calls in probed if isinstance(layout, Layout) and calls > 1]
         if repeated:

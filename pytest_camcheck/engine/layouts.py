@@ -298,8 +298,8 @@ def _attention(where: str) -> LayerError:
     )
 
 
-# module -> (the model's structure, its output shape, the input size) -> what the flow of a pass said (a pass costs a forward: one per
-# module and size, not one per call)
+# module -> (the model's structure, its output shape, the input size) -> what the flow of a pass said (a pass
+# costs a forward: one per module, model and size, not one per call)
 _FLOW_SAID: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, bool | None]]" = weakref.WeakKeyDictionary()
 
 
