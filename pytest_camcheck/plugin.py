@@ -424,10 +424,18 @@ class _RunReport:
 
     def __init__(self, report: CheckReport) -> None:
         self.report = report
+        # a test's checks are held until its attempt ends (its teardown report): a rerun plugin marks only the
+        # failing phase "rerun", and the checks of that attempt's setup and teardown must not stand either
+        self._attempts: dict[str, tuple[list, bool]] = {}
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.outcome != "rerun":  # an attempt that a rerun plugin repeats: its checks do not stand
-            for row in getattr(report, "camcheck_checks", ()):
+        rows, rerun = self._attempts.pop(report.nodeid, ([], False))
+        rows = rows + list(getattr(report, "camcheck_checks", ()))
+        rerun = rerun or report.outcome == "rerun"
+        if report.when in ("setup", "call"):
+            self._attempts[report.nodeid] = (rows, rerun)
+        elif not rerun:  # a teardown ends the attempt, as does pytest-xdist's report for a crashed worker's test
+            for row in rows:
                 self.report.add_record(row)
         self.report.add_test_report(report, camcheck=bool(getattr(report, "camcheck_used", False)))
         self.report.add_written(getattr(report, "camcheck_written", ()))
@@ -435,6 +443,14 @@ class _RunReport:
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:  # a module that could not be collected is an error of the run, listed with its text
             self.report.add_outcome(report.nodeid or "(collection)", "error", report.longreprtext)
+
+    def finish(self) -> None:
+        """Add the checks of attempts that never reached their teardown (an interrupted run)."""
+        for rows, rerun in self._attempts.values():
+            if not rerun:
+                for row in rows:
+                    self.report.add_record(row)
+        self._attempts.clear()
 
 
 @pytest.fixture
@@ -493,6 +509,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     if config.option.collectonly:  # no test ran: an earlier report is left as it is
         return
+    run_report = config.pluginmanager.get_plugin("camcheck-run-report")
+    if run_report is not None:
+        run_report.finish()
     from .report import check_report_path
 
     settings = config.stash[CONFIG_KEY]

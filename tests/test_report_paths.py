@@ -229,3 +229,35 @@ def test_flaky(camcheck, camcheck_model, camcheck_image):
     report = json.loads((pytester.path / "r.json").read_text())
     assert report["tests"]["test_flaky.py::test_flaky"]["outcome"] == "passed"
     assert [c["passed"] for c in report["checks"]] == [True]
+
+
+def test_the_setup_and_teardown_checks_of_a_rerun_attempt_do_not_stand_either(pytester: pytest.Pytester) -> None:
+    import json
+
+    pytester.makeconftest(RERUN_ONCE)
+    pytester.makepyfile(test_flaky='''
+import pytest
+
+calls = []
+
+
+@pytest.fixture
+def checked(camcheck, camcheck_model, camcheck_image):
+    s = camcheck_image("shapes-pair-1000003")
+    model = camcheck_model("camcheck-shapes")
+    camcheck.attends_to(model, s.image, "cross", s.regions["cross"])  # setup: passes in both attempts
+    yield model, s
+    camcheck.not_attends_to(model, s.image, "cross", s.regions["square"])  # teardown: passes in both attempts
+
+
+def test_flaky(camcheck, checked):
+    model, s = checked
+    calls.append(1)
+    region = s.regions["square"] if len(calls) == 1 else s.regions["cross"]  # the first attempt checks the wrong one
+    camcheck.attends_to(model, s.image, "cross", region)
+''')
+    pytester.runpytest_subprocess(*ARGS, "--camcheck-report-json=r.json")
+    report = json.loads((pytester.path / "r.json").read_text())
+    assert report["tests"]["test_flaky.py::test_flaky"]["outcome"] == "passed"
+    assert [(c["check"], c["passed"]) for c in report["checks"]] == [
+        ("attends_to", True), ("attends_to", True), ("not_attends_to", True)]  # the second attempt's, once each
