@@ -9,6 +9,11 @@ fail when the rate dropped by more than ``max_drop`` from the baseline's, listin
 to fail; a baseline recorded for another dataset, method or layer is refused. ``--camcheck-update`` rewrites a
 missing, unreadable, foreign or failing baseline and passes. Nothing existing is changed otherwise; a symbolic link
 at the baseline's path is refused, a dangling one removed by ``--camcheck-update``, as for map baselines.
+Dataset baselines were once named ``<test>[-<basename>]-dataset-<method>.json`` (the test's own name as pytest
+gives it, without class path, layer or counter): when a check's baseline is missing and a file under that former
+name was recorded for its dataset, method and layer, the check is refused with the ``git mv`` to make rather than
+given a new baseline silently; ``--camcheck-update`` records a new one and names the former file, which is left as
+it was.
 
 Example:
     >>> cam_regression.check_dataset(model, "fixtures/shapes-coco/instances.json", max_drop=0.05)  # doctest: +SKIP
@@ -18,6 +23,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +32,10 @@ import torch
 
 from . import __version__, context
 from ._io import atomic_write
+from ._text import safe_name
 from .dataset_check import DatasetResult, run_dataset
 from .datasets import Dataset, load_dataset
-from .errors import CamCheckError
+from .errors import CamCheckError, CamCheckWarning
 
 __all__ = ["DATASET_BASELINE_FORMAT", "MAX_BASELINE_BYTES", "check_dataset", "read_dataset_baseline"]
 
@@ -102,6 +110,43 @@ def _check_recorded(path: Path, baseline: dict[str, Any], ds: Dataset, result: D
         )
 
 
+def _previous(reg: Any, basename: str | None, ds: Dataset, result: DatasetResult) -> Path | None:
+    """The file this check's baseline had before dataset baselines were named like map baselines,
+    ``<test>[-<basename>]-dataset-<method>.json`` (the test's own name as pytest gives it, no class path, no layer,
+    no counter), when it exists (a file, not a link), is a dataset baseline and was recorded for this check's
+    dataset, method and layer."""
+    from .regression import previous_test_name
+
+    test = previous_test_name(reg.test_name) or reg.test_name
+    name = "-".join([test, *([safe_name(basename)] if basename else []), "dataset", safe_name(result.method)]) + ".json"
+    old = reg.baseline_dir / name
+    if Path(name).name != name or os.path.islink(old) or not os.path.isfile(old):  # isfile: False if too long
+        return None
+    try:
+        _check_recorded(old, read_dataset_baseline(old), ds, result)
+    except CamCheckError:
+        return None
+    return old
+
+
+_FORMER = "the name it had before dataset baselines were named like map baselines"
+_SHARED = ("before, repeated identical checks of one test, and same-named tests of different classes or at module "
+           "level, shared one dataset baseline file")
+
+
+def _renamed(path: Path, old: Path, ds: Dataset, result: DatasetResult) -> str:
+    """The refusal to write a new baseline while this check's baseline sits under its former name."""
+    from .regression import _shell
+
+    return (
+        f"camcheck dataset regression: this check's baseline {path} does not exist, but {old} does: {_FORMER}, "
+        f"recorded for this dataset ({ds.root.name!r}), method {result.method} and layer {result.layer}. Nothing "
+        f"was written, so that a new baseline does not silently take the reviewed one's place.\n  Fix: rename it: "
+        f"{_shell('git mv', [(old, path)])}\n  (cp instead of git mv if another check still needs it: {_SHARED}); "
+        f"or, to record this check's baseline afresh, {_hint()}"
+    )
+
+
 def _listed(keys: list[tuple[str, str]]) -> str:
     shown = ", ".join(f"{image} [{label}]" for image, label in keys[:_LISTED])
     return shown + (f" and {len(keys) - _LISTED} more" if len(keys) > _LISTED else "")
@@ -131,7 +176,10 @@ def check_dataset(reg: Any, model: torch.nn.Module, dataset: Dataset | Any, *, m
                 raise
             baseline = None
     if baseline is None:
-        return _create(reg, path, result, ds, device, max_drop)
+        previous = None if path.exists() else _previous(reg, basename, ds, result)
+        if previous is not None and not reg.update:
+            raise CamCheckError(_renamed(path, previous, ds, result))
+        return _create(reg, path, result, ds, device, max_drop, previous)
     now = {(c.image, c.label): c.passed for c in result.checks}
     flipped = [k for k, ok in baseline["checks"].items() if ok and now.get(k) is False]
     improved = [k for k, ok in baseline["checks"].items() if not ok and now.get(k) is True]
@@ -169,7 +217,8 @@ def check_dataset(reg: Any, model: torch.nn.Module, dataset: Dataset | Any, *, m
     raise AssertionError(message)
 
 
-def _create(reg: Any, path: Path, result: DatasetResult, ds: Dataset, device: str, max_drop: float) -> DatasetResult:
+def _create(reg: Any, path: Path, result: DatasetResult, ds: Dataset, device: str, max_drop: float,
+            previous: Path | None = None) -> DatasetResult:
     __tracebackhide__ = True
     existed = path.exists()
     created = atomic_write(path, _document(result, ds, device), replace=existed)
@@ -184,6 +233,10 @@ def _create(reg: Any, path: Path, result: DatasetResult, ds: Dataset, device: st
         if path in reg.removed:
             what += " in place of a dangling link"
         message = f"camcheck dataset regression: baseline {what}: {path}"
+        if previous is not None:
+            message += (f"\n  note: {previous}, this check's baseline under {_FORMER}, is left as it was: git rm it "
+                        "when no other check needs it")
+            warnings.warn(CamCheckWarning(message), stacklevel=4)
     else:
         message = (f"camcheck dataset regression: baseline not found, created: {path} (rate {result.pass_rate:.1%} "
                    f"of {len(result.checks)} checks)\n  review and commit it; the check passes from the next run on")

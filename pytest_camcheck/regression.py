@@ -10,6 +10,14 @@ repeated identical checks in one test; the device is NOT part of the key, so a b
 checked on CUDA. It holds the map (float32, original image pixels) and, as metadata arrays, the device, torch
 and pytest-camcheck versions, method, layer, target, label, image size and format version.
 
+A test inside a class has its class path in the key (``TestA_test_map-...``); its baselines were once named like a
+module-level test's (``test_map-...``, :func:`previous_test_name`). When such a check's baseline is missing and a
+file under the former name holds a map of its method, layer, target and image size, no new baseline is written
+silently: if the test module has no module-level test of that name (so the file can be no one else's) the check is
+refused with the ``git mv`` to make; otherwise, or when the module is not known, the new baseline is created as
+usual and the message names the former file, which camcheck cannot tell is this test's. The user's file is never
+moved or changed.
+
 A check passes when both the SSIM (scikit-image, data range 1) and the Spearman rank correlation of the
 current map with the baseline reach their thresholds. An empty current map against a non-empty baseline fails
 (and the other way round); two empty maps pass.
@@ -64,6 +72,9 @@ import hashlib
 import re
 import io
 import os
+import shlex
+import sys
+import warnings
 import zipfile
 from collections import Counter
 from dataclasses import dataclass
@@ -82,12 +93,12 @@ from ._values import check_threshold as _check_number
 from .settings import DEFAULT_SPEARMAN_MIN, DEFAULT_SSIM_MIN
 from .engine import CamResult, compute_cam
 from .engine.core import device_of
-from .errors import CamCheckError, FileRefused
+from .errors import CamCheckError, CamCheckWarning, FileRefused
 from .metrics import check_heatmap, map_similarity
 from .render import overlay, save_png, side_by_side
 
 __all__ = ["DEFAULT_SPEARMAN_MIN", "DEFAULT_SSIM_MIN", "FORMAT_VERSION", "UPDATE_HINT", "Baseline", "CamRegression",
-           "baseline_location", "check_threshold", "read_baseline", "write_baseline"]
+           "baseline_location", "check_threshold", "previous_test_name", "read_baseline", "write_baseline"]
 
 FORMAT_VERSION = 1
 UPDATE_HINT = "rerun with --camcheck-update (ini camcheck_update = true)"
@@ -135,6 +146,40 @@ def baseline_location(module_path: str | os.PathLike[str], test_name: str) -> tu
     """
     module = Path(module_path)
     return module.parent / module.stem, file_stem([test_name])
+
+
+def previous_test_name(test_name: str) -> str | None:
+    """The test's part of its baseline names before the class path was put in them, for a test inside a class:
+    its own name with its parameters (``TestA::test_map[x]`` -> ``test_map[x]``, the name a module-level test
+    ``test_map[x]`` still has); None for a module-level test, whose names did not change.
+
+    Example:
+        >>> previous_test_name("TestA::TestInner::test_map[a::b]"), previous_test_name("test_map[x]")
+        ('test_map[a::b]', None)
+    """
+    head, bracket, params = test_name.partition("[")
+    if "::" not in head:
+        return None
+    return head.rpartition("::")[2] + bracket + params
+
+
+def _module_defines(baseline_dir: Path, name: str) -> bool | None:
+    """Whether the imported test module whose baselines live in ``baseline_dir`` defines ``name`` at module level
+    (so that a module-level test of that name may exist); None when no such module is imported."""
+    source = baseline_dir.parent / f"{baseline_dir.name}.py"
+    wanted = None
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if isinstance(file, str) and os.path.basename(file) == source.name:
+            wanted = wanted or os.path.realpath(source)
+            if os.path.realpath(file) == wanted:
+                return name in vars(module)
+    return None
+
+
+def _shell(command: str, pairs: list[tuple[Path, Path]]) -> str:
+    """``command OLD NEW`` for each pair whose first file exists, joined with ``&&``, paths quoted for a shell."""
+    return " && ".join(f"{command} {shlex.quote(str(a))} {shlex.quote(str(b))}" for a, b in pairs if a.exists())
 
 
 @dataclass(frozen=True)
@@ -332,8 +377,22 @@ class CamRegression:
 
     def _path(self, result: CamResult, basename: str | None) -> Path:
         """``<test>[-<basename>]-<method>-<layer>-t<target>[-<n>].npz`` (see :meth:`baseline_file`)."""
+        return self._paths(result, basename)[0]
+
+    def _paths(self, result: CamResult, basename: str | None) -> tuple[Path, Path | None]:
+        """:meth:`_path`, and for a test inside a class the name that file had before the class path was put in
+        names (:func:`previous_test_name`)."""
         target = "tcallable" if result.target < 0 else f"t{result.target}"
-        return self.baseline_file([*([basename] if basename else []), result.method, result.layer, target], ".npz")
+        parts = self._counted([*([basename] if basename else []), result.method, result.layer, target], ".npz")
+        old = previous_test_name(self.test_name)
+        return (self.baseline_dir / f"{file_stem([self.test_name, *parts], _MAX_STEM)}.npz",
+                None if old is None else self.baseline_dir / f"{file_stem([old, *parts], _MAX_STEM)}.npz")
+
+    def _counted(self, parts: list[str], suffix: str) -> list[str]:
+        """``parts`` and, from the second identical check of this test on, its number (2, 3...)."""
+        key = "\0".join([self.test_name, *parts, suffix])
+        self._seen[key] += 1
+        return [*parts, str(self._seen[key])] if self._seen[key] > 1 else list(parts)
 
     def baseline_file(self, parts: list[str], suffix: str) -> Path:
         """The baseline file of one check of this test: ``<test>-<parts...>[-<n>]<suffix>`` in ``baseline_dir``,
@@ -346,12 +405,7 @@ class CamRegression:
             >>> [reg.baseline_file(["dataset", "gradcam"], ".json").name for _ in range(2)]
             ['test_rate-dataset-gradcam.json', 'test_rate-dataset-gradcam-2.json']
         """
-        parts = [self.test_name, *parts]
-        key = "\0".join([*parts, suffix])
-        self._seen[key] += 1
-        if self._seen[key] > 1:
-            parts.append(str(self._seen[key]))
-        return self.baseline_dir / f"{file_stem(parts, _MAX_STEM)}{suffix}"
+        return self.baseline_dir / f"{file_stem([self.test_name, *self._counted(parts, suffix)], _MAX_STEM)}{suffix}"
 
     def check(self, model: nn.Module, image: Any, target: Any = None, *, basename: str | None = None,
               ssim_min: float | None = None, spearman_min: float | None = None, **cam_kwargs: Any) -> CamResult:
@@ -376,11 +430,14 @@ class CamRegression:
         if isinstance(result, list):
             raise CamCheckError("cam_regression.check compares one image and one target at a time; call it once per "
                                 "image/target (with basename=... to tell the files apart)")
-        path = self._path(result, basename)
+        path, old = self._paths(result, basename)
         device = str(device_of(model))
         baseline = self._load(path, result)
         if baseline is None:
-            return self._create(path, result, device, thresholds)
+            previous = None if old is None or path.exists() else self._previous(old, result)
+            if previous is not None and previous[1] is False and not self.update:
+                raise CamCheckError(self._renamed(path, previous[0]))
+            return self._create(path, result, device, thresholds, previous)
         scores = self._compare(baseline, result)
         passed = scores["ssim"] >= thresholds["ssim_min"] and scores["spearman"] >= thresholds["spearman_min"]
         if passed:
@@ -432,6 +489,54 @@ class CamRegression:
             raise
         return baseline
 
+    def _previous(self, old: Path, result: CamResult) -> tuple[Path, bool | None] | None:
+        """The file this check's baseline had before the class path was put in names, when it exists (a file, not a
+        link) and holds a map of this check's method, layer, target and image size; and whether the test module
+        defines a module-level test of the test's name, which would use that name today (None: the module is not
+        known). Only when it does not (False) is the file this test's for sure."""
+        if os.path.islink(old) or not os.path.isfile(old):
+            return None
+        try:
+            meta = read_baseline(old, tuple(result.heatmap.shape)).meta
+        except CamCheckError:
+            return None
+        if (meta["method"], meta["layer"], meta["target"]) != (result.method, result.layer, result.target):
+            return None
+        return old, _module_defines(self.baseline_dir, self._function)
+
+    @property
+    def _function(self) -> str:
+        return self.test_name.partition("[")[0].rpartition("::")[2]
+
+    def _renamed(self, path: Path, old: Path) -> str:
+        """The refusal to write a new baseline while this check's baseline sits under its former name."""
+        pairs = [(old, path), (old.with_suffix(".png"), path.with_suffix(".png"))]
+        return (
+            f"camcheck regression: this check's baseline {path} does not exist, but {old} does: the name its baseline "
+            f"had before tests in classes got the class path in their baseline names. It holds a map of this method, "
+            f"layer, target and image size, and this module has no module-level test {self._function} that would "
+            f"use that name. Nothing was written, so that a new baseline does not silently take the reviewed one's "
+            f"place.\n  Fix: if it is this test's baseline (preview {old.with_suffix('.png')}), rename it: "
+            f"{_shell('git mv', pairs)}\n  (cp instead of git mv if a same-named test of another class still needs "
+            f"it: before, such tests shared one file); or, to record this test's baseline afresh, {UPDATE_HINT}"
+        )
+
+    def _former(self, path: Path, previous: tuple[Path, bool | None]) -> str:
+        """What a new baseline's message says of the file under its former name."""
+        old, known = previous
+        if known is False:
+            return (f"\n  note: {old}, this check's baseline under its name before tests in classes got the class "
+                    f"path in their baseline names, is left as it was: git rm it when no other test needs it")
+        whose = (f"this module has a module-level {self._function}, so camcheck cannot tell whose it is" if known
+                 else f"camcheck cannot tell whose it is: it does not know whether this test's module has a "
+                      f"module-level {self._function}")
+        pairs = [(old, path), (old.with_suffix(".png"), path.with_suffix(".png"))]
+        return (f"\n  note: {old} exists and holds a map of this method, layer, target and image size. It is the name "
+                f"this check's baseline had before tests in classes got the class path in their baseline names, and "
+                f"the name of a module-level {self._function}'s baseline of the same check (before, both used that one "
+                f"file); {whose}.\n  If it holds this test's earlier map (preview {old.with_suffix('.png')}), copy it "
+                f"over the new one: {_shell('cp', pairs)} (cp, not git mv: a module-level test may use it)")
+
     def check_links(self, files: list[Path]) -> None:
         """Refuse a symbolic link at any of ``files`` (a baseline and its preview); a dangling one is removed
         under ``--camcheck-update`` (it points nowhere, so nothing is lost) and noted in ``removed``.
@@ -472,7 +577,8 @@ class CamRegression:
         self.written += [path, written]
         return True
 
-    def _create(self, path: Path, result: CamResult, device: str, thresholds: dict[str, float]) -> CamResult:
+    def _create(self, path: Path, result: CamResult, device: str, thresholds: dict[str, float],
+                previous: tuple[Path, bool | None] | None = None) -> CamResult:
         __tracebackhide__ = True
         existed = path.exists()
         created = self._write(path, result, device, replace=existed)
@@ -490,6 +596,10 @@ class CamRegression:
             message = (f"camcheck regression: baseline not found, created: {path}\n  preview: {preview}\n"
                        f"  review and commit it; the check passes from the next run on (--camcheck-update creates "
                        f"every missing baseline in one run)")
+        if created and previous is not None:
+            message += self._former(path, previous)
+            if self.update:
+                warnings.warn(CamCheckWarning(message), stacklevel=3)
         passed = created and self.update
         self._record(result, passed, {"ssim": None, "spearman": None}, thresholds,
                      preview if preview.exists() else None, message)
