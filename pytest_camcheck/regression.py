@@ -558,8 +558,9 @@ class CamRegression:
             refuse_link(file, "baseline")
 
     def _write(self, path: Path, result: CamResult, device: str, *, replace: bool) -> bool:
-        """Publish the baseline and its preview, the preview checked first and the baseline removed again when the
-        preview cannot be written: a baseline is never left without its preview, written but not announced."""
+        """Publish the baseline and its preview, the preview checked first and the baseline removed again (or the
+        one it replaced put back) when the preview cannot be written: a baseline is never left without its preview,
+        written but not announced, and a reviewed one is never lost."""
         preview_path = path.with_suffix(".png")
         if preview_path.is_dir():
             raise FileRefused(f"cannot write the baseline preview {preview_path}: it is a folder. Fix: remove or "
@@ -567,12 +568,16 @@ class CamRegression:
         preview = _tile(result, result.heatmap)
         preview.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
         preview = preview.quantize(256, method=Image.Quantize.FASTOCTREE)
+        reviewed = path.read_bytes() if replace and path.is_file() else None  # put back if the preview fails
         if not write_baseline(path, result, device, replace=replace):
             return False
         try:
             written = save_png(preview, preview_path)
         except BaseException:
-            path.unlink(missing_ok=True)
+            if reviewed is None:
+                path.unlink(missing_ok=True)
+            else:
+                atomic_write(path, reviewed)
             raise
         self.written += [path, written]
         return True

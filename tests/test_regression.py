@@ -333,6 +333,30 @@ def test_a_preview_that_cannot_be_written_leaves_no_unannounced_baseline(tmp_pat
     assert not npz.exists() and reg.written == [] and list(tmp_path.glob("*.np*")) == []
 
 
+def test_a_failed_preview_under_update_puts_the_reviewed_baseline_back(tmp_path: Path, records: list,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    net, image = model(), SCENES[0].image
+    first_run(tmp_path, net, image)
+    npz = tmp_path / "test_x-gradcam-features-t0.npz"
+    reviewed, preview = npz.read_bytes(), npz.with_suffix(".png").read_bytes()
+    torch.manual_seed(123)
+    other = model()
+    for p in other.parameters():
+        p.data.normal_()  # another map: the update replaces the baseline
+
+    def refused(*args, **kwargs):
+        raise CamCheckError("cannot write the preview: disk full")
+
+    monkeypatch.setattr("pytest_camcheck.regression.save_png", refused)
+    reg = CamRegression(tmp_path, "test_x", update=True)
+    with pytest.raises(CamCheckError, match="disk full"):
+        reg.check(other, image, 0)
+    assert npz.read_bytes() == reviewed and npz.with_suffix(".png").read_bytes() == preview and reg.written == []
+    monkeypatch.undo()
+    CamRegression(tmp_path, "test_x", update=True).check(other, image, 0)
+    assert npz.read_bytes() != reviewed  # the update itself does replace it, once the preview can be written
+
+
 def test_changed_image_size_or_renamed_file_are_errors(tmp_path: Path) -> None:
     net, image = model(), SCENES[0].image
     first_run(tmp_path, net, image)
