@@ -15,11 +15,24 @@ and the ``cls_token`` / ``distillation_token`` / ``register_tokens`` parameters)
 stride; the grid then follows from the input size and is checked against the token count. An output whose
 layout cannot be told (attention internals, a first dimension that is not the images, a token count that is no
 grid of this input) is refused with a LayerError naming the fix, never guessed.
+
+Some models keep their prefix tokens one set per stage, each stage with its own patch embedding and grid: timm
+CoaT (``cls_token1`` .. ``cls_token4``, one per serial stage at strides 4 to 32) and CrossViT (``cls_token_0``,
+``cls_token_1``, one per branch, each branch on its own patch size). A numbered name says which stage a token
+belongs to, not which layers carry it, so the tokens are never added up into one model-wide count: a layer gets a
+stage's tokens only where its module path, read from the module that holds the parameters, runs through that
+stage's modules (see :class:`Stages`), and its token count must then be exactly that stage's prefix tokens plus
+the grid the stage's own patch embedding declares (or that grid alone, before the tokens are added). Refused: a
+token layer of such a model that its path places in no single stage (inside CoaT's parallel blocks, which hold
+stages 2 to 4 side by side), one whose token count is not its stage's (CrossViT's cross-attention
+``blocks.0.fusion.0``, which joins branch 0's token to branch 1's patches), and a stage that sees a crop of the
+input (CrossViT's ``crop_scale=True``), whose grid would be spread over the whole image.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import weakref
 from dataclasses import dataclass
 from typing import Callable
@@ -36,6 +49,9 @@ Reshape = Callable[[torch.Tensor], torch.Tensor]
 # class_embedding; SigLIP has none (its tokens are all patches)
 _PREFIX_PARAMETERS = {"cls_token", "class_token", "class_embedding", "dist_token", "distillation_token",
                       "reg_token", "register_tokens"}
+# a per-stage prefix parameter: a known name and the stage's number (CoaT's cls_token2, CrossViT's cls_token_1)
+_STAGE_PARAMETER = re.compile("(?:" + "|".join(sorted(_PREFIX_PARAMETERS)) + r")_?(\d+)")
+_NUMBERED = re.compile(r".*\D(\d+)")  # a module named with a stage's number: serial_blocks2, norm4, patch_embed_1
 _CHANNELS_LAST_MODULES = {"SwinTransformerStage", "SwinTransformerBlock", "SwinTransformerBlockV2",
                           "PatchMerging", "PatchMergingV2"}
 _RESHAPE_FIX = ("pass reshape=fn to compute_cam, fn mapping the layer's output (N, ...) to (N, C, H, W) by "
@@ -105,11 +121,35 @@ NHWC = Layout("NHWC")
 
 
 @dataclass(frozen=True)
+class Stages:
+    """Prefix tokens a model keeps one set per stage, and where its stages are. ``owner``: the dotted path of the
+    module holding the parameters ("" for the model); ``prefix``: each stage number's prefix-token count;
+    ``names``: its parameters; ``embeds``: the dotted path of its patch embedding, the one module of the stage that
+    declares a grid (``grid_size``, or ``img_size`` and ``patch_size``); ``listed``: how a module path says its
+    stage, None when the stages' patch embeddings are not found (no layer is then placed in a stage).
+
+    - numbered stages (``listed`` False; CoaT): the owner's child named with the stage's number (``serial_blocks2``,
+      ``norm2``, ``patch_embed2`` go with ``cls_token2``); what lies deeper (``serial_blocks2.0.norm1``) says nothing;
+    - listed stages (``listed`` True; CrossViT, whose numbers count from 0): entry ``k`` of a ModuleList with one
+      entry per stage, at any depth (``patch_embed.1``, ``norm.1``, ``blocks.0.blocks.1`` go with ``cls_token_1``;
+      ``blocks.0``, of a ModuleList of another length, says nothing). Every such entry on the path must agree.
+    """
+
+    owner: str
+    prefix: dict[int, int]
+    names: dict[int, tuple[str, ...]]
+    embeds: dict[int, str]
+    listed: bool | None
+
+
+@dataclass(frozen=True)
 class Tokens:
-    """What a model says about its tokens: prefix tokens (None: not said) and patch size (None: not said)."""
+    """What a model says about its tokens: prefix tokens (None: not said), patch size (None: not said), and the
+    prefix tokens it keeps per stage, one :class:`Stages` per module holding such parameters."""
 
     prefix: int | None
     patch: tuple[int, int] | None
+    stages: tuple[Stages, ...] = ()
 
 
 _TOKENS: "weakref.WeakKeyDictionary[nn.Module, Tokens]" = weakref.WeakKeyDictionary()
@@ -129,7 +169,7 @@ def model_tokens(model: nn.Module) -> Tokens:
     model."""
     found = _TOKENS.get(model)
     if found is None:
-        found = Tokens(_declared_prefix(model), _declared_patch(model))
+        found = Tokens(_declared_prefix(model), _declared_patch(model), _declared_stages(model))
         _TOKENS[model] = found
     return found
 
@@ -144,6 +184,86 @@ def _declared_prefix(model: nn.Module) -> int | None:
             seen = True
             total += int(p.shape[-2]) if p.dim() >= 2 else 1
     return total if seen else None
+
+
+def _declared_grid(module: nn.Module) -> tuple[int, int] | None:
+    """The (h, w) grid a patch embedding declares: timm's ``grid_size``, else ``img_size`` // ``patch_size``."""
+    grid = _pair(getattr(module, "grid_size", None))
+    if grid is None:
+        size, patch = _pair(getattr(module, "img_size", None)), _pair(getattr(module, "patch_size", None))
+        if size is not None and patch is not None:
+            grid = _pair((size[0] // patch[0], size[1] // patch[1]))
+    return grid
+
+
+def _declared_stages(model: nn.Module) -> tuple[Stages, ...]:
+    """The per-stage prefix tokens of ``model`` (parameters named like ``cls_token2``), grouped by the module
+    holding them, with each stage's patch embedding."""
+    groups: dict[str, dict[int, list[tuple[str, int]]]] = {}
+    for name, p in model.named_parameters():
+        owner, _, leaf = name.rpartition(".")
+        numbered = _STAGE_PARAMETER.fullmatch(leaf)
+        if numbered:
+            count = int(p.shape[-2]) if p.dim() >= 2 else 1
+            groups.setdefault(owner, {}).setdefault(int(numbered[1]), []).append((name, count))
+    found = []
+    for owner, numbers in groups.items():
+        holder = model.get_submodule(owner) if owner else model
+        embeds, listed = _stage_embeds(holder, set(numbers))
+        found.append(Stages(owner, {n: sum(c for _, c in ps) for n, ps in numbers.items()},
+                            {n: tuple(name for name, _ in ps) for n, ps in numbers.items()},
+                            {n: f"{owner}.{e}" if owner else e for n, e in embeds.items()}, listed))
+    return tuple(found)
+
+
+def _stage_embeds(holder: nn.Module, numbers: set[int]) -> tuple[dict[int, str], bool | None]:
+    """Each stage number's patch embedding (a path below ``holder``) and whether the stages are listed: the one
+    numbered child per stage that declares a grid (CoaT's ``patch_embed2``), else the one ModuleList child with an
+    entry per stage, each declaring a grid (CrossViT's ``patch_embed``), when the numbers count from 0."""
+    numbered: dict[int, list[str]] = {}
+    for name, child in holder.named_children():
+        match = _NUMBERED.fullmatch(name)
+        if match and int(match[1]) in numbers and _declared_grid(child) is not None:
+            numbered.setdefault(int(match[1]), []).append(name)
+    if set(numbered) == numbers and all(len(names) == 1 for names in numbered.values()):
+        return {n: names[0] for n, names in numbered.items()}, False
+    if numbers == set(range(len(numbers))):
+        lists = [name for name, child in holder.named_children() if isinstance(child, nn.ModuleList)
+                 and len(child) == len(numbers) and all(_declared_grid(entry) is not None for entry in child)]
+        if len(lists) == 1:
+            return {n: f"{lists[0]}.{n}" for n in numbers}, True
+    return {}, None
+
+
+def _submodule(model: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:  # replaced since the model's tokens were read
+        return None
+
+
+def _stages_on_path(model: nn.Module, layer_name: str, stages: Stages) -> set[int]:
+    """The stage numbers that ``layer_name``'s module path runs through (see :class:`Stages`)."""
+    if stages.listed is None or not layer_name or layer_name == "<model>":
+        return set()
+    if stages.owner:
+        if not layer_name.startswith(stages.owner + "."):
+            return set()
+        layer_name = layer_name[len(stages.owner) + 1:]
+    module = _submodule(model, stages.owner)
+    found = set()
+    for depth, part in enumerate(layer_name.split(".")):
+        child = getattr(module, part, None)
+        if not isinstance(child, nn.Module):
+            break
+        if not stages.listed:
+            match = _NUMBERED.fullmatch(part) if depth == 0 else None
+            if match and int(match[1]) in stages.prefix:
+                found.add(int(match[1]))
+        elif isinstance(module, nn.ModuleList) and len(module) == len(stages.prefix) and part.isdigit():
+            found.add(int(part))
+        module = child
+    return found
 
 
 def _declared_patch(model: nn.Module) -> tuple[int, int] | None:
@@ -284,7 +404,7 @@ def decide_layout(output: torch.Tensor, layer_name: str, *, model: nn.Module, mo
     if output.dim() == 4:
         return _four_dims(output, where, model, module, input_size, flow)
     if output.dim() == 3:
-        return _tokens(output, where, model, input_size)
+        return _tokens(output, where, model, layer_name, input_size)
     raise LayerError(
         f"{where}, which has no spatial (H, W) grid to build a map on. Fix: choose a convolutional layer "
         "before global pooling, a token layer of a transformer, or layer=None for auto"
@@ -353,8 +473,11 @@ def _four_dims(output: torch.Tensor, where: str, model: nn.Module, module: nn.Mo
     )
 
 
-def _tokens(output: torch.Tensor, where: str, model: nn.Module, input_size: tuple[int, int]) -> Layout:
+def _tokens(output: torch.Tensor, where: str, model: nn.Module, layer_name: str, input_size: tuple[int, int]
+            ) -> Layout:
     tokens = model_tokens(model)
+    if tokens.prefix is None and tokens.stages:
+        return _stage_tokens(output, where, model, layer_name, input_size, tokens.stages)
     found = token_grids(int(output.shape[1]), tokens, *input_size)
     if len(found) == 1:
         prefix, h, w = found[0]
@@ -368,3 +491,52 @@ def _tokens(output: torch.Tensor, where: str, model: nn.Module, input_size: tupl
                    f"{input_size[1]} input ({said}; patch size {tokens.patch or 'unknown'})")
     raise LayerError(f"{where} as (N, tokens, C): {problem}, so the map's grid cannot be told. Fix: choose a "
                      f"layer of the model's token stages or a convolutional stage, or {_RESHAPE_FIX}")
+
+
+def _stage_tokens(output: torch.Tensor, where: str, model: nn.Module, layer_name: str, input_size: tuple[int, int],
+                  groups: tuple[Stages, ...]) -> Layout:
+    """The layout of a token layer of a model with per-stage prefix tokens: the tokens and grid of the one stage
+    its module path runs through, checked against its token count; refused when the path places it in no single
+    stage, the count is not that stage's, or the stage's grid does not cover the whole input."""
+    placed = [(group, number) for group in groups for number in sorted(_stages_on_path(model, layer_name, group))]
+    count = int(output.shape[1])
+    fix = f"Fix: choose a layer inside one stage, or {_RESHAPE_FIX}"
+    if len(placed) != 1:
+        names = ", ".join(name for group in groups for number in sorted(group.names) for name in group.names[number])
+        embeds = ", ".join(e for group in groups for _, e in sorted(group.embeds.items()))
+        if not embeds:
+            problem = (f"the model keeps prefix tokens per stage ({names}) but no patch embedding per stage that "
+                       "declares its grid was found next to them, so no layer can be placed in a stage")
+        elif placed:
+            problem = (f"the model keeps prefix tokens per stage ({names}), and the layer's module path runs through "
+                       f"the modules of stages {', '.join(str(n) for _, n in placed)} at once")
+        else:
+            problem = (f"the model keeps prefix tokens per stage ({names}, with the patch embeddings {embeds}), and "
+                       "the layer's module path places it in no single stage (a module holding several stages "
+                       "side by side, or joining one stage's tokens to another's)")
+        raise LayerError(f"{where} as (N, tokens, C): {problem}, so how many of its {count} tokens are prefix tokens "
+                         f"and which grid the rest are cannot be told. {fix}")
+    group, number = placed[0]
+    prefix, embed_name = group.prefix[number], group.embeds[number]
+    embed = _submodule(model, embed_name)
+    grid = None if embed is None else _declared_grid(embed)
+    stage = f"in stage {number} of the model ({', '.join(group.names[number])}: {prefix} prefix token(s)"
+    if grid is None:
+        raise LayerError(f"{where} as (N, tokens, C): it is {stage}), but the stage's patch embedding "
+                         f"{embed_name!r} declares no grid any more. {fix}")
+    h, w = grid
+    stage += f"; {embed_name!r} declares a {h}x{w} grid)"
+    if count not in (prefix + h * w, h * w) or h * w < 2:
+        raise LayerError(f"{where} as (N, tokens, C): it is {stage}, but its {count} tokens are neither {prefix} + "
+                         f"{h}x{w} nor {h}x{w}, so the map's grid cannot be told. {fix}")
+    seen = _pair(getattr(embed, "img_size", None))
+    if getattr(_submodule(model, group.owner), "crop_scale", False) is True and seen not in (None, tuple(input_size)):
+        raise LayerError(f"{where}: it is {stage}, and that stage sees a {seen[0]}x{seen[1]} crop of the "
+                         f"{input_size[0]}x{input_size[1]} input (the model's crop_scale=True), so its grid covers "
+                         "only part of the image. Fix: choose a layer of a stage that sees the whole input, or pass "
+                         "reshape=fn to compute_cam, fn mapping the layer's output (N, ...) to an (N, C, H, W) grid of "
+                         "the whole input (the crop's cells where the crop lies)")
+    if not _fits(h, w, *input_size):
+        raise LayerError(f"{where}: it is {stage}, but a {h}x{w} grid is not the {input_size[0]}x{input_size[1]} "
+                         f"input at one stride, so the map would not line up with the image. {fix}")
+    return Layout("tokens", prefix=prefix if count > h * w else 0, size=(h, w))
