@@ -32,7 +32,8 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 from .errors import FileRefused
 
-__all__ = ["atomic_file", "atomic_write", "check_output_file", "refuse_link", "remove_dangling_link", "read_npz", "temp_path"]
+__all__ = ["atomic_file", "atomic_write", "check_output_file", "refuse_link", "remove_dangling_link", "read_npz",
+           "resolve_path", "temp_path"]
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
@@ -50,6 +51,25 @@ def refuse_link(path: str | os.PathLike[str], what: str = "file") -> None:
             f"the {what} {path} is {state} {points!r}; pytest-camcheck never writes through symbolic links. Fix: "
             f"remove the link (rm {str(path)!r}) or replace it with a regular file"
         )
+
+
+def resolve_path(path: str | os.PathLike[str], error: type[Exception], what: str = "the path") -> Path:
+    """``path`` made absolute with its links followed (``Path.resolve``); a symbolic-link loop, where following the
+    links leads back to a link already followed, raises ``error`` naming the loop and the fix instead of the
+    ``RuntimeError`` (``OSError`` from Python 3.13) that ``resolve`` raises.
+
+    Example:
+        >>> resolve_path("/no/such/file.png", ValueError).name
+        'file.png'
+    """
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as err:
+        loop = isinstance(err, RuntimeError) or err.errno == errno.ELOOP
+        problem = ("is a symbolic-link loop (following its links leads back to a link already followed), so there "
+                   "is no file at its end" if loop else f"cannot be resolved ({err})")
+        raise error(f"{what} {path} {problem}. Fix: point the link at the real file (ls -l {str(path)!r} shows "
+                    "where it points), or pass the file's own path") from err
 
 
 def remove_dangling_link(path: str | os.PathLike[str]) -> bool:

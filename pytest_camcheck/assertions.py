@@ -100,7 +100,7 @@ _EMPTY_LINE = ("the map is EMPTY: the target has no positive evidence at this la
 def _run(check: str, model: torch.nn.Module, image: Any, target: Any, regions: Sequence[Region], tolerance: float,
          decide: Decide, explain: Explain, thresholds: dict[str, Any], cam_kwargs: dict[str, Any]) -> CamResult:
     result = _single(compute_cam(model, image, target, **cam_kwargs), image)
-    masks = [to_mask(region, result.image_size) for region in regions]
+    masks = [to_mask(region, result.image_size, orientation=result.orientation) for region in regions]
     # a region is judged on the part of the image the model saw (an UnseenRegionError when there is none)
     seen = result.geometry.seen() if result.geometry is not None else None
     metrics = [measure(result.heatmap, mask, tolerance, seen=seen) for mask in masks]

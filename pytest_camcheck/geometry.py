@@ -2,10 +2,11 @@
 
 A preprocessing pipeline is read transform by transform. Photometric steps (ToTensor, Normalize, ...)
 leave the geometry alone; Resize and CenterCrop change it in a way that can be undone exactly; anything
-else (random crops, flips, unknown callables) is refused, because a map placed with a guessed geometry
-would be silently wrong. Steps are recognised by what they are (torchvision's v1 and v2 classes, timm's and
-Hugging Face's through :mod:`pytest_camcheck.integrations`), never by their class name alone: a class of your
-own called ``CenterCrop`` may crop anywhere.
+else (random crops, flips, random containers such as ``RandomChoice``, unknown callables) is refused, because
+a map placed with a guessed geometry would be silently wrong; only torchvision's ``Compose`` and
+``torch.nn.Sequential`` are opened into their steps. Steps are recognised by what they are (torchvision's v1 and
+v2 classes, timm's and Hugging Face's through :mod:`pytest_camcheck.integrations`), never by their class name
+alone: a class of your own called ``CenterCrop`` may crop anywhere.
 
 :meth:`Geometry.seen` tells which original pixels the model saw (a centre crop leaves the borders out); the
 region metrics judge a region on its seen part only (:func:`pytest_camcheck.metrics.measure`).
@@ -188,8 +189,11 @@ def _is_torchvision(step: Any, *names: str) -> bool:
     return type(step) in _torchvision(*names)
 
 _RANDOM_HINT = (
-    "it is random or moves pixels in a way that cannot be undone; use your evaluation transforms "
-    "(e.g. Resize + CenterCrop + ToTensor + Normalize)"
+    "it is random or moves pixels in a way that cannot be undone (a random container such as RandomChoice, "
+    "RandomApply or RandomOrder runs a step, or an order, drawn at each call), so the map could not be placed in the "
+    "original image. Fix: use your evaluation transforms (e.g. Resize + CenterCrop + ToTensor + Normalize, in "
+    "torchvision's Compose); or preprocess the image yourself and pass the tensor (the heatmap then comes back at "
+    "tensor size)"
 )
 
 
@@ -247,9 +251,13 @@ def describe_preprocess(step: Any) -> str:
 
 
 def _steps(preprocess: Any) -> list[Any]:
-    if hasattr(preprocess, "transforms") and isinstance(preprocess.transforms, (list, tuple)):
+    """The steps of ``preprocess`` in the order they run: only torchvision's own ``Compose`` (v1, v2) and
+    ``torch.nn.Sequential`` itself are opened, since they run every step in order; any other container
+    (``RandomChoice``, ``RandomApply``, ``RandomOrder``, a class of your own with a ``.transforms`` list) is one step,
+    refused by :func:`infer_geometry` because which of its steps run, and in which order, cannot be known."""
+    if _is_torchvision(preprocess, "Compose"):
         return [s for t in preprocess.transforms for s in _steps(t)]
-    if isinstance(preprocess, torch.nn.Sequential):
+    if type(preprocess) is torch.nn.Sequential:
         return [s for t in preprocess for s in _steps(t)]
     return [preprocess]
 
@@ -257,8 +265,10 @@ def _steps(preprocess: Any) -> list[Any]:
 def infer_geometry(preprocess: Any, image_size: tuple[int, int]) -> Geometry:
     """Read the geometry of ``preprocess`` applied to an image of ``image_size`` (H, W).
 
-    Understands torchvision v1 and v2 ``Compose``, ``Resize`` (int or (h, w), ``max_size``),
-    ``CenterCrop``, photometric steps, the weights presets (``ResNet18_Weights.DEFAULT.transforms()``), and through
+    Understands torchvision v1 and v2 ``Compose`` and ``torch.nn.Sequential`` (the only containers opened, as they
+    run every step in order: ``RandomChoice``, ``RandomApply``, ``RandomOrder`` and containers of your own with a
+    ``.transforms`` list are refused), ``Resize`` (int or (h, w), ``max_size``), ``CenterCrop``, photometric
+    steps, the weights presets (``ResNet18_Weights.DEFAULT.transforms()``), and through
     :mod:`pytest_camcheck.integrations` timm's eval transforms and Hugging Face image processors. A step is known by
     its class (torchvision's own, not a subclass or a class of the same name); any other step raises a
     :class:`~pytest_camcheck.errors.GeometryError` naming it and the fix.
@@ -301,11 +311,18 @@ def _unknown_step(step: Any) -> str:
     cls = type(step)
     # a class of your own named like torchvision's (an albumentations-style CenterCrop, a Resize taking (w, h)), or
     # derived from it, is not trusted to move pixels as torchvision's does
-    base = next((c for c in cls.__mro__[1:] if c in _torchvision(*_NEUTRAL_NAMES, *_GEOMETRIC_NAMES)), None)
-    if base is not None or cls.__name__ in _NEUTRAL_NAMES + _GEOMETRIC_NAMES:
+    known = (*_NEUTRAL_NAMES, *_GEOMETRIC_NAMES, "Compose")
+    base = next((c for c in cls.__mro__[1:] if c in (*_torchvision(*known), torch.nn.Sequential)), None)
+    inner = getattr(step, "transforms", None)
+    if base is not None or cls.__name__ in known:
+        owner = "torch.nn." if base is torch.nn.Sequential else "torchvision's "
         problem = (f"preprocess step {describe_preprocess(step)} is {cls.__module__}.{cls.__qualname__}, "
-                   f"{'a subclass of' if base else 'not'} torchvision's {(base or cls).__name__}, so where it moves "
+                   f"{'a subclass of' if base else 'not'} {owner}{(base or cls).__name__}, so where it moves "
                    "pixels cannot be known")
+    elif isinstance(inner, (list, tuple)):
+        problem = (f"preprocess step {describe_preprocess(step)} is a container of its own "
+                   f"({cls.__module__}.{cls.__qualname__}, not torchvision's Compose or torch.nn.Sequential), so "
+                   f"which of its {len(inner)} steps run, and in which order, cannot be known")
     else:
         problem = f"cannot tell where preprocess step {describe_preprocess(step)} moves pixels"
     return (

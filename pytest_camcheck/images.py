@@ -14,19 +14,21 @@ the right, y down, x1/y1 exclusive); "source" is optional.
 
 from __future__ import annotations
 
-import re
-
 import functools
 import json
+import numbers
 import os
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from .errors import CamCheckError, InputError, RegionError
+from ._io import resolve_path
+from .errors import CamCheckError, CamCheckWarning, InputError, RegionError
 from .regions import Box, to_mask
 
 _CATALOGUE = Path(__file__).parent / "data" / "sample_images.json"
@@ -42,31 +44,73 @@ def _on_white(rgba: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
-def _sixteen_bit(a: np.ndarray) -> np.ndarray:
-    low, high = int(a.min()), int(a.max())
-    if low < 0 or high > 65535:
+def _not_ambiguous(high: int, what: str, source: str) -> None:
+    """Refuse a 16-bit image whose largest value is 1 to 255: 8-bit values in a 16-bit container, or a 16-bit picture
+    that is almost black; the two readings give different maps and nothing in the pixels tells which is meant."""
+    if 0 < high <= 255:
         raise InputError(
-            f"the 32-bit integer image has values from {low} to {high}; it is read as 16-bit (0..65535). Fix: scale "
-            "it to 0..255 and pass a uint8 array"
+            f"{what} holds values from 0 to {high} only, so it has two readings: 8-bit values in a 16-bit container "
+            f"(0..255, shown as they are) or a 16-bit picture (0..65535) that is almost black ({high} is "
+            f"{high / 65535:.2%} of full scale); the maps of the two differ and the pixels cannot tell which is meant. "
+            f"Fix: for 8-bit values pass {source}.astype(np.uint8); for a 16-bit picture pass "
+            f"np.rint({source} / 257).astype(np.uint8) (or scale it to the full 0..65535 range first)"
         )
-    return a.astype(np.uint16)
 
 
-def _from_pil(img: Image.Image) -> Image.Image:
+def _wide_grey(img: Image.Image, file: Path | None, turned: bool) -> Image.Image:
+    """A PIL image of mode I (32-bit) or I;16* (16-bit) by the rule of integer arrays (:func:`load_image`), its
+    transparency key (a PNG's tRNS) composited onto white as for 8-bit images; ``file``: where it was read from,
+    ``turned``: whether its EXIF orientation turned it (so the fix keeps the turn)."""
+    a = np.asarray(img).astype(np.int64)
+    visible = None
+    if img.has_transparency_data:
+        key = img.info.get("transparency")
+        if isinstance(key, bool) or not isinstance(key, numbers.Integral):
+            raise InputError(
+                f"the PIL image (mode {img.mode}) has a transparency entry {key!r} that is not one grey value, so "
+                "which pixels are transparent cannot be known. Fix: composite it yourself and pass an RGB image"
+            )
+        visible = a != int(key)
+    shown = a[visible] if visible is not None and visible.any() else a
+    low, high = int(shown.min()), int(shown.max())
+    what = f"the PIL image of mode {img.mode}" if file is None else f"{file} (PIL mode {img.mode})"
+    opened = f"PIL.Image.open({str(file)!r})"
+    source = "np.asarray(image)" if file is None else (
+        f"np.asarray(PIL.ImageOps.exif_transpose({opened}))" if turned else f"np.asarray({opened})")
+    if img.mode == "I" and low >= 0 and high <= 255:  # as an int32 array of the same values: 8-bit
+        grey = np.clip(a, 0, 255).astype(np.uint8)
+    else:
+        if low < 0 or high > 65535:
+            raise InputError(
+                f"{what} has values from {low} to {high}; it is read as 16-bit (0..65535). Fix: scale it to "
+                "0..255 and pass a uint8 array"
+            )
+        if img.mode != "I":
+            _not_ambiguous(high, what, source)
+        grey = np.rint(np.clip(a, 0, 65535) / 257).astype(np.uint8)
+    if visible is None:
+        return Image.fromarray(grey).convert("RGB")
+    alpha = np.where(visible, 255, 0).astype(np.uint8)
+    return _on_white(Image.fromarray(np.dstack([grey, grey, grey, alpha])))
+
+
+def _from_pil(img: Image.Image, file: Path | None = None, turned: bool = False) -> Image.Image:
     if img.width == 0 or img.height == 0:
         raise InputError(f"the image is empty ({img.width}x{img.height} px); pass an image with pixels")
-    if img.mode == "I":
-        return _from_array(_sixteen_bit(np.asarray(img)))
-    if img.mode == "F" or img.mode.startswith("I;16"):
+    if img.mode == "I" or img.mode.startswith("I;16"):
+        return _wide_grey(img, file, turned)
+    if img.mode == "F":
         return _from_array(np.asarray(img))
-    if img.has_transparency_data:
-        return _on_white(img.convert("RGBA"))
     try:
+        if img.mode == "La":  # premultiplied grey + alpha: Pillow undoes the premultiplication only towards LA
+            img = img.convert("LA")
+        if img.has_transparency_data:
+            return _on_white(img.convert("RGBA"))
         return img.convert("RGB")
     except ValueError as err:
         raise InputError(
-            f"PIL image mode {img.mode!r} cannot be converted to RGB ({err}). Fix: convert it yourself, "
-            "e.g. image.convert('RGB')"
+            f"PIL image mode {img.mode!r} cannot be converted to RGB by Pillow ({err}). Fix: convert its pixels "
+            "to RGB yourself (e.g. from np.asarray(image)) and pass an RGB PIL image or an HxWx3 uint8 array"
         ) from err
 
 
@@ -83,6 +127,7 @@ def _to_uint8(a: np.ndarray) -> np.ndarray:
             )
         return np.rint(a * 255).astype(np.uint8)
     if a.dtype.kind == "u" and a.dtype.itemsize == 2:
+        _not_ambiguous(int(a.max()), f"the {a.dtype} array", "a")
         return np.rint(a / 257).astype(np.uint8)
     low, high = int(a.min()), int(a.max())
     if low < 0 or high > 255:
@@ -105,6 +150,15 @@ def _from_array(a: np.ndarray) -> Image.Image:
         raise InputError(f"the image is empty (shape {a.shape}, 0 px); pass an image with pixels")
     if a.ndim == 3 and a.shape[-1] == 1:
         a = a[..., 0]
+    if a.ndim == 3 and a.shape[0] in (3, 4) and a.shape[-1] in (3, 4):
+        rows, cols, channels = a.shape
+        warnings.warn(CamCheckWarning(
+            f"the image array of shape {a.shape} is read as arrays always are, (H, W, C): {rows} rows x {cols} "
+            f"columns with {channels} channels. If it is channels first (C, H, W), {rows} channels of {cols} rows "
+            f"x {channels} columns, that is another picture and the map is wrong. Fix: pass "
+            "Image.fromarray(np.ascontiguousarray(np.moveaxis(a, 0, -1))) for (C, H, W), or Image.fromarray(a) for "
+            "(H, W, C), to say which (a float array in [0, 1]: first a = np.rint(a * 255).astype(np.uint8))"),
+            stacklevel=4)
     if not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4))):
         hint = (
             " It looks channels-first (C, H, W): use np.transpose(a, (1, 2, 0))."
@@ -116,21 +170,24 @@ def _from_array(a: np.ndarray) -> Image.Image:
     return _from_pil(Image.fromarray(np.ascontiguousarray(pixels)))
 
 
-_ORIENTATION = 0x0112  # the EXIF tag
+_TURNS = {k: k for k in range(2, 9)}  # the orientations ImageOps.exif_transpose acts on, looked up as it does
 
 
 def exif_orientation(img: Image.Image) -> int:
-    """The EXIF orientation tag of ``img`` (1 to 8; 1 when it has none or an invalid one).
+    """The EXIF orientation of ``img`` exactly as ``PIL.ImageOps.exif_transpose`` reads it: 2 to 8 when it turns or
+    flips the pixels, else 1 (no tag, or a value it ignores: 0, -1, the text "6", ...; also an EXIF block Pillow
+    cannot parse). The one reading of the tag everywhere in pytest-camcheck (maps, ``CamResult.orientation``,
+    dataset sizes), so what is reported is what was applied.
 
     Example:
         >>> exif_orientation(Image.new("RGB", (2, 1)))
         1
     """
     try:
-        value = int(img.getexif().get(_ORIENTATION, 1) or 1)
+        value = img.getexif().get(ExifTags.Base.Orientation, 1)
+        return _TURNS.get(value, 1)
     except (TypeError, ValueError, OSError, SyntaxError):
         return 1
-    return value if 1 <= value <= 8 else 1
 
 
 def _upright(img: Image.Image) -> tuple[Image.Image, int]:
@@ -153,17 +210,53 @@ def too_large(path: Path | str, err: Exception) -> str:
             "PIL.Image.MAX_IMAGE_PIXELS if you trust the file")
 
 
+def frames(img: Image.Image) -> int:
+    """How many frames (pages, animation frames) the opened image file has that a viewer would show, 1 for a
+    still image. An MPO (a camera JPEG with preview or depth pictures after it) counts as one: its first picture is
+    the photo itself.
+
+    Example:
+        >>> frames(Image.new("RGB", (2, 2)))
+        1
+    """
+    if img.format == "MPO" or not getattr(img, "is_animated", False):
+        return 1
+    return int(getattr(img, "n_frames", 2))
+
+
+def multiframe_problem(path: Path | str, img: Image.Image) -> str | None:
+    """What is wrong with using ``img``, opened from ``path``, as one picture when it has several frames (None when
+    it has one): which frame is meant cannot be known.
+
+    Example:
+        >>> multiframe_problem("one.png", Image.new("RGB", (2, 2))) is None
+        True
+    """
+    n = frames(img)
+    if n == 1:
+        return None
+    return (f"{path} holds {n} frames (an animation or pages, {img.format}), so which one is meant cannot be known: "
+            "the first is not always the picture people look at")
+
+
 def _from_path(path: Path) -> tuple[Image.Image, int]:
-    where = path.resolve()
+    where = resolve_path(path, InputError, "the image path")
     if not path.exists():
         raise InputError(f"image file not found: {where}. Fix the path (relative paths start at {Path.cwd()})")
     if not path.is_file():
         raise InputError(f"{where} is not a file; pass the path of an image file (PNG, JPEG, ...)")
     try:
         with Image.open(path) as img:
+            problem = multiframe_problem(where, img)
+            if problem:
+                raise InputError(
+                    f"{problem}. Fix: open it with Pillow, choose the frame and pass the PIL image: "
+                    f"img = PIL.Image.open({str(path)!r}); img.seek(k) (0 <= k < {frames(img)}); then pass img "
+                    "(a PIL image is used at its current frame)"
+                )
             img.load()
             shown, orientation = _upright(img)
-            return _from_pil(shown), orientation
+            return _from_pil(shown, where, orientation != 1), orientation
     except UnidentifiedImageError as err:
         raise InputError(f"{where} is not an image Pillow can read; pass a PNG, JPEG, BMP, TIFF or WebP file") from err
     except Image.DecompressionBombError as err:
@@ -176,15 +269,30 @@ def load_image(obj: ImageLike) -> Image.Image:
     """A new RGB PIL image from a PIL image, a numpy array, or an image file path, in the orientation people see.
 
     - PIL images of any mode. Transparent images (RGBA, LA, P or L/RGB with a transparency key) are
-      composited onto WHITE, as image viewers show them, whatever colour the transparent pixels hide.
-      16-bit modes (I;16, I) are read as 0..65535 and scaled to 0..255; mode F like a float array.
+      composited onto WHITE, as image viewers show them, whatever colour the transparent pixels hide (16-bit
+      greyscale with a transparency key too); premultiplied modes (La, RGBa) are un-premultiplied by Pillow.
+      Mode F is read like a float array, integer modes by the rule below.
     - numpy arrays HxWx3 (RGB), HxWx4 (RGBA, composited onto white), HxW or HxWx1 (grey): uint8,
       other integer types with values in 0..255, uint16 (16-bit, scaled), or float in [0, 1].
-    - a path (str or pathlib.Path) to an image file.
+    - a path (str or pathlib.Path) to an image file of one frame; a file of several (an animated GIF, PNG or
+      WebP, a multi-page TIFF) is refused, since which frame is meant cannot be known: open it with Pillow,
+      ``seek()`` the frame and pass the PIL image, which is used at its current frame.
+
+    Integer pixels follow one rule, whatever holds them: a uint16 array and 16-bit PIL modes (I;16, I;16B, ...)
+    are 16-bit (0..65535, scaled to 0..255); other integer arrays (int16, int32, int64 as ``np.array`` makes
+    them, ...) and PIL mode I (32-bit) hold 8-bit values 0..255, except that mode I with larger values (up to
+    65535) is 16-bit. A 16-bit image whose largest value is 1 to 255 is refused as ambiguous (8-bit values in a
+    16-bit container, or an almost black 16-bit picture): convert it to uint8 yourself as the message shows.
+    Arrays are always (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), never channels first: a (3, 8, 4) array is 3 rows
+    x 8 columns RGBA. A 3-D shape that would also read as channels first (first and last sizes 3 or 4) gives a
+    CamCheckWarning saying so; pass a PIL image (``Image.fromarray``) to say which is meant.
+    Other channels-first arrays, e.g. (3, H, W) with W > 4, are refused with the np.transpose that fixes them.
 
     Files and PIL images with an EXIF orientation tag (phone photos) are turned as viewers and browsers show
-    them (``PIL.ImageOps.exif_transpose``), so maps and boxes are in the pixels people see; see
-    :func:`load_image_oriented` for the orientation applied. The caller's object is never modified and never
+    them (``PIL.ImageOps.exif_transpose``), so maps and boxes are in the pixels people see (build a mask from
+    ``ImageOps.exif_transpose(img)``, not from the stored pixels ``np.asarray(img)``); an orientation value that
+    ``exif_transpose`` ignores (0, 9, the text "6") means no turn here too. See :func:`load_image_oriented` for
+    the orientation applied. The caller's object is never modified and never
     shared with the result. Raises InputError with the fix.
 
     Example:
@@ -360,11 +468,11 @@ def load_annotated(path: str | os.PathLike) -> SampleImage:
         ('disc_and_square', Box(x0=15, y0=25, x1=65, y1=75))
     """
     path = Path(path).expanduser()
-    where = path.resolve()
+    where = resolve_path(path, InputError, "the annotation file path")
     if not path.is_file():
         raise InputError(f"annotation file not found: {where}. Fix the path; expected a JSON file like {_FORMAT}")
     try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
+        spec = json.loads(path.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"{where} is not valid JSON ({err}). Fix the file; expected: {_FORMAT}") from err
     if not isinstance(spec, dict) or not isinstance(spec.get("image"), str):
@@ -375,7 +483,7 @@ def load_annotated(path: str | os.PathLike) -> SampleImage:
     except InputError as err:
         raise InputError(f"the image named in {where}: {err}") from err
     boxes = _boxes(spec.get("regions", {}), (image.height, image.width), str(where))
-    return SampleImage(path.stem, image, boxes, str(spec.get("source", picture.resolve())))
+    return SampleImage(path.stem, image, boxes, str(spec.get("source", resolve_path(picture, InputError))))
 
 
 def _dirs(search_dirs: SearchDirs) -> list[Path]:
@@ -387,7 +495,7 @@ def _dirs(search_dirs: SearchDirs) -> list[Path]:
 def _is_annotation(candidate: Path) -> bool:
     """Whether the file reads as an annotation file (a JSON object naming an image)."""
     try:
-        spec = json.loads(candidate.read_text(encoding="utf-8"))
+        spec = json.loads(candidate.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError):
         return False
     return isinstance(spec, dict) and "image" in spec
@@ -467,7 +575,8 @@ def sample_image(name: str, search_dirs: SearchDirs = ()) -> SampleImage:
         candidate = folder / f"{name}.json"
         if candidate.is_file():
             return load_annotated(candidate)
-    searched = ", ".join(str(d.resolve()) + ("" if d.is_dir() else " (missing)") for d in dirs) or "none given"
+    searched = ", ".join(str(resolve_path(d, CamCheckError, "the search folder")) + ("" if d.is_dir() else " (missing)")
+                         for d in dirs) or "none given"
     raise CamCheckError(
         f"no sample image named {name!r}; available: {', '.join(available_images(dirs))}, and synthetic scenes "
         "'shapes-<single|pair|shortcut>-<seed>'. Fix: use one of these, "

@@ -230,7 +230,26 @@ def _box_mask(box: Box, h: int, w: int) -> np.ndarray:
     return mask
 
 
-def _array_mask(region: np.ndarray | torch.Tensor, h: int, w: int) -> np.ndarray:
+def _wrong_shape(shape: tuple[int, ...], h: int, w: int, orientation: int | None) -> str:
+    """The fix for a mask of another shape than the image's: a mask of the image's size turned by 90 degrees was
+    built from an EXIF-turned photo's stored pixels (or in (width, height) order), and resizing it would be wrong."""
+    problem = f"mask has shape {shape} but the image is {(h, w)} (height, width)"
+    if shape != (w, h) or h == w:
+        return (f"{problem}. Fix: build the mask at the ORIGINAL image's size (resize it with nearest neighbour), "
+                "or pass a Box")
+    if orientation in (5, 6, 7, 8):
+        return (f"{problem}: the image has EXIF orientation {orientation}, so it is shown turned by 90 degrees "
+                f"({w}x{h} px, width x height) and maps and regions are in the pixels as shown, while the mask has "
+                "the size of the stored, unturned pixels (np.asarray(img) of the opened file gives those). Fix: build "
+                "the mask from PIL.ImageOps.exif_transpose(img), the image as shown; resizing this mask would not "
+                "turn it")
+    return (f"{problem}, the image's size turned by 90 degrees. Fix: if the image is a photo with an EXIF orientation "
+            "(shown turned), the mask was built from its stored pixels (np.asarray(img)): build it from "
+            "PIL.ImageOps.exif_transpose(img), the image as shown, in which maps and regions are; if the mask was "
+            "made in (width, height) order, make it (height, width). Resizing it would not turn it")
+
+
+def _array_mask(region: np.ndarray | torch.Tensor, h: int, w: int, orientation: int | None = None) -> np.ndarray:
     if isinstance(region, torch.Tensor):
         if region.dtype != torch.bool:
             raise RegionError(
@@ -243,18 +262,18 @@ def _array_mask(region: np.ndarray | torch.Tensor, h: int, w: int) -> np.ndarray
             f"mask array has dtype {region.dtype}, not bool. Fix: convert it, e.g. mask > 0 or mask.astype(bool)"
         )
     if region.shape != (h, w):
-        raise RegionError(
-            f"mask has shape {tuple(region.shape)} but the image is {(h, w)} (height, width). Fix: build the mask at "
-            "the ORIGINAL image's size (resize it with nearest neighbour), or pass a Box"
-        )
+        raise RegionError(_wrong_shape(tuple(region.shape), h, w, orientation))
     return np.array(region, dtype=bool, copy=True)
 
 
-def to_mask(region: Region, image_size: tuple[int, int]) -> np.ndarray:
+def to_mask(region: Region, image_size: tuple[int, int], *, orientation: int | None = None) -> np.ndarray:
     """The boolean mask (height, width) of the pixels a region covers in an image of size (height, width).
 
     `region` is (x0, y0, x1, y1), a `Box`, a `RelativeBox` (`Box.relative(...)`), or a boolean numpy
-    array / torch tensor of shape (height, width); masks are returned as a copy.
+    array / torch tensor of shape (height, width); masks are returned as a copy. Like maps, regions are in the
+    pixels as shown: for a photo with an EXIF orientation, build a mask from ``PIL.ImageOps.exif_transpose(img)``,
+    not from the stored pixels (``np.asarray(img)``). ``orientation`` (``CamResult.orientation``), when given,
+    lets the error for a mask of the stored, unturned size say so for certain.
 
     A box contains the pixels whose CENTRE (i + 0.5, j + 0.5) lies inside it, x0 <= i + 0.5 < x1 and
     y0 <= j + 0.5 < y1, so integer boxes contain exactly columns x0..x1-1 and rows y0..y1-1, and
@@ -273,11 +292,16 @@ def to_mask(region: Region, image_size: tuple[int, int]) -> np.ndarray:
                [0, 0, 0, 0]])
         >>> int(to_mask(Box(1.4, 0.2, 1.6, 0.3), (3, 4)).sum())
         1
+        >>> try:
+        ...     to_mask(np.ones((4, 3), bool), (3, 4), orientation=6)
+        ... except RegionError as err:
+        ...     print(str(err).split(", so")[0])
+        mask has shape (4, 3) but the image is (3, 4) (height, width): the image has EXIF orientation 6
     """
     h, w = _check_size(image_size)
     region = _plain(region)
     if isinstance(region, torch.Tensor) or (isinstance(region, np.ndarray) and region.ndim != 1):
-        mask = _array_mask(region, h, w)
+        mask = _array_mask(region, h, w, orientation)
     else:
         mask = _box_mask(_as_box(region).resolve((h, w)), h, w)
     if not mask.any():

@@ -80,11 +80,11 @@ def test_cmyk_is_converted():
 
 
 def test_uint8_arrays_are_never_shared_or_modified():
-    a = np.zeros((3, 4, 3), dtype=np.uint8)
+    a = np.zeros((5, 4, 3), dtype=np.uint8)  # not (3, 4, 3), which also reads as channels first (and warns)
     a[0, 0] = (1, 2, 3)
     before = a.copy()
     out = load_image(a)
-    assert out.size == (4, 3) and out.getpixel((0, 0)) == (1, 2, 3)
+    assert out.size == (4, 5) and out.getpixel((0, 0)) == (1, 2, 3)
     a[0, 0] = (9, 9, 9)
     assert out.getpixel((0, 0)) == (1, 2, 3)
     a[0, 0] = (1, 2, 3)

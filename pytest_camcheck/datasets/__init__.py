@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .._io import resolve_path
 from ..errors import AnnotationError
 from . import camcheck, coco, voc, yolo
 from .core import AnnotatedObject, Dataset, Entry
@@ -65,13 +66,14 @@ def load_dataset(path: str | os.PathLike[str], *, images: str | os.PathLike[str]
     """
     where = Path(path).expanduser()
     if not where.exists():
-        raise AnnotationError(f"{where.resolve()}: no such file or folder. Fix: pass {_LAYOUTS}")
+        raise AnnotationError(f"{resolve_path(where, AnnotationError, 'the dataset path')}: no such file or folder. "
+                              f"Fix: pass {_LAYOUTS}")
     folder = None
     if images is not None:
         folder = Path(images).expanduser()
         if not folder.is_dir():
-            raise AnnotationError(f"images={str(images)!r}: {folder.resolve()} is not a folder. Fix: pass the folder "
-                                  "holding the image files, or leave images out")
+            raise AnnotationError(f"images={str(images)!r}: {resolve_path(folder, AnnotationError, 'the folder')} is "
+                                  "not a folder. Fix: pass the folder holding the image files, or leave images out")
     fmt, entries = _read(where, folder)
     if not entries:
         raise AnnotationError(f"{where}: the dataset has no image. Fix: add images and their annotations")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence, overload
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from ..errors import AnnotationError, CamCheckError
 from ..regions import Box
@@ -28,7 +28,6 @@ from ..regions import Box
 __all__ = ["AnnotatedObject", "Dataset", "Entry", "Shape", "annotation_error", "image_size"]
 
 _SWAPS = (5, 6, 7, 8)
-_ORIENTATION = 0x0112
 PYCOCOTOOLS_EXTRA = 'pip install "pytest-camcheck[coco]" (or pip install pycocotools)'
 
 
@@ -44,9 +43,20 @@ def annotation_error(file: Path | str, entry: str, problem: str, fix: str) -> An
 
 
 def read_text(file: Path) -> str:
-    """The text of an annotation file, which must be UTF-8 (else the reader's error, naming the file)."""
+    """The text of an annotation file, which must be UTF-8 (else the reader's error, naming the file); a UTF-8
+    byte-order mark at its start (Windows Notepad's "UTF-8 with BOM") is dropped, so it never joins the first
+    class name or breaks JSON.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     file = Path(tmp) / "classes.txt"
+        ...     _ = file.write_bytes(b"\\xef\\xbb\\xbfcat\\ndog\\n")
+        ...     read_text(file).splitlines()
+        ['cat', 'dog']
+    """
     try:
-        return file.read_text(encoding="utf-8")
+        return file.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         raise annotation_error(file, "", f"is not UTF-8 text ({err})", "save it as UTF-8") from err
 
@@ -58,24 +68,35 @@ def _too_large(where: str, path: Path, err: Exception) -> AnnotationError:
 
 
 def image_size(path: Path, where: str) -> tuple[int, int, int]:
-    """(height, width, EXIF orientation) of the image at ``path`` as displayed, from its header only.
+    """(height, width, EXIF orientation) of the image at ``path`` as displayed, from its header only; the
+    orientation is read as ``PIL.ImageOps.exif_transpose`` reads it (:func:`pytest_camcheck.images.exif_orientation`),
+    so the size is the one decoding gives. A file of several frames (an animated GIF, a multi-page TIFF) is refused:
+    which frame the annotations are for cannot be known.
 
     Example:
         >>> image_size(Path("fixtures/disc_and_square.png"), "here")
         (120, 160, 1)
     """
+    from .._io import resolve_path
+    from ..images import exif_orientation, multiframe_problem
+
+    resolve_path(path, AnnotationError, f"{where}: the image")
     if not path.is_file():
         raise AnnotationError(f"{where}: the image {path} does not exist. Fix: correct the file name in the "
                               "annotation, or pass images=<folder holding the images> to load_dataset")
     try:
         with Image.open(path) as img:
             w, h = img.size
-            orientation = int(img.getexif().get(_ORIENTATION, 1) or 1)
+            orientation = exif_orientation(img)
+            problem = multiframe_problem(path, img)
     except Image.DecompressionBombError as err:
         raise _too_large(where, path, err) from err
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise AnnotationError(f"{where}: {path} is not an image Pillow can read ({err}). Fix: replace it with a "
                               "PNG, JPEG, BMP, TIFF or WebP file") from err
+    if problem:
+        raise AnnotationError(f"{where}: {problem}. Fix: save the frame the annotations are for as an image file of "
+                              "its own (Pillow: img.seek(k); img.save('frame.png')) and point the annotation at it")
     if orientation in _SWAPS:
         w, h = h, w
     return h, w, orientation
@@ -250,9 +271,7 @@ def decode(path: Path, size: tuple[int, int], where: str) -> Image.Image:
 
     try:
         with Image.open(path) as img:
-            img.load()
-            shown = ImageOps.exif_transpose(img)
-        picture = load_image(shown)
+            picture = load_image(img)  # turned by its EXIF orientation, read as everywhere else
     except Image.DecompressionBombError as err:
         raise _too_large(where, path, err) from err
     except (OSError, ValueError) as err:
