@@ -32,7 +32,7 @@ import pytest
 from . import context
 from .devices import Accelerators, cuda_skip_reason, header_lines, select_device
 from .errors import CamCheckError
-from .report import CheckReport
+from .report import CheckReport, json_value
 from .rule import DEFAULT_RULE, Rule
 from .settings import DEFAULT_METHOD, DEFAULT_SPEARMAN_MIN, DEFAULT_SSIM_MIN, SETTINGS, resolve
 
@@ -357,7 +357,7 @@ def _property(rec: context.CheckRecord) -> tuple[str, str]:
         data["overlay"] = str(rec.overlay)
     if rec.image:
         data["image"] = rec.image
-    return f"camcheck.{rec.check}", json.dumps(data, default=str)
+    return f"camcheck.{rec.check}", json.dumps(json_value(data), allow_nan=False)  # strict JSON: inf is null
 
 
 def _listening(item: pytest.Item) -> Iterator[None]:

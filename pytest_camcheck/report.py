@@ -33,7 +33,7 @@ from ._io import atomic_write
 from .context import CheckRecord
 from .errors import CamCheckError
 
-__all__ = ["HTML_MARKER", "OUTCOMES", "PLOT_SIZE", "THUMBNAIL_SIZE", "CheckReport", "check_report_path",
+__all__ = ["HTML_MARKER", "OUTCOMES", "PLOT_SIZE", "THUMBNAIL_SIZE", "CheckReport", "check_report_path", "json_value",
            "is_report_file"]
 
 OUTCOMES = ("failed", "error", "xpassed", "passed", "xfailed", "skipped", "unknown")
@@ -46,18 +46,24 @@ _VERSION = 1
 _BAD = ("failed", "error", "xpassed")
 
 
-def _plain(value: Any) -> Any:
-    """A JSON value: non-finite floats become None, paths and other objects strings."""
+def json_value(value: Any) -> Any:
+    """A JSON value: non-finite floats become None (strict JSON has no NaN or Infinity), paths and other objects
+    strings; used for the JSON report and the JUnit properties alike.
+
+    Example:
+        >>> json_value({"sensitivity": float("inf"), "curve": [(1, 0.5)]})
+        {'sensitivity': None, 'curve': [[1, 0.5]]}
+    """
     if value is None or isinstance(value, (bool, str, int)):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): json_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [json_value(v) for v in value]
     if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
-        return _plain(value.item())
+        return json_value(value.item())
     return str(value)
 
 
@@ -112,7 +118,7 @@ class CheckReport:
             >>> CheckReport.check_row(rec)["layer"]
             'layer4'
         """
-        return _plain(asdict(rec))
+        return json_value(asdict(rec))
 
     def add_outcome(self, test_id: str, outcome: str, message: str = "", *, camcheck: bool = False) -> None:
         """Set a test's outcome (one of :data:`OUTCOMES`); a test already known keeps the worse outcome.
@@ -194,7 +200,7 @@ class CheckReport:
         """
         data = {"format": _FORMAT, "version": _VERSION, "summary": self.summary(), "tests": self.tests,
                 "checks": self.checks, "written": self.written}
-        return json.dumps(_plain(data), indent=1, allow_nan=False)
+        return json.dumps(json_value(data), indent=1, allow_nan=False)
 
     @classmethod
     def from_json(cls, text: str) -> CheckReport:

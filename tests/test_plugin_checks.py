@@ -141,3 +141,19 @@ def test_a_crashed_xdist_worker_loses_none_of_its_earlier_tests_in_the_report(se
     assert sorted((c["test_id"].split("::")[1], c["passed"]) for c in report["checks"]) == [
         ("test_fail", False), ("test_pass", True)]
     assert "test_checks.py::test_zcrash" in (session.path / "r.html").read_text()
+
+
+def test_junit_properties_are_strict_json_even_for_an_infinite_metric() -> None:
+    from pytest_camcheck import plugin
+    from pytest_camcheck.context import CheckRecord
+
+    def strict(text: str) -> object:
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
+
+    rec = CheckRecord("stable", False, "gradcam", "features", 0, None, None,
+                      {"sensitivity": float("inf"), "ssim": [1.0, float("nan")]}, {"min_similarity": 0.95},
+                      test_id="t")
+    name, value = plugin._property(rec)
+    assert name == "camcheck.stable"
+    data = strict(value)
+    assert data["sensitivity"] is None and data["ssim"] == [1.0, None] and data["threshold.min_similarity"] == 0.95
