@@ -138,6 +138,7 @@ def test_a_timm_vit_given_another_size_is_refused_with_the_fix() -> None:
     with pytest.raises(InputError) as err:  # its data config (224) does not fit its img_size (32)
         compute_cam(model, picture(), target=0)
     assert "resolve_data_config({'input_size': (3, 32, 32)}, model=model)" in str(err.value)
+    assert "preprocess=None" not in str(err.value)  # the data config is what failed: it is not offered as the fix
 
 
 def test_a_hf_vit_given_another_size_is_refused_with_the_fix() -> None:

@@ -144,13 +144,17 @@ def check_input_size(model: nn.Module, size: tuple[int, int]) -> None:
     if tuple(size) == fixed:
         return
     config = _data_config(model)["input_size"][1:]
-    mismatch = (f" (its data config gives {config[0]}x{config[1]}, so pass preprocess= built for "
-                f"{fixed[0]}x{fixed[1]}: timm.data.create_transform(**timm.data.resolve_data_config("
-                f"{{'input_size': (3, {fixed[0]}, {fixed[1]})}}, model=model)))" if tuple(config) != fixed else "")
+    built = (f"preprocess= built for {fixed[0]}x{fixed[1]}: timm.data.create_transform(**timm.data."
+             f"resolve_data_config({{'input_size': (3, {fixed[0]}, {fixed[1]})}}, model=model))")
+    if tuple(config) != fixed:  # the model's own data config is what gave the wrong size: it is no fix
+        problem = f" (its data config gives {config[0]}x{config[1]})"
+        fix = f"pass {built}, resize the image to {fixed[0]}x{fixed[1]} and pass the tensor"
+    else:
+        problem = ""
+        fix = "pass the image with preprocess=None to use the model's own data config, resize it to that size"
     raise InputError(
         f"timm model {type(model).__name__} takes {fixed[0]}x{fixed[1]} inputs only (patch_embed.img_size with "
-        f"strict_img_size), but the input is {size[0]}x{size[1]}{mismatch}. Fix: pass the image with "
-        "preprocess=None to use the model's own data config, resize it to that size, or create the model with "
+        f"strict_img_size), but the input is {size[0]}x{size[1]}{problem}. Fix: {fix}, or create the model with "
         "timm.create_model(..., dynamic_img_size=True)"
     )
 
