@@ -43,11 +43,13 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
+import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -61,7 +63,7 @@ from .engine.capture import evaluation_mode, model_lock, run_model
 from .engine.core import cam_of_copies, checked_device, device_of, dtype_of
 from .engine.inputs import prepare
 from .engine.targets import check_categories, check_class_count, check_logits, class_count, logits_of, resolve_target
-from .errors import CamCheckError
+from .errors import CamCheckError, InputError, TargetError
 from ._values import check_threshold
 from .metrics import check_heatmap
 from .integrations import adapt_preprocess
@@ -155,9 +157,59 @@ def _one_image(image: Any) -> None:
         raise CamCheckError(f"image of type {type(image).__name__} is not an image; pass a picture or a tensor")
 
 
-def _no_list_target(target: Any) -> None:
+def _no_list_target(target: Any) -> Any:
+    """The one target, a one-element tensor made 0-d (one target for the image, as compute_cam takes it alone,
+    also where a check explains internal copies of the image in one batch)."""
     if isinstance(target, (list, tuple)) or (isinstance(target, torch.Tensor) and target.numel() > 1):
         raise CamCheckError("explanation-quality checks explain one target at a time; pass one class, name or None")
+    if isinstance(target, torch.Tensor) and target.numel() == 1:
+        return target.detach().reshape(())
+    return target
+
+
+def _seen_box(geometry: Any, shape: tuple[int, ...]) -> tuple[slice, slice]:
+    """The rows and columns of the original pixels the model saw (``Geometry.seen``; a centre crop leaves its
+    borders out, and every computed map is 0 there): the whole map when it saw all of it (or no geometry is
+    known). The seen pixels of a centre crop form a rectangle, which the quality checks measure as a map of its
+    own; anything else is refused rather than measured with pixels the model never saw."""
+    whole = (slice(0, shape[0]), slice(0, shape[1]))
+    if geometry is None:
+        return whole
+    seen = geometry.seen()
+    if seen.shape != tuple(shape):
+        raise CamCheckError(f"the map has shape {tuple(shape)} but the image the model saw is {seen.shape}; pass a map "
+                            "in the original image's pixels")
+    if seen.all():
+        return whole
+    rows, cols = np.flatnonzero(seen.any(axis=1)), np.flatnonzero(seen.any(axis=0))
+    if rows.size == 0:
+        raise CamCheckError("the preprocessing leaves no pixel of the image for the model to see, so the map cannot "
+                            "be judged; fix the preprocessing (its crop)")
+    box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+    if not seen[box].all() or np.count_nonzero(seen) != seen[box].size:
+        raise CamCheckError("the pixels the model saw do not form a rectangle, so the map cannot be judged on them "
+                            "alone; use a preprocessing whose crop is a rectangle (Resize + CenterCrop)")
+    return box
+
+
+def _seen_part(heatmap: np.ndarray, box: tuple[slice, slice]) -> np.ndarray:
+    """The part of a map the model saw (:func:`_seen_box`), as a map of its own; the map itself when it saw all."""
+    if box[0].stop - box[0].start == heatmap.shape[0] and box[1].stop - box[1].start == heatmap.shape[1]:
+        return heatmap
+    return np.ascontiguousarray(heatmap[box])
+
+
+def _seen_words(geometry: Any) -> str | None:
+    """A message line when the model saw only part of the image, else None."""
+    if geometry is None:
+        return None
+    seen = geometry.seen()
+    if seen.all():
+        return None
+    from .metrics import view_span
+
+    return (f"the model saw only {view_span(seen)} (the preprocessing cropped the rest): the maps are judged on "
+            "that part only")
 
 
 class _Source:
@@ -179,7 +231,9 @@ class _Source:
                         dtype=self.dtype)
         self.clean_input = batch.x
         self.picture = batch.pictures[0]
-        self.size = batch.geometries[0].image_size
+        self.geometry = batch.geometries[0]
+        self.size = self.geometry.image_size
+        self.orientation = batch.orientations[0] if batch.orientations else 1  # EXIF orientation applied (1: none)
         # a picture's pixels: (H, W, 3) uint8, the layout PIL reads without a copy; a tensor's: (C, H, W) float
         self.is_picture = self.picture is not None
         if self.is_picture:
@@ -204,12 +258,26 @@ class _Source:
             if self.preprocess is None:
                 x = pixels.permute(0, 3, 1, 2).float() / 255.0
             else:
-                x = torch.stack([self.preprocess(im) for im in self.images(pixels)])
+                x = torch.stack([self._preprocessed(im) for im in self.images(pixels)])
         elif self.explicit:
-            x = torch.stack([self.preprocess(t) for t in pixels])
+            x = torch.stack([self._preprocessed(t) for t in pixels])
         else:
             x = pixels
         return x.to(device=self.device, dtype=self.dtype)
+
+    def _preprocessed(self, image: Any) -> torch.Tensor:
+        """The preprocessing of one perturbed copy; a failure is the user's preprocessing's, said as compute_cam
+        says it (an InputError), not a traceback from inside the check."""
+        try:
+            t = self.preprocess(image)
+        except Exception as err:  # noqa: BLE001 - the user's code, any failure
+            raise InputError(f"preprocess failed on a perturbed copy of the image ({type(err).__name__}: {err}), "
+                             "though it worked on the image itself. Fix the preprocessing so that it takes any "
+                             "image of this size and kind") from err
+        if not isinstance(t, torch.Tensor):
+            raise InputError(f"preprocess returned {type(t).__name__} for a perturbed copy of the image, not a "
+                             "tensor; fix the preprocessing so that it always returns a tensor")
+        return t
 
     def logits(self, output: Any) -> torch.Tensor:
         """The logits in a model output, found as ``compute_cam`` finds them (``output=``, class names)."""
@@ -348,13 +416,22 @@ def _groups(model: nn.Module) -> list[_Unit]:
             return groups
 
 
+_RNG_LOCK = threading.Lock()  # torch's global generators are process-wide: one seeded re-initialisation at a time
+
+
 def _randomise(unit: _Unit, generator_seed: int, device: torch.device) -> None:
     """Re-initialise a group as a new network would be: every module with ``reset_parameters`` (BatchNorm: running
     statistics too), every other parameter from a normal distribution of its own spread. Seeded; the caller's
-    random number generators are left as they were."""
+    random number generators are left as they were.
+
+    ``reset_parameters`` draws from torch's global (process-wide) generator, so the section that seeds it, resets
+    and gives the caller's state back holds a module-level lock: sanity calls in several threads each get the
+    seeded numbers and leave the generator's state exactly as it was. A limitation: another thread that draws from
+    torch's global generator during that short section (a few ms per cascade step) may get numbers of the seeded
+    stream, and its own draws then are not those of its seed."""
     devices = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
+    with _RNG_LOCK, torch.inference_mode(False), torch.random.fork_rng(devices=devices), torch.no_grad():
         # the generators fork_rng gives back only: torch.manual_seed would also seed every other GPU's (and takes
         # 0.25 ms a call)
         torch.default_generator.manual_seed(generator_seed)
@@ -364,9 +441,18 @@ def _randomise(unit: _Unit, generator_seed: int, device: torch.device) -> None:
         elif device.type != "cpu":  # another accelerator: seeded, though fork_rng cannot give its state back
             torch.manual_seed(generator_seed)
         covered: set[int] = set()
-        for m in unit.module.modules():
+        for name, m in unit.module.named_modules():
             if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
-                m.reset_parameters()
+                try:
+                    m.reset_parameters()
+                except TypeError as err:  # it takes arguments (a custom init scale): sanity cannot know them
+                    where = ".".join(x for x in (unit.name, name) if x)
+                    raise CamCheckError(
+                        f"sanity cannot re-initialise module {where!r} ({type(m).__name__}): its reset_parameters() "
+                        f"failed without arguments ({err}). Fix: give reset_parameters defaults for its arguments "
+                        "(e.g. def reset_parameters(self, std=0.02)), so that it re-initialises the module as a new "
+                        "network would be"
+                    ) from err
                 covered.update(id(p) for p in m._parameters.values() if p is not None)
         for m in (m for sibling in unit.stats for m in sibling.modules()):
             if callable(getattr(m, "reset_running_stats", None)):
@@ -481,12 +567,19 @@ def sanity(model: nn.Module, image: Any, target: Any = None, *, max_similarity: 
     max_similarity = _number("max_similarity", max_similarity, low=-1.0, high=1.0)
     seed = _seed(seed)
     _one_image(image)
-    _no_list_target(target)
+    target = _no_list_target(target)
     _check_call(model, cam_kwargs)
+    if any(t.is_inference() for t in (*model.parameters(), *model.buffers())):
+        raise CamCheckError(
+            "the model's parameters are inference tensors (the model was built or loaded under "
+            "torch.inference_mode()), which autograd cannot use, so sanity cannot explain its randomised copy. Fix: "
+            "build or load the model outside torch.inference_mode() (torch.no_grad() is fine)"
+        )
     original = compute_cam(model, image, target, **cam_kwargs)
     assert isinstance(original, CamResult)
     try:
-        with model_lock(model):  # another thread's call would leave its hooks and eval flags in the copy
+        # out of the caller's inference mode: the copy's parameters must be ordinary tensors that autograd can use
+        with model_lock(model), torch.inference_mode(False):  # another thread's call would leave hooks in the copy
             twin = _deep_copy(model)
     except Exception as err:  # noqa: BLE001 - any failure to copy is the same problem for the user
         raise CamCheckError(
@@ -515,8 +608,10 @@ def sanity(model: nn.Module, image: Any, target: Any = None, *, max_similarity: 
             ) from err
         assert isinstance(r, CamResult)
         maps.append(r.heatmap)
-    ranks = _average_ranks(original.heatmap)
-    similarities = _in_threads(lambda m: _similarity(original.heatmap, ranks, m), maps[1:])
+    box = _seen_box(original.geometry, original.heatmap.shape)  # the pixels the model saw: all, or its crop
+    clean = _seen_part(original.heatmap, box)
+    ranks = _average_ranks(clean)
+    similarities = _in_threads(lambda m: _similarity(clean, ranks, _seen_part(m, box)), maps[1:])
     curve += [SanityStep(step, layers, *sim) for step, (layers, sim) in enumerate(zip(done, similarities), start=1)]
     last = curve[-1]
     passed = not original.empty and last.spearman <= max_similarity
@@ -531,9 +626,13 @@ def _sanity_message(r: SanityResult) -> list[str]:
                  f"(SSIM {r.ssim:.3f}) with the original; allowed <= {r.max_similarity:g}"
                  + ("  <-- too similar: the map does not depend on the weights" if r.similarity > r.max_similarity
                     else ""))
+    seen = _seen_words(r.original.geometry)
+    if seen:
+        lines.append(seen)
     lines.append("cascade (output side first):  step | randomised | spearman | ssim")
-    original_flat = r.maps[0].min() == r.maps[0].max()
-    for s, m in zip(r.curve, r.maps):
+    box = _seen_box(r.original.geometry, r.maps[0].shape)
+    original_flat = _seen_part(r.maps[0], box).min() == _seen_part(r.maps[0], box).max()
+    for s, m in zip(r.curve, (_seen_part(m, box) for m in r.maps)):
         empty = "  (map empty: Spearman taken as 0)" if s.step and m.min() == m.max() and not original_flat else ""
         lines.append(f"  {s.step:4d} | {(s.layers[-1] if s.layers else '(original)'):<24} | {s.spearman:8.3f} | "
                      f"{s.ssim:6.3f}{empty}")
@@ -581,12 +680,19 @@ class FaithfulnessResult:
     result: CamResult | None = field(default=None, repr=False)
     seed: int = 0
     classes: int = 0
-    ranked: int = -1  # pixels above the map's minimum (-1: not counted)
+    ranked: int = -1  # pixels above the map's minimum (-1: not counted), among those the model saw
+    judged: int = -1  # the pixels the model saw, which the curves rank and perturb (-1: all of the map's)
+    view: str | None = None  # what part of the image the model saw, when not all of it
+
+    @property
+    def pixels(self) -> int:
+        """The number of pixels ranked and perturbed: those the model saw (all, or a centre crop's)."""
+        return self.judged if self.judged >= 0 else self.heatmap.size
 
     @property
     def flat(self) -> bool:
         """The map ranks fewer pixels above its minimum than one step perturbs (see the class): it cannot pass."""
-        return 0 <= self.ranked < self.heatmap.size / (len(self.fractions) - 1)
+        return 0 <= self.ranked < self.pixels / (len(self.fractions) - 1)
 
     @property
     def baseline_probability(self) -> float:
@@ -675,9 +781,13 @@ def _ranks(heatmap: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _check_given_map(heatmap: Any, size: tuple[int, int]) -> np.ndarray:
+    if isinstance(heatmap, np.matrix):  # a 2-D ndarray subclass whose indexing keeps two axes: its plain array
+        heatmap = np.asarray(heatmap)
     if isinstance(heatmap, torch.Tensor):
         if heatmap.device.type == "meta":
             raise CamCheckError("heatmap= is a tensor on the meta device, which holds no values; pass the map itself")
+        if heatmap.layout != torch.strided:
+            raise CamCheckError(f"heatmap= is a {heatmap.layout} tensor; pass a dense map (heatmap.to_dense())")
         if heatmap.dtype.is_floating_point and heatmap.dtype not in (torch.float16, torch.float32, torch.float64):
             heatmap = heatmap.float()  # bfloat16, float8: types numpy has not
         heatmap = heatmap.detach().cpu().numpy()
@@ -725,7 +835,7 @@ def faithfulness(model: nn.Module, image: Any, target: Any = None, *, metric: st
     confidence = _confidence(confidence, orderings)
     seed = _seed(seed)
     _one_image(image)
-    _no_list_target(target)
+    target = _no_list_target(target)
     if callable(target) and not isinstance(target, (str, int)):
         raise CamCheckError("faithfulness curves are the target class's softmax probability, which a callable "
                             "target has not; pass a class index or name (or None for the top-1 class)")
@@ -739,6 +849,13 @@ def faithfulness(model: nn.Module, image: Any, target: Any = None, *, metric: st
         if index < 0:
             raise CamCheckError("faithfulness needs class logits; the model output has none for this target")
     else:
+        if source.orientation != 1:
+            raise CamCheckError(
+                f"heatmap= was given for a picture with EXIF orientation {source.orientation}, which turns or flips "
+                "it for display (as compute_cam and this check do), so it cannot be known whether the map is in the "
+                "stored pixels or in the displayed ones. Fix: pass PIL.ImageOps.exif_transpose(img) as the image "
+                "(no orientation left) with the map in those displayed pixels"
+            )
         h = _check_given_map(heatmap, source.size)
         logits = source.forward(model, source.clean_input)
         check_class_count(source.categories, class_count(logits))
@@ -746,19 +863,41 @@ def faithfulness(model: nn.Module, image: Any, target: Any = None, *, metric: st
         from .engine.targets import label_of
 
         label = label_of(index, source.categories)
-    if steps > h.size:
-        raise CamCheckError(f"steps={steps} is more than the image's {h.size} pixels; pass steps <= {h.size}")
+    # the pixels the model saw (all, or a centre crop's): only they are ranked, perturbed and counted; the others
+    # keep the curve's starting state (every map is 0 there, and the model never sees them)
+    box = _seen_box(source.geometry, h.shape)
+    part = _seen_part(h, box)
+    if steps > part.size:
+        raise CamCheckError(f"steps={steps} is more than the image's {part.size} pixels"
+                            + (" that the model sees" if part is not h else "") + f"; pass steps <= {part.size}")
     rng = np.random.default_rng(seed)
-    ranks = [_ranks(h, rng)] + [rng.permutation(h.size).reshape(h.shape) for _ in range(orderings)]
+    ranks = [_ranks(part, rng)] + [rng.permutation(part.size).reshape(part.shape) for _ in range(orderings)]
+    if part is not h:  # a rank no step reaches outside the seen box
+        whole = [np.full(h.shape, part.size, dtype=np.int64) for _ in ranks]
+        for w, r_ in zip(whole, ranks):
+            w[box] = r_
+        ranks = whole
     pixels = source.pixels
     base = _baseline(source, baseline)
-    counts = [round(k * h.size / steps) for k in range(1, steps)]
+    counts = [round(k * part.size / steps) for k in range(1, steps)]
     rank_t = torch.from_numpy(np.stack(ranks))  # (O, H, W)
     thresholds = torch.tensor(counts)[None, :, None, None]  # (1, K, 1, 1)
     first = rank_t[:, None] < thresholds  # (O, K, H, W): pixels taken first at each interior step
     changed = first if metric == "deletion" else ~first
     start, end = (pixels, base) if metric == "deletion" else (base, pixels)
-    probs = _curve_probabilities(model, source, changed.reshape(-1, *h.shape), base, start, end, index)
+    try:
+        probs = _curve_probabilities(model, source, changed.reshape(-1, *h.shape), base, start, end, index)
+    except TargetError as err:
+        if "NaN or infinite" not in str(err):
+            raise
+        raise TargetError(
+            f"the model produced NaN or infinite outputs on the {metric} curve's images, which are the image with "
+            f"pixels replaced by the {baseline!r} baseline up to the baseline image itself, although it gave "
+            f"finite outputs for the image ({err}). A preprocess that standardises each image by its own spread "
+            "divides by zero on a constant baseline image. Fix: "
+            + ("pass baseline='blur' or baseline='mean'" if baseline == "zero" else
+               "pass another baseline (e.g. 'blur'), or make the preprocessing finite on a constant image")
+        ) from err
     inner = probs[1:-1].reshape(len(ranks), steps - 1)
     curves = np.concatenate([np.full((len(ranks), 1), probs[0]), inner, np.full((len(ranks), 1), probs[-1])], axis=1)
     aucs = [float(np.trapezoid(c, dx=1.0 / steps)) for c in curves]
@@ -771,7 +910,8 @@ def faithfulness(model: nn.Module, image: Any, target: Any = None, *, metric: st
         random_auc=random_auc, random_aucs=aucs[1:], fractions=[k / steps for k in range(steps + 1)],
         curve=curves[0].tolist(), random_curve=curves[1:].mean(axis=0).tolist(), target=index, label=label,
         heatmap=h, result=result, seed=seed, classes=source.classes,
-        ranked=int(np.count_nonzero(h > h.min())),  # the rest are ordered by the seeded tie-break
+        ranked=int(np.count_nonzero(part > part.min())),  # the rest are ordered by the seeded tie-break
+        judged=part.size, view=_seen_words(source.geometry),
     )
     r.passed = not r.flat and _beats_random(gain, min_gain, chance)
     return r
@@ -829,7 +969,7 @@ def _faithful_message(r: FaithfulnessResult) -> list[str]:
         lines.insert(0, f"the map is {what}: it ranks no pixel above another, so its ordering is a random one "
                         "and it cannot pass, whatever the curve")
     elif r.flat:
-        steps, size = len(r.fractions) - 1, r.heatmap.size
+        steps, size = len(r.fractions) - 1, r.pixels
         lines.insert(0, f"the map ranks only {r.ranked} pixels above its minimum, fewer than one step's "
                         f"{math.ceil(size / steps)}: every later step is ordered by the seeded tie-break, a random "
                         f"ordering, so it cannot pass, whatever the curve; steps >= {math.ceil(size / r.ranked)} "
@@ -837,6 +977,9 @@ def _faithful_message(r: FaithfulnessResult) -> list[str]:
     if r.metric == "deletion" and r.curve[0] < UNSURE:
         lines.append(f"note: the clean image gives this class only p = {r.curve[0]:.2f}: the model does not predict "
                      "it here, so deleting pixels cannot lower p much; explain the predicted class (target=None)")
+    if r.view:
+        lines.append(r.view.replace("the maps are judged on that part only", "only its pixels are ranked, "
+                                    "perturbed and counted in the steps, for the map and the random orderings"))
     for why in r.confounds:
         lines.append(f"note, deletion is confounded here: {why}")
     if r.confounded and not r.passed:
@@ -883,6 +1026,32 @@ def map_similarity_ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(structural_similarity(a, b, data_range=1.0, win_size=min(7, side if side % 2 else side - 1)))
 
 
+@contextmanager
+def _one_image_words(copies: Sequence[int] | None = None) -> Iterator[None]:
+    """compute_cam's errors on stability's internal batch (the image, then its perturbed copies; or only the
+    copies ``copies``) said of the one image the user passed, not of a batch the user never made."""
+    try:
+        yield
+    except CamCheckError as err:
+        text = str(err)
+        if "of the batch" not in text and "for a batch of" not in text:
+            raise
+
+        def name(match: re.Match[str]) -> str:
+            k = int(match.group(1))
+            if copies is None and k == 0:
+                return "the image"
+            return f"perturbed copy {copies[k] + 1 if copies is not None else k} of the image"
+
+        text = re.sub(r"image (\d+) of the batch", name, text)
+        text = text.replace("the images of the batch", "the image and its perturbed copies")
+        try:
+            new = type(err)(text + " (stability explains the image and its perturbed copies in one batch)")
+        except Exception:  # noqa: BLE001 - an error class with another signature: say it as a CamCheckError
+            new = CamCheckError(text)
+        raise new from err
+
+
 def _perturb(source: _Source, noise: float, samples: int, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     pixels = source.pixels
@@ -901,7 +1070,9 @@ def _perturb(source: _Source, noise: float, samples: int, seed: int) -> torch.Te
     if noise > torch.finfo(torch.float32).max / 4:
         raise CamCheckError(f"noise={noise:g} takes the image's values beyond float32; pass a noise in the tensor's own "
                             "units (e.g. 0.02 of its range)")
-    return torch.rand((samples, *pixels.shape), generator=gen).mul_(2).sub_(1).mul_(noise).add_(pixels)
+    # drawn in float32 whatever torch's default dtype: the same seed gives the same noise
+    return torch.rand((samples, *pixels.shape), generator=gen, dtype=torch.float32).mul_(2).sub_(1).mul_(noise) \
+        .add_(pixels)
 
 
 def _norm(a: np.ndarray) -> float:
@@ -939,29 +1110,35 @@ def stability(model: nn.Module, image: Any, target: Any = None, *, noise: float 
     min_similarity = _number("min_similarity", min_similarity, low=-1.0, high=1.0)
     seed = _seed(seed)
     _one_image(image)
-    _no_list_target(target)
+    target = _no_list_target(target)
     _check_call(model, cam_kwargs)
     source = _Source(model, image, cam_kwargs)
     noisy = _perturb(source, noise, samples, seed)
     images = source.images(torch.cat([source.pixels[None], noisy]))
-    results = compute_cam(model, images, target, **cam_kwargs)
+    with _one_image_words():
+        results = compute_cam(model, images, target, **cam_kwargs)
     assert isinstance(results, list)
     clean, perturbed = results[0], results[1:]
     if target is None:  # each image's own top-1 was explained; the clean one's class is the one to compare
         moved = [j for j, r in enumerate(perturbed) if r.target != clean.target]
         if moved:
-            again = compute_cam(model, source.images(noisy[moved]), clean.target, **cam_kwargs)
+            with _one_image_words(moved):
+                again = compute_cam(model, source.images(noisy[moved]), clean.target, **cam_kwargs)
             for j, r in zip(moved, again if isinstance(again, list) else [again]):
                 perturbed[j] = r
     prediction = clean.top[0][0] if clean.top else None
     predictions = [r.top[0][0] if r.top else None for r in perturbed]
 
+    box = _seen_box(clean.geometry, clean.heatmap.shape)  # judged on the pixels the model saw (all, or its crop)
+    clean_part = _seen_part(clean.heatmap, box)
+
     def measure(m: np.ndarray) -> tuple[float, float]:
-        return map_similarity_ssim(clean.heatmap, m), _norm(m.astype(np.float64) - clean.heatmap)
+        m = _seen_part(m, box)
+        return map_similarity_ssim(clean_part, m), _norm(m.astype(np.float64) - clean_part)
 
     pairs = _in_threads(measure, [r.heatmap for r in perturbed])
     ssims, changes = [p[0] for p in pairs], [p[1] for p in pairs]
-    norm = _norm(clean.heatmap.astype(np.float64))
+    norm = _norm(clean_part.astype(np.float64))
     sensitivity = max(changes) / norm if norm > 0 else math.inf
     map_stable = not clean.empty and min(ssims) >= min_similarity
     prediction_stable = all(p == prediction for p in predictions)
@@ -976,13 +1153,19 @@ def stability(model: nn.Module, image: Any, target: Any = None, *, noise: float 
 def _stable_message(r: StabilityResult) -> list[str]:
     lines = []
     if r.clean.empty:
-        lines.append("the clean map is EMPTY (no positive evidence), so its stability cannot be judged")
+        lines.append("the clean map is EMPTY: the model shows no positive evidence for this target at this layer, so "
+                     "there is no map whose stability could be judged (the SSIMs below compare empty maps). Fix: "
+                     "explain another target (e.g. the predicted class, target=None), or use another layer= or method=")
+    seen = _seen_words(r.clean.geometry)
+    if seen:
+        lines.append(seen)
     lines += [
         f"{len(r.ssims)} perturbations within +-{r.noise:g} (pixel units in [0, 1]):",
         "  SSIM with the clean map: " + " ".join(f"{s:.3f}" for s in r.ssims),
         f"smallest SSIM {r.similarity:.3f}, required >= {r.min_similarity:g}"
-        + ("" if r.map_stable else "  <-- the MAP is unstable"),
-        f"max-sensitivity (largest ||map' - map|| / ||map||) {r.sensitivity:.3f}",
+        + ("" if r.map_stable or r.clean.empty else "  <-- the MAP is unstable"),
+        "max-sensitivity (largest ||map' - map|| / ||map||): not defined, the clean map is empty" if r.clean.empty
+        else f"max-sensitivity (largest ||map' - map|| / ||map||) {r.sensitivity:.3f}",
         f"prediction: clean {r.prediction}, perturbed {r.predictions}"
         + ("" if r.prediction_stable
            else "  <-- the PREDICTION changes (the model is unstable here, not only the map)"),
@@ -991,6 +1174,14 @@ def _stable_message(r: StabilityResult) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------- assert and record
+
+TILE_HEIGHT = 160  # px, each map of a failure picture
+SHEET_WIDTH = 4096  # px, about the widest a failure picture gets (an image 25 times wider than high: smaller tiles)
+
+
+def _tile(t: Image.Image) -> Image.Image:
+    return t.resize((max(1, t.width * TILE_HEIGHT // t.height), TILE_HEIGHT))
+
 
 def _strip(check: str, picture: Image.Image, maps: Sequence[np.ndarray], labels: Sequence[str],
            metrics: dict[str, Any], thresholds: dict[str, Any]) -> tuple[Any, str]:
@@ -1003,8 +1194,11 @@ def _strip(check: str, picture: Image.Image, maps: Sequence[np.ndarray], labels:
     except ValueError:  # no finite value to draw (e.g. every SSIM NaN): the maps alone
         curve = []
     try:
-        tiles = [overlay(picture, m) for m in maps]
-        tiles = [t.resize((max(1, t.width * 160 // t.height), 160)) for t in tiles]
+        tiles = [_tile(overlay(picture, m)) for m in maps]
+        budget = max(len(tiles), SHEET_WIDTH - sum(c.width for c in curve))  # the maps share what the curve leaves
+        wide = sum(t.width for t in tiles)
+        if wide > budget:  # a very wide image: smaller tiles, so the whole strip stays SHEET_WIDTH px wide or so
+            tiles = [t.resize((max(1, t.width * budget // wide), max(1, t.height * budget // wide))) for t in tiles]
         sheet = side_by_side(tiles + curve, list(labels) + ["curve"] * len(curve))
         path = save_png(sheet, context.artifact_path(check))
     except OSError as err:
