@@ -430,6 +430,8 @@ class _RunReport:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         rows, rerun = self._attempts.pop(report.nodeid, ([], False))
+        if report.when == "setup":  # a new attempt: pytest-rerunfailures logs no teardown after a "rerun" report
+            rows, rerun = [], False
         rows = rows + list(getattr(report, "camcheck_checks", ()))
         rerun = rerun or report.outcome == "rerun"
         if report.when in ("setup", "call"):

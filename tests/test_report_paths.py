@@ -211,10 +211,37 @@ def pytest_runtest_protocol(item, nextitem):  # pytest-rerunfailures' protocol i
 '''
 
 
-def test_the_checks_of_an_attempt_that_is_rerun_do_not_stand(pytester: pytest.Pytester) -> None:
+RERUN_LIKE_THE_PLUGIN = '''
+import pytest
+from _pytest.runner import runtestprotocol
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):  # as pytest-rerunfailures: after the "rerun" report, break (no teardown)
+    for attempt in range(2):
+        item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+        reports = runtestprotocol(item, nextitem=nextitem, log=False)
+        rerun = False
+        for report in reports:
+            if attempt == 0 and report.failed:
+                report.outcome = "rerun"
+                item.ihook.pytest_runtest_logreport(report=report)
+                rerun = True
+                break
+            item.ihook.pytest_runtest_logreport(report=report)
+        item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+        if not rerun:
+            break
+        item._initrequest()
+    return True
+'''
+
+
+@pytest.mark.parametrize("protocol", [RERUN_ONCE, RERUN_LIKE_THE_PLUGIN], ids=["teardown-logged", "plugin-break"])
+def test_the_checks_of_an_attempt_that_is_rerun_do_not_stand(pytester: pytest.Pytester, protocol: str) -> None:
     import json
 
-    pytester.makeconftest(RERUN_ONCE)
+    pytester.makeconftest(protocol)
     pytester.makepyfile(test_flaky='''
 calls = []
 
@@ -224,17 +251,26 @@ def test_flaky(camcheck, camcheck_model, camcheck_image):
     s = camcheck_image("shapes-pair-1000003")
     region = s.regions["square"] if len(calls) == 1 else s.regions["cross"]  # the first attempt checks the wrong one
     camcheck.attends_to(camcheck_model("camcheck-shapes"), s.image, "cross", region)
+
+
+def test_always(camcheck, camcheck_model, camcheck_image):  # fails in every attempt: its last one's check stands
+    s = camcheck_image("shapes-pair-1000003")
+    camcheck.attends_to(camcheck_model("camcheck-shapes"), s.image, "cross", s.regions["square"])
 ''')
     pytester.runpytest_subprocess(*ARGS, "--camcheck-report-json=r.json")
     report = json.loads((pytester.path / "r.json").read_text())
     assert report["tests"]["test_flaky.py::test_flaky"]["outcome"] == "passed"
-    assert [c["passed"] for c in report["checks"]] == [True]
+    assert report["tests"]["test_flaky.py::test_always"]["outcome"] == "failed"
+    assert sorted((c["test_id"], c["passed"]) for c in report["checks"]) == [
+        ("test_flaky.py::test_always", False), ("test_flaky.py::test_flaky", True)]
 
 
-def test_the_setup_and_teardown_checks_of_a_rerun_attempt_do_not_stand_either(pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize("protocol", [RERUN_ONCE, RERUN_LIKE_THE_PLUGIN], ids=["teardown-logged", "plugin-break"])
+def test_the_setup_and_teardown_checks_of_a_rerun_attempt_do_not_stand_either(pytester: pytest.Pytester,
+                                                                               protocol: str) -> None:
     import json
 
-    pytester.makeconftest(RERUN_ONCE)
+    pytester.makeconftest(protocol)
     pytester.makepyfile(test_flaky='''
 import pytest
 
