@@ -454,8 +454,9 @@ def _check_class_names(model: Any, dataset: Any, classes: dict[str, Any] | None,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 success, 1 a dataset below its rate or a reader of the
-    output that left before the work was done, 2 bad arguments).
+    """Run the command line; returns the exit code (0 success, 1 a dataset below its rate, 2 bad arguments or a
+    failure, said in one line on stderr). A reader of stdout that leaves early (``| head``) only ends the printing
+    (:func:`_emit`); a broken pipe anywhere else (the model's own code) is an error like any other.
 
     Example:
         >>> main(["dataset", "camcheck-shapes", "no/such/folder"])  # doctest: +SKIP
@@ -468,9 +469,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _show(args) if args.command == "show" else _dataset(args)
     except SystemExit as stop:  # --help
         return int(stop.code or 0)
-    except BrokenPipeError:  # the reader of stdout left while a line was being written
-        _drop_stdout()
-        return 1
     except (_Usage, CamCheckError, OSError) as err:
         _complain(" ".join(str(err).split()))
         return 2

@@ -192,3 +192,13 @@ def test_show_into_a_pipe_whose_reader_has_left_writes_the_overlay_and_exits_qui
     run.stdout.close()
     err = run.stderr.read().decode()
     assert run.wait(timeout=300) == 0 and err == "" and (here / "piped.png").is_file()
+
+
+def test_a_broken_pipe_in_the_models_code_is_an_error_like_any_other(here, capsys):
+    """Only stdout's reader leaving ends quietly; a BrokenPipeError of the user's factory (a model server's
+    connection) is said in one line, and stdout is left alone."""
+    (here / "fac.py").write_text("def factory():\n    raise BrokenPipeError(32, 'Broken pipe')\n")
+    assert cli.main(["show", "fac.py:factory", "img.png"]) == 2
+    assert "Broken pipe" in one_error(capsys)
+    print("stdout still works")
+    assert "stdout still works" in capsys.readouterr().out
