@@ -212,8 +212,8 @@ def too_large(path: Path | str, err: Exception) -> str:
 
 def frames(img: Image.Image) -> int:
     """How many frames (pages, animation frames) the opened image file has that a viewer would show, 1 for a
-    still image. An MPO (a camera JPEG with preview or depth pictures after it) counts as one: its first picture is
-    the photo itself.
+    still image. An MPO (a camera JPEG with preview or depth pictures after it), and a TIFF whose later pages are
+    all marked as reduced-resolution previews, count as one: the first picture is the photo itself.
 
     Example:
         >>> frames(Image.new("RGB", (2, 2)))
@@ -221,7 +221,33 @@ def frames(img: Image.Image) -> int:
     """
     if img.format == "MPO" or not getattr(img, "is_animated", False):
         return 1
-    return int(getattr(img, "n_frames", 2))
+    n = int(getattr(img, "n_frames", 2))
+    if img.format == "TIFF" and _tiff_previews_only(img, n):
+        return 1
+    return n
+
+
+_REDUCED = 1  # TIFF NewSubfileType bit 0: a reduced-resolution version of another page (a preview)
+
+
+def _tiff_previews_only(img: Image.Image, n: int) -> bool:
+    """Whether every TIFF page after the first is marked as a reduced-resolution version of another
+    (NewSubfileType, tag 254, bit 0: the previews cameras and scanners add), so the first page is the one picture."""
+    here = img.tell()
+    try:
+        for k in range(1, n):
+            img.seek(k)
+            kind = img.tag_v2.get(254, 0)
+            if not isinstance(kind, int) or not kind & _REDUCED:
+                return False
+        return True
+    except (EOFError, OSError, ValueError, AttributeError):
+        return False
+    finally:
+        try:
+            img.seek(here)
+        except (EOFError, OSError, ValueError):
+            pass
 
 
 def multiframe_problem(path: Path | str, img: Image.Image) -> str | None:

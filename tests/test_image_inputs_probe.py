@@ -235,6 +235,27 @@ def test_a_one_frame_gif_and_an_mpo_photo_are_read(tmp_path: Path) -> None:
     assert load_image(tmp_path / "photo.mpo").size == (8, 8)
 
 
+def test_a_tiff_whose_later_pages_are_previews_is_its_first_page(tmp_path: Path) -> None:
+    from PIL import TiffImagePlugin
+
+    photo = np.zeros((32, 40, 3), np.uint8)
+    photo[0:8, 0:8] = 255
+    first, preview = Image.fromarray(photo), Image.fromarray(photo).resize((10, 8))
+
+    def save(path: Path, kind: int) -> None:  # a second page with NewSubfileType (tag 254) = kind
+        with open(path, "w+b") as fp, TiffImagePlugin.AppendingTiffWriter(fp) as tiff:
+            first.save(tiff, format="TIFF")
+            tiff.newFrame()
+            preview.save(tiff, format="TIFF", tiffinfo={254: kind})
+            tiff.newFrame()
+
+    save(tmp_path / "thumb.tif", 1)  # reduced-resolution version of the first page: one picture
+    assert np.array_equal(np.asarray(load_image(tmp_path / "thumb.tif")), photo)
+    save(tmp_path / "pages.tif", 0)  # a second page of its own: which one is meant cannot be known
+    with pytest.raises(InputError, match="pages.tif holds 2 frames"):
+        load_image(tmp_path / "pages.tif")
+
+
 def test_a_dataset_image_of_several_frames_is_refused(tmp_path: Path) -> None:
     _two_frames(tmp_path / "anim.gif")
     coco = {"images": [{"id": 1, "file_name": "anim.gif"}], "categories": [{"id": 1, "name": "bright"}],
