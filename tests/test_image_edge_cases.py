@@ -1,4 +1,4 @@
-"""Image inputs an adversarial probe found read wrongly or refused with a raw traceback: random transform
+"""Image inputs that were read wrongly or refused with a raw traceback: random transform
 containers, 8-bit values in 16/32-bit containers, 16-bit transparency, channels-first look-alikes, multi-frame
 files, premultiplied alpha, symbolic-link loops, EXIF-turned masks, odd EXIF orientation values, byte-order marks."""
 

@@ -1,4 +1,4 @@
-"""The camcheck command line against what a probe found: --write-json onto an input, the pasted test of a model
+"""The camcheck command line at its edges: --write-json onto an input, the pasted test of a model
 without class names, the fix for a dataset of such a model (--classes), small messages, a reader leaving early."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Explanation-quality checks, confirmed probe findings: maps judged on the pixels the model saw (a centre crop),
+"""Explanation-quality checks at their edges: maps judged on the pixels the model saw (a centre crop),
 seeded randomisation from several threads, EXIF orientation with ``heatmap=``, inference mode, the empty-map and
 internal-batch messages, refusals instead of tracebacks, the failure picture's size, the noise's dtype."""
 
