@@ -416,7 +416,9 @@ def _groups(model: nn.Module) -> list[_Unit]:
             return groups
 
 
-_RNG_LOCK = threading.Lock()  # torch's global generators are process-wide: one seeded re-initialisation at a time
+# torch's global generators are process-wide: one seeded re-initialisation at a time; reentrant, since a
+# module's own reset_parameters may itself call a check (fork_rng nests)
+_RNG_LOCK = threading.RLock()
 
 
 def _randomise(unit: _Unit, generator_seed: int, device: torch.device) -> None:
@@ -812,6 +814,30 @@ def _check_given_map(heatmap: Any, size: tuple[int, int]) -> np.ndarray:
     return h
 
 
+def _check_map_orientation(heatmap: Any, size: tuple[int, int], orientation: int) -> None:
+    """A map given for a picture with an EXIF orientation is taken in its displayed pixels (as compute_cam's maps,
+    ``CamResult.image_size`` and regions are) only where its shape tells them from the stored ones: a non-square
+    picture turned by 90 degrees (orientations 5-8). A map of the stored pixels' shape was made on the unturned
+    picture (PIL's ``Image.open`` and ``torchvision.io`` do not turn it), and a flip or half turn (2-4), or a square
+    picture, leaves the two indistinguishable: refused, with the fix."""
+    fix = ("Fix: pass PIL.ImageOps.exif_transpose(img) as the image (no orientation left) with the map in those "
+           "displayed pixels, e.g. a map computed on that turned image")
+    shape = tuple(getattr(heatmap, "shape", np.shape(heatmap)))
+    turned, (h, w) = orientation in (5, 6, 7, 8), size
+    if turned and h != w:
+        if shape == (w, h):
+            raise CamCheckError(
+                f"heatmap= has shape {shape}, the picture's stored (unturned) pixels, but the picture has EXIF "
+                f"orientation {orientation}: it is shown, and judged, turned by 90 degrees ({h}x{w}, height x width), "
+                f"so the map is not where the model's pixels are. {fix}")
+        return
+    what = "flips or half-turns" if not turned else "turns"
+    raise CamCheckError(
+        f"heatmap= was given for a picture with EXIF orientation {orientation}, which {what} it for display (as "
+        f"compute_cam and this check do){', and it is square' if turned else ''}, so its stored and displayed pixels "
+        f"have the same shape and it cannot be known which the map is in. {fix}")
+
+
 def faithfulness(model: nn.Module, image: Any, target: Any = None, *, metric: str = "deletion", steps: int = 20,
                  baseline: str = "blur", min_gain: float = DEFAULT_MIN_GAIN, heatmap: Any = None,
                  orderings: int = DEFAULT_ORDERINGS, confidence: float = DEFAULT_CONFIDENCE, seed: int = 0,
@@ -850,12 +876,7 @@ def faithfulness(model: nn.Module, image: Any, target: Any = None, *, metric: st
             raise CamCheckError("faithfulness needs class logits; the model output has none for this target")
     else:
         if source.orientation != 1:
-            raise CamCheckError(
-                f"heatmap= was given for a picture with EXIF orientation {source.orientation}, which turns or flips "
-                "it for display (as compute_cam and this check do), so it cannot be known whether the map is in the "
-                "stored pixels or in the displayed ones. Fix: pass PIL.ImageOps.exif_transpose(img) as the image "
-                "(no orientation left) with the map in those displayed pixels"
-            )
+            _check_map_orientation(heatmap, source.size, source.orientation)
         h = _check_given_map(heatmap, source.size)
         logits = source.forward(model, source.clean_input)
         check_class_count(source.categories, class_count(logits))

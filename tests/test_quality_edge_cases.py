@@ -15,7 +15,8 @@ import torchvision.transforms as T
 from PIL import Image, ImageOps
 from torch import nn
 
-from pytest_camcheck import CamCheckError, assert_faithful, assert_stable, context, geometry_neutral, quality
+from pytest_camcheck import (CamCheckError, assert_faithful, assert_stable, compute_cam, context, geometry_neutral,
+                             quality)
 from pytest_camcheck.errors import InputError, TargetError
 from pytest_camcheck.scenes import make_scene
 
@@ -160,6 +161,36 @@ def test_sanity_in_threads_is_seeded_and_leaves_the_rng_as_it_was() -> None:
     assert all([c.spearman for c in out[i].curve] == alone for i in range(4))
 
 
+def test_a_reset_parameters_that_runs_a_check_itself_does_not_deadlock() -> None:
+    """The lock around the seeded re-initialisation is reentrant: a module whose own reset_parameters calls a
+    check (nested sanity) finishes instead of waiting on itself."""
+    import threading
+
+    inner_model, x = _tiny(), torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(3))
+
+    class Nesting(nn.Linear):
+        def reset_parameters(self) -> None:
+            super().reset_parameters()
+            if getattr(self, "armed", False):
+                quality.sanity(inner_model, x, 1)
+
+    class Wrapped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net, self.extra = _tiny(), Nesting(2, 2)  # extra is re-initialised by the cascade, never run
+            self.extra.armed = True
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return self.net(t)
+
+    model = Wrapped().eval()
+    done: list[object] = []
+    worker = threading.Thread(target=lambda: done.append(quality.sanity(model, x, 1)), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert done, "sanity waited on its own lock"
+
+
 # ------------------------------------------------------------------------------------ 3. EXIF and heatmap=
 
 def _with_orientation(arr: np.ndarray, orientation: int) -> Image.Image:
@@ -182,6 +213,24 @@ def test_a_given_map_for_a_turned_picture_is_refused_with_the_fix() -> None:
     upright = ImageOps.exif_transpose(raw)
     assert quality.faithfulness(model, upright, 1, heatmap=h, steps=4).target == 1
     assert quality.faithfulness(model, _with_orientation(arr, 1), 1, heatmap=h, steps=4).target == 1
+
+
+def test_a_given_map_for_a_turned_non_square_picture_is_taken_in_displayed_pixels() -> None:
+    """compute_cam's own map of an EXIF-turned photo is in its displayed pixels; judged as such, not refused. A map
+    of the stored pixels' shape, and a flip (the same shape either way), are refused."""
+    model = _tiny()
+    arr = (np.random.default_rng(0).random((12, 20, 3)) * 255).astype(np.uint8)  # stored 12 x 20
+    raw = _with_orientation(arr, 6)  # shown 20 x 12
+    own = compute_cam(model, raw, 1)
+    assert own.heatmap.shape == (20, 12)
+    given = quality.faithfulness(model, raw, 1, heatmap=own.heatmap, steps=4)
+    upright = quality.faithfulness(model, ImageOps.exif_transpose(raw), 1, heatmap=own.heatmap, steps=4)
+    assert given.auc == upright.auc and given.random_aucs == upright.random_aucs
+    with pytest.raises(CamCheckError, match=r"shape \(12, 20\), the picture's stored \(unturned\) pixels.*EXIF "
+                                            r"orientation 6.*exif_transpose"):
+        quality.faithfulness(model, raw, 1, heatmap=np.random.default_rng(1).random((12, 20)), steps=4)
+    with pytest.raises(CamCheckError, match=r"EXIF orientation 3, which flips or half-turns it.*same shape"):
+        quality.faithfulness(model, _with_orientation(arr, 3), 1, heatmap=np.zeros((12, 20)), steps=4)
 
 
 # ------------------------------------------------------------------------------------------ 4. inference mode
