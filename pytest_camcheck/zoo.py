@@ -252,8 +252,13 @@ def find_weights(
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     places = ([(folder, "weights dir")] if folder is not None else []) + [(hub, "torch hub cache")]
     redownload = f"delete it and download again from {file.url}"
-    for place, _ in places:
+    for place, what in places:
         path = place / file.file_name
+        if not path.is_file() and (path.exists() or os.path.islink(path)):  # there, but not a file to read
+            kind = "a folder" if path.is_dir() else f"a symbolic link to nothing ({os.readlink(path)!r})" \
+                if os.path.islink(path) and not path.exists() else "not a regular file"
+            raise CamCheckError(f"the weights file {path} (in the {what}) is {kind}, not the file {file.url} "
+                                f"publishes. Fix: remove it and put the downloaded {file.file_name} there")
         if path.is_file():
             if file.sha256_prefix is not None:
                 _check_hash(sha256_of(path), file.sha256_prefix, str(path), redownload)
@@ -309,9 +314,9 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"{path} holds {what}; pytest-camcheck reads checkpoints with torch.load(weights_only=True) so that a "
             "file cannot run code. Fix: save only tensors, torch.save(model.state_dict(), path)"
         ) from err
-    except (RuntimeError, EOFError, OSError) as err:
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as err:  # KeyError: torch's legacy reader on text
         raise CamCheckError(
-            f"{path} cannot be read as a torch checkpoint ({err}). "
+            f"{path} cannot be read as a torch checkpoint ({type(err).__name__}: {err}). "
             "Fix: save it with torch.save(model.state_dict(), path)"
         ) from err
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -288,3 +288,34 @@ def test_the_fixture_skips_a_model_missing_from_the_caches(pytester: pytest.Pyte
     result.assert_outcomes(skipped=2)
     result.stdout.fnmatch_lines(["*acme/absent*no config.json in the hub cache*",
                                  "*weights of timm model 'test_resnet.r160_in1k' not found*"])
+
+
+def test_a_hub_checkpoint_without_the_classifier_head_is_refused_not_served_with_a_random_one(hub: Path,
+                                                                                               tmp_path: Path) -> None:
+    from transformers import ViTModel
+
+    torch.manual_seed(0)
+    backbone = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                  image_size=32, patch_size=8, num_labels=3))  # an -in21k style repo: no head
+    source = tmp_path / "backbone"
+    backbone.save_pretrained(source)
+    hub_repo(hub, "acme/vit-backbone", source)
+    with pytest.raises(CamCheckError, match=r"'acme/vit-backbone' lacks 2 of the model's weights \(classifier.bias, "
+                                            r"classifier.weight\).*initialise them at random.*register_model"):
+        load_model("hf:acme/vit-backbone")
+
+
+def test_a_truncated_hub_file_without_a_hash_name_is_a_clear_error(hub: Path, tmp_path: Path) -> None:
+    """A cache copied without its links (cp -rL) holds plain files, which have no hash to check: a damaged one
+    is said in one line, not as transformers' traceback."""
+    _, source = saved_hf(tmp_path)
+    data = (source / "model.safetensors").read_bytes()
+    (source / "model.safetensors").write_bytes(data[:40])
+    folder = hub_repo(hub, "acme/truncated", source)
+    for link in (folder / "snapshots" / ("a" * 40)).iterdir():
+        target = link.resolve()
+        link.unlink()
+        link.write_bytes(target.read_bytes())  # plain files, as a copied cache has
+    with pytest.raises(CamCheckError, match=r"weights of Hugging Face model 'acme/truncated' in the hub cache .* "
+                                            r"cannot be read"):
+        load_model("hf:acme/truncated")

@@ -144,6 +144,8 @@ def test_a_checkpoint_holding_python_objects_is_refused(tmp_path: Path) -> None:
         ({"epoch": 3, "state_dict": {}}, "is not a state dict of tensors (it holds keys ['epoch', 'state_dict'])"),
         ([torch.zeros(1)], "is not a state dict of tensors (it holds list)"),
         (b"not a checkpoint", "holds something that is not a torch checkpoint"),
+        (b"hello\n", "cannot be read as a torch checkpoint"),  # torch's legacy reader raised a bare KeyError
+        (b"https://example.com/models/clf.pt\n", "cannot be read as a torch checkpoint"),
     ],
 )
 def test_what_is_not_a_state_dict_is_refused(tmp_path: Path, content: object, fragment: str) -> None:
@@ -359,3 +361,17 @@ def test_bundled_model_is_served() -> None:
     model = load_model("camcheck-shapes")
     assert not model.training
     assert model_info(model).categories[:3] == ("circle", "square", "triangle")
+
+
+@pytest.mark.parametrize("kind", ["folder", "dangling link"])
+def test_a_folder_or_dangling_link_in_place_of_the_weights_file_is_said_so(tmp_path: Path, kind: str) -> None:
+    file = zoo.WeightsFile("https://download.pytorch.org/models/resnet18-f37072fd.pth")
+    place = tmp_path / "weights"
+    place.mkdir()
+    if kind == "folder":
+        (place / file.file_name).mkdir()
+    else:
+        (place / file.file_name).symlink_to(tmp_path / "gone.pth")
+    words = "is a folder" if kind == "folder" else "is a symbolic link to nothing"
+    with pytest.raises(CamCheckError, match=rf"weights file .*resnet18-f37072fd.pth \(in the weights dir\) {words}"):
+        zoo.find_weights(file, weights_dir=place, offline=True)  # it had said "not found", though the name is there

@@ -271,6 +271,32 @@ def cached_hub_file(repo_id: str, filenames: list[str], revision: str | None = N
     return None
 
 
+def _check_loaded(repo: str, loading: dict[str, Any]) -> None:
+    """Refuse a checkpoint that does not hold every weight of the model: transformers initialises what is missing
+    at random and only logs it, so a backbone-only repo (``...-in21k``, DINOv2) would be served with a random
+    classifier head, a map that looks normal but explains nothing the repo learned.
+
+    Example:
+        >>> _check_loaded("acme/ok", {"missing_keys": [], "mismatched_keys": []})
+    """
+    missing = list(loading.get("missing_keys") or [])
+    mismatched = [k[0] if isinstance(k, (list, tuple)) else k for k in loading.get("mismatched_keys") or []]
+    if not missing and not mismatched:
+        return
+    parts = []
+    if missing:
+        shown = ", ".join(sorted(missing)[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        parts.append(f"lacks {len(missing)} of the model's weights ({shown})")
+    if mismatched:
+        parts.append(f"holds {len(mismatched)} of another shape ({', '.join(sorted(mismatched)[:5])})")
+    raise CamCheckError(
+        f"the checkpoint of Hugging Face model {repo!r} {' and '.join(parts)}; transformers would initialise them "
+        "at random, so the model would not be the one the repo trained (a backbone-only repo has no classifier "
+        "head). Fix: use a repo fine-tuned for image classification, or load your own model with its trained head "
+        "and serve it with pytest_camcheck.register_model"
+    )
+
+
 def load_hf(repo: str, weights: Any, device: torch.device) -> tuple[nn.Module, Any]:
     """(model, image processor or None) for an image-classification repo in the local hub cache, offline
     (``local_files_only``): ``weights="DEFAULT"`` reads its weights (hash-checked), ``weights=None`` builds the
@@ -301,7 +327,13 @@ def load_hf(repo: str, weights: Any, device: torch.device) -> tuple[nn.Module, A
             raise WeightsUnavailable(f"Hugging Face model {repo!r} has no weights ({' or '.join(files)}) in the hub "
                                      f"cache {cache} (its config.json is there). {fix}, or use weights=None for a "
                                      "random initialisation")
-        model = transformers.AutoModelForImageClassification.from_pretrained(repo, **kwargs)
+        try:
+            model, loading = transformers.AutoModelForImageClassification.from_pretrained(
+                repo, output_loading_info=True, **kwargs)
+        except Exception as err:  # noqa: BLE001 - a truncated or damaged file (safetensors' own error class too)
+            raise CamCheckError(f"the weights of Hugging Face model {repo!r} in the hub cache {cache} cannot be read "
+                                f"({type(err).__name__}: {' '.join(str(err).split())[:300]}). {fix}") from err
+        _check_loaded(repo, loading)
     else:
         raise CamCheckError(f"weights={weights!r} for Hugging Face model {repo!r}: use 'DEFAULT' (the weights in the "
                             "cache) or None for a random initialisation")
