@@ -239,11 +239,15 @@ def pytest_runtest_protocol(item, nextitem):  # as pytest-rerunfailures: after t
 
 @pytest.mark.parametrize("protocol", [RERUN_ONCE, RERUN_LIKE_THE_PLUGIN], ids=["teardown-logged", "plugin-break"])
 def test_the_checks_of_an_attempt_that_is_rerun_do_not_stand(pytester: pytest.Pytester, protocol: str) -> None:
+    """Only the last attempt's checks stand: those of its call, and those of its setup and teardown (fixtures), a
+    test failing in every attempt included; one session for all three tests."""
     import json
 
     pytester.makeconftest(protocol)
     pytester.makepyfile(test_flaky='''
-calls = []
+import pytest
+
+calls, fixtured = [], []
 
 
 def test_flaky(camcheck, camcheck_model, camcheck_image):
@@ -256,25 +260,6 @@ def test_flaky(camcheck, camcheck_model, camcheck_image):
 def test_always(camcheck, camcheck_model, camcheck_image):  # fails in every attempt: its last one's check stands
     s = camcheck_image("shapes-pair-1000003")
     camcheck.attends_to(camcheck_model("camcheck-shapes"), s.image, "cross", s.regions["square"])
-''')
-    pytester.runpytest_subprocess(*ARGS, "--camcheck-report-json=r.json")
-    report = json.loads((pytester.path / "r.json").read_text())
-    assert report["tests"]["test_flaky.py::test_flaky"]["outcome"] == "passed"
-    assert report["tests"]["test_flaky.py::test_always"]["outcome"] == "failed"
-    assert sorted((c["test_id"], c["passed"]) for c in report["checks"]) == [
-        ("test_flaky.py::test_always", False), ("test_flaky.py::test_flaky", True)]
-
-
-@pytest.mark.parametrize("protocol", [RERUN_ONCE, RERUN_LIKE_THE_PLUGIN], ids=["teardown-logged", "plugin-break"])
-def test_the_setup_and_teardown_checks_of_a_rerun_attempt_do_not_stand_either(pytester: pytest.Pytester,
-                                                                               protocol: str) -> None:
-    import json
-
-    pytester.makeconftest(protocol)
-    pytester.makepyfile(test_flaky='''
-import pytest
-
-calls = []
 
 
 @pytest.fixture
@@ -286,14 +271,20 @@ def checked(camcheck, camcheck_model, camcheck_image):
     camcheck.not_attends_to(model, s.image, "cross", s.regions["square"])  # teardown: passes in both attempts
 
 
-def test_flaky(camcheck, checked):
+def test_fixtured(camcheck, checked):
     model, s = checked
-    calls.append(1)
-    region = s.regions["square"] if len(calls) == 1 else s.regions["cross"]  # the first attempt checks the wrong one
+    fixtured.append(1)
+    region = s.regions["square"] if len(fixtured) == 1 else s.regions["cross"]
     camcheck.attends_to(model, s.image, "cross", region)
 ''')
     pytester.runpytest_subprocess(*ARGS, "--camcheck-report-json=r.json")
     report = json.loads((pytester.path / "r.json").read_text())
-    assert report["tests"]["test_flaky.py::test_flaky"]["outcome"] == "passed"
-    assert [(c["check"], c["passed"]) for c in report["checks"]] == [
-        ("attends_to", True), ("attends_to", True), ("not_attends_to", True)]  # the second attempt's, once each
+    outcomes = {t: report["tests"][f"test_flaky.py::{t}"]["outcome"] for t in ("test_flaky", "test_always",
+                                                                                 "test_fixtured")}
+    assert outcomes == {"test_flaky": "passed", "test_always": "failed", "test_fixtured": "passed"}
+    checks = [(c["test_id"].split("::")[1], c["check"], c["passed"]) for c in report["checks"]]
+    assert sorted(c for c in checks if c[0] != "test_fixtured") == [
+        ("test_always", "attends_to", False), ("test_flaky", "attends_to", True)]
+    assert [c for c in checks if c[0] == "test_fixtured"] == [  # the second attempt's, once each, in order
+        ("test_fixtured", "attends_to", True), ("test_fixtured", "attends_to", True),
+        ("test_fixtured", "not_attends_to", True)]
