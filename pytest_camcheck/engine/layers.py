@@ -14,7 +14,7 @@ from torch import nn
 from ..errors import LayerError, TargetError
 from .capture import evaluation_mode, record_outputs, run_model, structure
 from .forward import check_runs_once
-from .layouts import Layout, decide_layout, inside_attention
+from .layouts import Layout, decide_layout, inside_attention, patchifies
 from .targets import Reader
 
 _POOLS_TO_FIXED_SIZE = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d)
@@ -22,22 +22,6 @@ _POOLS_TO_FIXED_SIZE = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveA
 AUTO_KEEP = 8
 _AUTO_GUARD = threading.Lock()
 _AUTO: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, str]]" = weakref.WeakKeyDictionary()
-
-
-def map_layers(model: nn.Module, x: torch.Tensor) -> list[tuple[str, Layout]]:
-    """Modules whose output is a grid of more than one position in a layout that can be told (NCHW, NHWC,
-    tokens), with that layout, in the order they finish, from one probing pass (eval, no grad) on ``x``.
-
-    Left out: adaptive pools to a fixed size (VGG's ``avgpool``: they only resample the layer before them),
-    attention modules and what runs inside them, outputs whose first dimension is not the images, and modules
-    that run more than once in the pass (their map would be their last call's).
-
-    Example:
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 2))
-        >>> [(name, str(layout)) for name, layout in map_layers(net, torch.rand(1, 3, 8, 8))]
-        [('0', 'NCHW'), ('1', 'NCHW')]
-    """
-    return _readable(_probe(model, x))
 
 
 def _readable(probed: list[tuple[str, tuple, "Layout | LayerError", int]]) -> list[tuple[str, Layout]]:
@@ -48,7 +32,15 @@ def _readable(probed: list[tuple[str, tuple, "Layout | LayerError", int]]) -> li
 def _probe(model: nn.Module, x: torch.Tensor) -> list[tuple[str, tuple, "Layout | LayerError", int]]:
     """(name, output shape, layout or why it has none, how many times the module ran) of every module whose
     output is 3-D or 4-D with the images first, in the order they finish (the last call of a module run
-    several times), from one probing pass; adaptive pools and attention internals left out."""
+    several times), from one probing pass (eval, no grad) on ``x``. Left out: adaptive pools to a fixed size
+    (VGG's ``avgpool``: they only resample the layer before them), attention modules and what runs inside them,
+    and outputs whose first dimension is not the images.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 2))
+        >>> [(name, str(layout)) for name, layout in _readable(_probe(net, torch.rand(1, 3, 8, 8)))]
+        [('0', 'NCHW'), ('1', 'NCHW')]
+    """
     with evaluation_mode(model), torch.no_grad(), record_outputs(model, lambda t: t.dim() in (3, 4)) as (seen, flow):
         run_model(model, x)
     modules = dict(model.named_modules())
@@ -76,9 +68,9 @@ def _positions(shape: tuple, layout: Layout) -> int:
 
 
 def _patchify(module: nn.Module) -> bool:
-    """A convolution that cuts the image into patches (stride = kernel > 1), or a module ending in one."""
+    """A convolution that cuts the image into patches (:func:`~.layouts.patchifies`), or a module ending in one."""
     convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
-    return bool(convs) and tuple(convs[-1].stride) == tuple(convs[-1].kernel_size) and max(convs[-1].stride) > 1
+    return bool(convs) and patchifies(convs[-1])
 
 
 def _unread_tokens_after(probed: list, name: str, module: nn.Module) -> tuple[str, tuple, LayerError] | None:
@@ -175,7 +167,7 @@ def auto_layer(model: nn.Module, x: torch.Tensor, reader: Reader = Reader()) -> 
             "Fix: pass a larger image, or name a layer with layer='...' (and reshape=... for an unusual layout)"
         )
     name = found[-1][0]
-    skipped = _unread_tokens_after(probed, name, dict(model.named_modules())[name])
+    skipped = _unread_tokens_after(probed, name, model.get_submodule(name))
     if skipped is not None:
         other, shape, why = skipped
         raise LayerError(

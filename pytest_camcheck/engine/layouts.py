@@ -272,11 +272,20 @@ def _declared_patch(model: nn.Module) -> tuple[int, int] | None:
         if patch is not None:
             return patch
     for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            stride, kernel = _pair(module.stride), _pair(module.kernel_size)
-            if stride == kernel and stride != (1, 1):
-                return stride
+        if isinstance(module, nn.Conv2d) and patchifies(module):
+            return _pair(module.stride)
     return None
+
+
+def patchifies(conv: nn.Conv2d) -> bool:
+    """Whether a convolution cuts its input into patches: stride equal to its kernel, and more than 1.
+
+    Example:
+        >>> patchifies(nn.Conv2d(3, 8, 16, stride=16)), patchifies(nn.Conv2d(3, 8, 3, padding=1))
+        (True, False)
+    """
+    stride = _pair(conv.stride)
+    return stride == _pair(conv.kernel_size) and stride != (1, 1)
 
 
 def _fits(h: int, w: int, height: int, width: int) -> bool:
