@@ -254,9 +254,13 @@ def find_weights(
     redownload = f"delete it and download again from {file.url}"
     for place, what in places:
         path = place / file.file_name
-        if not path.is_file() and (path.exists() or os.path.islink(path)):  # there, but not a file to read
-            kind = "a folder" if path.is_dir() else f"a symbolic link to nothing ({os.readlink(path)!r})" \
-                if os.path.islink(path) and not path.exists() else "not a regular file"
+        if not path.is_file() and os.path.lexists(path):  # there, but not a file to read
+            if path.is_dir():
+                kind = "a folder"
+            elif not path.exists():
+                kind = f"a symbolic link to nothing ({os.readlink(path)!r})"
+            else:
+                kind = "not a regular file"
             raise CamCheckError(f"the weights file {path} (in the {what}) is {kind}, not the file {file.url} "
                                 f"publishes. Fix: remove it and put the downloaded {file.file_name} there")
         if path.is_file():
