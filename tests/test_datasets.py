@@ -444,6 +444,9 @@ MALFORMED = {
                                  r"classes 1 and 2 are both named 'cat'"),
     "yolo yaml repeated name": (_yolo(lambda r, f: (f.unlink(), (r / "data.yaml").write_text("names: [a, b, a]\n")),
                                       "classes.txt"), r"data.yaml, names: classes 0 and 2 are both named 'a'"),
+    "yolo yaml names alike but for spaces": (
+        _yolo(lambda r, f: (f.unlink(), (r / "data.yaml").write_text('names: ["cat", "cat "]\n')), "classes.txt"),
+        r"data.yaml, names: classes 0 and 1 are both named 'cat'"),
     "yolo yaml null name": (_yolo(lambda r, f: (f.unlink(), (r / "data.yaml").write_text("names: [a, null]\n")),
                                   "classes.txt"), r"data.yaml, names: class 1 is named None"),
     "yolo yaml nc": (_yolo(lambda r, f: (f.unlink(), (r / "data.yaml").write_text("nc: 3\nnames: [a, b]\n")),

@@ -63,19 +63,20 @@ def _names_from_yaml(file: Path, spec: dict) -> list[str]:
 
 
 def _checked_names(file: Path, entry: str, names: list[Any]) -> list[str]:
-    """The names as they are, refused when one is not text, is empty or is repeated: a label must name one
-    class index."""
+    """The names without surrounding spaces, refused when one is not text, is empty or is repeated (after the
+    spaces are taken off): a label must name one class index."""
     for i, name in enumerate(names):
         if not isinstance(name, str) or not name.strip():
             raise annotation_error(file, entry, f"class {i} is named {name!r}",
                                    "give every class a name of text, in index order")
+    stripped = [n.strip() for n in names]  # compared as they are used: "cat" and "cat " are one label
     seen: dict[str, int] = {}
-    for i, name in enumerate(names):
+    for i, name in enumerate(stripped):
         if name in seen:
             raise annotation_error(file, entry, f"classes {seen[name]} and {i} are both named {name!r}, so the label "
                                    f"{name!r} would stand for two classes", "give every class its own name")
         seen[name] = i
-    return [n.strip() for n in names]
+    return stripped
 
 
 def _simple_names(text: str, file: Path) -> Any:
