@@ -313,6 +313,7 @@ def _bar(text: str, done: int, total: int) -> None:
 
 
 def _progress(text: str) -> None:
+    """Write to stderr; a reader that has gone (a closed pipe) is ignored, the command goes on."""
     try:
         sys.stderr.write(text)
         sys.stderr.flush()
@@ -480,10 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _complain(text: str) -> None:
-    try:
-        print(f"camcheck: error: {text}", file=sys.stderr)
-    except BrokenPipeError:  # nobody reads stderr any more: the exit code still tells
-        pass
+    _progress(f"camcheck: error: {text}\n")  # nobody reading stderr any more stops nothing: the exit code tells
 
 
 def console() -> None:
