@@ -29,7 +29,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable
 
-from ._io import atomic_write
+from ._io import atomic_write, check_output_file
 from .context import CheckRecord
 from .errors import CamCheckError
 
@@ -595,6 +595,4 @@ def check_report_path(path: Path, asked_by: str) -> Path:
         ...     check_report_path(Path(tmp) / "report.html", "--camcheck-report").name
         'report.html'
     """
-    from ._io import check_output_file
-
     return check_output_file(path, asked_by, replaceable=is_report_file)
