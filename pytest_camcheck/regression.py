@@ -177,6 +177,11 @@ def _module_defines(baseline_dir: Path, name: str) -> bool | None:
     return None
 
 
+def _with_previews(old: Path, new: Path) -> list[tuple[Path, Path]]:
+    """The (old, new) pairs of a map baseline and of its ``.png`` preview."""
+    return [(old, new), (old.with_suffix(".png"), new.with_suffix(".png"))]
+
+
 def _shell(command: str, pairs: list[tuple[Path, Path]]) -> str:
     """``command OLD NEW`` for each pair whose first file exists, joined with ``&&``, paths quoted for a shell."""
     return " && ".join(f"{command} {shlex.quote(str(a))} {shlex.quote(str(b))}" for a, b in pairs if a.exists())
@@ -375,13 +380,9 @@ class CamRegression:
         self._image = ""
         self._seen: Counter[str] = Counter()
 
-    def _path(self, result: CamResult, basename: str | None) -> Path:
-        """``<test>[-<basename>]-<method>-<layer>-t<target>[-<n>].npz`` (see :meth:`baseline_file`)."""
-        return self._paths(result, basename)[0]
-
     def _paths(self, result: CamResult, basename: str | None) -> tuple[Path, Path | None]:
-        """:meth:`_path`, and for a test inside a class the name that file had before the class path was put in
-        names (:func:`previous_test_name`)."""
+        """``<test>[-<basename>]-<method>-<layer>-t<target>[-<n>].npz`` (see :meth:`baseline_file`), and for a test
+        inside a class the name that file had before the class path was put in names (:func:`previous_test_name`)."""
         target = "tcallable" if result.target < 0 else f"t{result.target}"
         parts = self._counted([*([basename] if basename else []), result.method, result.layer, target], ".npz")
         old = previous_test_name(self.test_name)
@@ -510,7 +511,7 @@ class CamRegression:
 
     def _renamed(self, path: Path, old: Path) -> str:
         """The refusal to write a new baseline while this check's baseline sits under its former name."""
-        pairs = [(old, path), (old.with_suffix(".png"), path.with_suffix(".png"))]
+        pairs = _with_previews(old, path)
         return (
             f"camcheck regression: this check's baseline {path} does not exist, but {old} does: the name its baseline "
             f"had before tests in classes got the class path in their baseline names. It holds a map of this method, "
@@ -530,7 +531,7 @@ class CamRegression:
         whose = (f"this module has a module-level {self._function}, so camcheck cannot tell whose it is" if known
                  else f"camcheck cannot tell whose it is: it does not know whether this test's module has a "
                       f"module-level {self._function}")
-        pairs = [(old, path), (old.with_suffix(".png"), path.with_suffix(".png"))]
+        pairs = _with_previews(old, path)
         return (f"\n  note: {old} exists and holds a map of this method, layer, target and image size. It is the name "
                 f"this check's baseline had before tests in classes got the class path in their baseline names, and "
                 f"the name of a module-level {self._function}'s baseline of the same check (before, both used that one "

@@ -127,7 +127,7 @@ def test_fifty_hostile_test_ids_never_share_a_baseline_file(tmp_path: Path) -> N
     paths = {}
     for test_id in HOSTILE_IDS:
         reg = CamRegression(tmp_path / "b", test_id)
-        paths[test_id] = reg._path(_FakeResult(), None)
+        paths[test_id] = reg._paths(_FakeResult(), None)[0]
     files = list(paths.values())
     assert len({str(p).lower() for p in files}) == 50  # distinct even on a case-insensitive file system
     for path in files:
