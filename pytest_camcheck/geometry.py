@@ -103,10 +103,32 @@ class Geometry:
         """
         if self.is_plain_resize():
             return np.ones(self.image_size, dtype=bool)
-        ys, xs = self._centres()
-        in_h, in_w = self.input_size
-        rows, cols = ((ys >= 0) & (ys <= in_h)).numpy(), ((xs >= 0) & (xs <= in_w)).numpy()
+        rows, cols = (t.numpy() for t in self._inside())
         return rows[:, None] & cols[None, :]
+
+    def _inside(self, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which original rows and which columns have their centre in the input (each a contiguous run: the
+        centres are monotonic), so the pixels the model saw are always a rectangle."""
+        ys, xs = self._centres(device)
+        in_h, in_w = self.input_size
+        return (ys >= 0) & (ys <= in_h), (xs >= 0) & (xs <= in_w)
+
+    def seen_box(self) -> tuple[slice, slice] | None:
+        """The rows and columns of :meth:`seen` as slices, None when the model saw every pixel; empty slices when
+        it saw none. Found from the rows and columns alone, without the (H, W) mask.
+
+        Example:
+            >>> center_crop_geometry(Geometry.identity((2, 6)), 2).seen_box()
+            (slice(0, 2, None), slice(2, 4, None))
+        """
+        if self.is_plain_resize():
+            return None
+        rows, cols = (np.flatnonzero(t.numpy()) for t in self._inside())
+        if rows.size == self.image_size[0] and cols.size == self.image_size[1]:
+            return None
+        if rows.size == 0 or cols.size == 0:
+            return slice(0, 0), slice(0, 0)
+        return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
 
     def to_image(self, maps: torch.Tensor) -> torch.Tensor:
         """Resample maps covering the model input, shape (N, h, w) at any resolution, into original pixels.
@@ -124,7 +146,8 @@ class Geometry:
             return F.interpolate(maps[:, None].to(dtype), size=(height, width), mode="bilinear",
                                  align_corners=False)[:, 0]
         ys, xs = self._centres(dev)
-        inside = ((ys >= 0) & (ys <= in_h))[:, None] & ((xs >= 0) & (xs <= in_w))[None, :]
+        rows, cols = self._inside(dev)
+        inside = rows[:, None] & cols[None, :]
         gy = (2 * ys / in_h - 1).to(dtype)
         gx = (2 * xs / in_w - 1).to(dtype)
         grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)

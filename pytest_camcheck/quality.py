@@ -168,27 +168,21 @@ def _no_list_target(target: Any) -> Any:
 
 
 def _seen_box(geometry: Any, shape: tuple[int, ...]) -> tuple[slice, slice]:
-    """The rows and columns of the original pixels the model saw (``Geometry.seen``; a centre crop leaves its
-    borders out, and every computed map is 0 there): the whole map when it saw all of it (or no geometry is
-    known). The seen pixels of a centre crop form a rectangle, which the quality checks measure as a map of its
-    own; anything else is refused rather than measured with pixels the model never saw."""
+    """The rows and columns of the original pixels the model saw (``Geometry.seen_box``; a centre crop leaves
+    its borders out, and every computed map is 0 there): the whole map when it saw all of it (or no geometry is
+    known). The quality checks measure that rectangle as a map of its own."""
     whole = (slice(0, shape[0]), slice(0, shape[1]))
     if geometry is None:
         return whole
-    seen = geometry.seen()
-    if seen.shape != tuple(shape):
-        raise CamCheckError(f"the map has shape {tuple(shape)} but the image the model saw is {seen.shape}; pass a map "
-                            "in the original image's pixels")
-    if seen.all():
+    if tuple(geometry.image_size) != tuple(shape):
+        raise CamCheckError(f"the map has shape {tuple(shape)} but the image the model saw is "
+                            f"{tuple(geometry.image_size)}; pass a map in the original image's pixels")
+    box = geometry.seen_box()
+    if box is None:
         return whole
-    rows, cols = np.flatnonzero(seen.any(axis=1)), np.flatnonzero(seen.any(axis=0))
-    if rows.size == 0:
+    if box[0].stop == box[0].start:
         raise CamCheckError("the preprocessing leaves no pixel of the image for the model to see, so the map cannot "
                             "be judged; fix the preprocessing (its crop)")
-    box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
-    if not seen[box].all() or np.count_nonzero(seen) != seen[box].size:
-        raise CamCheckError("the pixels the model saw do not form a rectangle, so the map cannot be judged on them "
-                            "alone; use a preprocessing whose crop is a rectangle (Resize + CenterCrop)")
     return box
 
 
@@ -199,17 +193,14 @@ def _seen_part(heatmap: np.ndarray, box: tuple[slice, slice]) -> np.ndarray:
     return np.ascontiguousarray(heatmap[box])
 
 
-def _seen_words(geometry: Any) -> str | None:
-    """A message line when the model saw only part of the image, else None."""
-    if geometry is None:
-        return None
-    seen = geometry.seen()
-    if seen.all():
+def _seen_words(geometry: Any, judged: str = "the maps are judged on that part only") -> str | None:
+    """A message line when the model saw only part of the image (ending with how the check judged it), else
+    None."""
+    if geometry is None or geometry.seen_box() is None:
         return None
     from .metrics import view_span
 
-    return (f"the model saw only {view_span(seen)} (the preprocessing cropped the rest): the maps are judged on "
-            "that part only")
+    return f"the model saw only {view_span(geometry.seen())} (the preprocessing cropped the rest): {judged}"
 
 
 class _Source:
@@ -633,7 +624,8 @@ def _sanity_message(r: SanityResult) -> list[str]:
         lines.append(seen)
     lines.append("cascade (output side first):  step | randomised | spearman | ssim")
     box = _seen_box(r.original.geometry, r.maps[0].shape)
-    original_flat = _seen_part(r.maps[0], box).min() == _seen_part(r.maps[0], box).max()
+    first = _seen_part(r.maps[0], box)
+    original_flat = first.min() == first.max()
     for s, m in zip(r.curve, (_seen_part(m, box) for m in r.maps)):
         empty = "  (map empty: Spearman taken as 0)" if s.step and m.min() == m.max() and not original_flat else ""
         lines.append(f"  {s.step:4d} | {(s.layers[-1] if s.layers else '(original)'):<24} | {s.spearman:8.3f} | "
@@ -932,7 +924,8 @@ def faithfulness(model: nn.Module, image: Any, target: Any = None, *, metric: st
         curve=curves[0].tolist(), random_curve=curves[1:].mean(axis=0).tolist(), target=index, label=label,
         heatmap=h, result=result, seed=seed, classes=source.classes,
         ranked=int(np.count_nonzero(part > part.min())),  # the rest are ordered by the seeded tie-break
-        judged=part.size, view=_seen_words(source.geometry),
+        judged=part.size, view=_seen_words(source.geometry, "only its pixels are ranked, perturbed and counted "
+                                           "in the steps, for the map and the random orderings"),
     )
     r.passed = not r.flat and _beats_random(gain, min_gain, chance)
     return r
@@ -999,8 +992,7 @@ def _faithful_message(r: FaithfulnessResult) -> list[str]:
         lines.append(f"note: the clean image gives this class only p = {r.curve[0]:.2f}: the model does not predict "
                      "it here, so deleting pixels cannot lower p much; explain the predicted class (target=None)")
     if r.view:
-        lines.append(r.view.replace("the maps are judged on that part only", "only its pixels are ranked, "
-                                    "perturbed and counted in the steps, for the map and the random orderings"))
+        lines.append(r.view)
     for why in r.confounds:
         lines.append(f"note, deletion is confounded here: {why}")
     if r.confounded and not r.passed:

@@ -223,3 +223,19 @@ def test_seen_is_where_the_map_can_be_nonzero() -> None:
     np.testing.assert_array_equal(seen, back > 0)
     assert Geometry.identity((5, 7)).seen().all() and Geometry.identity((5, 7)).resized((3, 3)).seen().all()
     assert infer_geometry(T.CenterCrop((260, 300)), (97, 250)).seen().all()  # padding: all of the image is seen
+
+
+@pytest.mark.parametrize("size", [(60, 80), (61, 79), (97, 131), (224, 224), (40, 300)])
+def test_seen_box_is_the_rectangle_of_seen(size) -> None:
+    from torchvision import transforms as T
+
+    for steps in ([T.Resize(48), T.CenterCrop(40)], [T.Resize((50, 70)), T.CenterCrop((33, 71))], [T.CenterCrop(400)],
+                  [T.CenterCrop((20, 21))], [T.Resize((32, 32))]):
+        geometry = infer_geometry(T.Compose(steps), size)
+        seen, box = geometry.seen(), geometry.seen_box()
+        if box is None:
+            assert seen.all()
+        else:
+            expected = np.zeros(size, dtype=bool)
+            expected[box] = True
+            assert not seen.all() and np.array_equal(seen, expected)
