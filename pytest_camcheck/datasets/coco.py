@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .core import (PYCOCOTOOLS_EXTRA, Entry, ObjectSpec, Shape, annotation_error, check_declared, image_size,
-                   make_box, make_polygon, number, read_text)
+                   make_box, make_polygon, number, read_text, rle_encoded)
 
 _LAYOUT = "[x, y, width, height] in pixels of the displayed image"
 _OBJECT_KEYS = {"id", "image_id", "category_id", "bbox", "segmentation", "iscrowd", "area"}
@@ -123,11 +123,7 @@ def _extent(shape: Shape, size: tuple[int, int]) -> tuple[float, float, float, f
         return float(xy[:, 0].min()), float(xy[:, 1].min()), float(xy[:, 0].max()), float(xy[:, 1].max())
     from pycocotools import mask as coco_mask
 
-    h, w = size
-    counts = shape.data["counts"]
-    rle = coco_mask.frPyObjects({"size": [h, w], "counts": counts}, h, w) if isinstance(counts, list) \
-        else {"size": [h, w], "counts": counts.encode()}
-    x, y, bw, bh = (float(v) for v in coco_mask.toBbox(rle))
+    x, y, bw, bh = (float(v) for v in coco_mask.toBbox(rle_encoded(shape.data, size)))
     return None if bw <= 0 or bh <= 0 else (x, y, x + bw, y + bh)
 
 

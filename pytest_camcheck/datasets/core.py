@@ -189,14 +189,22 @@ def polygon_mask(parts: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarr
     return mask
 
 
-def rle_mask(rle: Mapping[str, Any], size: tuple[int, int]) -> np.ndarray:
-    """A COCO RLE (compressed or counts list) decoded by pycocotools."""
+def rle_encoded(rle: Mapping[str, Any], size: tuple[int, int]) -> Any:
+    """A COCO RLE (compressed or counts list) as pycocotools' own RLE object, for its mask functions."""
     from pycocotools import mask as coco_mask
 
     counts = rle["counts"]
     h, w = size
-    encoded = coco_mask.frPyObjects({"size": [h, w], "counts": counts}, h, w) if isinstance(counts, list) \
-        else {"size": [h, w], "counts": counts.encode() if isinstance(counts, str) else counts}
+    if isinstance(counts, list):
+        return coco_mask.frPyObjects({"size": [h, w], "counts": counts}, h, w)
+    return {"size": [h, w], "counts": counts.encode() if isinstance(counts, str) else counts}
+
+
+def rle_mask(rle: Mapping[str, Any], size: tuple[int, int]) -> np.ndarray:
+    """A COCO RLE (compressed or counts list) decoded by pycocotools."""
+    from pycocotools import mask as coco_mask
+
+    encoded = rle_encoded(rle, size)
     with warnings.catch_warnings():  # pycocotools' own numpy 2 deprecation, not the user's business
         warnings.simplefilter("ignore", DeprecationWarning)
         return coco_mask.decode(encoded).astype(bool)
