@@ -16,6 +16,7 @@ from ._text import target_text
 from ._values import check_threshold
 from .engine import CamResult, compute_cam
 from .errors import CamCheckError
+from .geometry import cropped_view
 from .metrics import RegionMetrics, measure, view_span
 from .regions import Region, describe, to_mask
 from .render import overlay, save_png
@@ -102,7 +103,7 @@ def _run(check: str, model: torch.nn.Module, image: Any, target: Any, regions: S
     result = _single(compute_cam(model, image, target, **cam_kwargs), image)
     masks = [to_mask(region, result.image_size, orientation=result.orientation) for region in regions]
     # a region is judged on the part of the image the model saw (an UnseenRegionError when there is none)
-    seen = result.geometry.seen() if result.geometry is not None else None
+    seen = cropped_view(result.geometry)
     metrics = [measure(result.heatmap, mask, tolerance, seen=seen) for mask in masks]
     verdict = decide(metrics)
     passed = verdict.passed
@@ -110,7 +111,7 @@ def _run(check: str, model: torch.nn.Module, image: Any, target: Any, regions: S
     picture = None
     if not passed:
         lines = ([_EMPTY_LINE] if not verdict.criteria["map not empty"] else []) + explain(metrics, verdict)
-        if seen is not None and not seen.all():
+        if seen is not None:
             lines.append(f"the model saw only {view_span(seen)} (the preprocessing cropped the rest): regions are "
                          "measured on their seen part, chance over the seen pixels")
         picture, picture_text = _save_overlay(check, result, image, masks, metrics[0].peak)

@@ -42,6 +42,7 @@ from .datasets.core import Entry
 from .engine import CamResult, compute_cam
 from .engine.targets import index_of_name
 from .errors import CamCheckError, MixedSizesError, RegionError, TargetError, UnseenRegionError
+from .geometry import cropped_view
 from .metrics import RegionMetrics, measure
 from .regions import to_mask
 from .rule import DEFAULT_RULE, Rule
@@ -448,10 +449,10 @@ def _one(sample: Any, group: _Group, result: CamResult, rule: _Rule, centers: di
         raise  # an object covering the whole image: skipped with the reason, as one the model never saw
     except RegionError as err:
         raise CamCheckError(f"{sample.source}: the region of {label!r} cannot be checked ({err})") from err
-    seen = result.geometry.seen() if result.geometry is not None else None
+    seen = cropped_view(result.geometry)
     m = measure(result.heatmap, mask, rule.tolerance, seen=seen)
     center_map = _center_map(result.image_size, centers)
-    if seen is not None and not seen.all():
+    if seen is not None:
         center_map = center_map * seen  # the baseline, like the model's map, has no mass where the model saw nothing
     center = measure(center_map, mask, rule.tolerance, seen=seen)
     passed = rule.holds(m)

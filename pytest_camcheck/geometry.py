@@ -182,6 +182,19 @@ class _Neutral:
         return f"geometry_neutral({self.fn!r})"
 
 
+def cropped_view(geometry: Geometry | None) -> np.ndarray | None:
+    """The (H, W) mask of the original pixels the model saw (:meth:`Geometry.seen`) when it saw only part of the
+    image (a centre crop), else None: what region metrics, dataset checks and quality checks restrict themselves to.
+
+    Example:
+        >>> cropped_view(Geometry.identity((2, 6))) is None, cropped_view(None) is None
+        (True, True)
+        >>> int(cropped_view(center_crop_geometry(Geometry.identity((2, 6)), 2)).sum())
+        4
+    """
+    return None if geometry is None or geometry.seen_box() is None else geometry.seen()
+
+
 def geometry_neutral(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """Declare that ``fn`` moves no pixel (no resize, crop, pad or flip), so its geometry is the identity.
 

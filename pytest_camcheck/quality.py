@@ -196,11 +196,13 @@ def _seen_part(heatmap: np.ndarray, box: tuple[slice, slice]) -> np.ndarray:
 def _seen_words(geometry: Any, judged: str = "the maps are judged on that part only") -> str | None:
     """A message line when the model saw only part of the image (ending with how the check judged it), else
     None."""
-    if geometry is None or geometry.seen_box() is None:
-        return None
+    from .geometry import cropped_view
     from .metrics import view_span
 
-    return f"the model saw only {view_span(geometry.seen())} (the preprocessing cropped the rest): {judged}"
+    seen = cropped_view(geometry)
+    if seen is None:
+        return None
+    return f"the model saw only {view_span(seen)} (the preprocessing cropped the rest): {judged}"
 
 
 class _Source:
